@@ -1,0 +1,3 @@
+"""Labs Analytics: asynchronous analytics ingestion, HTTP → Redis Stream → PostgreSQL."""
+
+__version__ = "0.1.0"

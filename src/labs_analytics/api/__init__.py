@@ -1,0 +1,1 @@
+"""The HTTP surface: app factory, lifespan, routers, auth dependencies."""

@@ -1,0 +1,182 @@
+"""The FastAPI app factory and its lifespan.
+
+The lifespan builds every connection and background task, hands them to the
+routes as one typed ``AppState``, and takes them down on shutdown. Nothing
+connects at import time, and nothing here waits on PostgreSQL: if it is down
+at start, ingest still runs and the flusher waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import ORJSONResponse
+from pydantic.json_schema import models_json_schema
+from redis.exceptions import RedisError
+
+from labs_analytics import __version__
+from labs_analytics.api import health, ingest
+from labs_analytics.api.errors import install_error_handlers
+from labs_analytics.api.state import AppState
+from labs_analytics.auth.cache import KeyCache
+from labs_analytics.auth.repository import KeyRepository
+from labs_analytics.events import EventBatchIn, EventIn
+from labs_analytics.flusher import Flusher
+from labs_analytics.ingest.service import IngestService
+from labs_analytics.logs import get_logger
+from labs_analytics.queue.connection import create_redis
+from labs_analytics.queue.producer import StreamProducer
+from labs_analytics.settings import Settings
+from labs_analytics.storage.database import create_copy_pool, create_engine
+
+log = get_logger(__name__)
+
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="Labs Analytics",
+        version=__version__,
+        description="Record product analytics events. Send them to `POST /v1/events` with an "
+        "API key; they are acknowledged once durable and land in PostgreSQL exactly once.",
+        lifespan=_lifespan,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["POST", "GET", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
+            max_age=600,
+        )
+    app.include_router(ingest.router)
+    app.include_router(health.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    # The ingest route parses its raw body itself (bounded read, gzip), so the
+    # event schemas are added to the document by hand.
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        _, definitions = models_json_schema(
+            [(EventIn, "validation"), (EventBatchIn, "validation")],
+            ref_template="#/components/schemas/{model}",
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(
+            definitions.get("$defs", {})
+        )
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    redis = create_redis(settings.redis_url, timeout_seconds=settings.redis_timeout_seconds)
+    engine = create_engine(settings.database_url)
+    key_cache = KeyCache(
+        KeyRepository(engine).load_active,
+        refresh_seconds=settings.key_cache_refresh_seconds,
+        redis=redis,
+        mirror_key=f"{settings.redis_key_prefix}keys",
+    )
+    await key_cache.refresh()
+    await _warn_if_stream_can_be_evicted(redis)
+
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(_supervise("key_cache", key_cache.run, stop))]
+    flusher: Flusher | None = None
+    flusher_redis = None
+    pool = None
+    if settings.run_flusher:
+        # Its own client: blocking reads must not share the API's short timeout.
+        flusher_redis = create_redis(
+            settings.redis_url,
+            timeout_seconds=settings.redis_timeout_seconds + settings.flush_interval_ms / 1000,
+        )
+        pool = await create_copy_pool(settings.database_url)
+        flusher = Flusher(redis=flusher_redis, pool=pool, settings=settings)
+        tasks.append(asyncio.create_task(_supervise("flusher", flusher.run, stop)))
+
+    app.state.labs = AppState(
+        settings=settings,
+        redis=redis,
+        engine=engine,
+        key_cache=key_cache,
+        ingest=IngestService(StreamProducer(redis, settings.stream_key), settings),
+        flusher=flusher,
+    )
+    log.info(
+        "service.started",
+        flusher=flusher.name if flusher else None,
+        cached_keys=len(key_cache),
+        keys_source=key_cache.source,
+    )
+    try:
+        yield
+    finally:
+        # The flusher finishes its current step; an uncommitted batch stays
+        # pending in Redis and is reclaimed, so stopping never loses events.
+        stop.set()
+        _done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_SECONDS)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if pool is not None:
+            await pool.close()
+        if flusher_redis is not None:
+            await flusher_redis.aclose()
+        await engine.dispose()
+        await redis.aclose()
+        log.info("service.stopped")
+
+
+async def _supervise(
+    name: str, run: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+) -> None:
+    """Keep a background loop alive: a bug in one iteration is logged, not fatal."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await run(stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(
+                "task.crashed",
+                task=name,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=True,
+                restart_in_s=delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def _warn_if_stream_can_be_evicted(redis: Any) -> None:
+    try:
+        policy = (await redis.config_get("maxmemory-policy")).get("maxmemory-policy")
+    except RedisError:
+        return  # unreachable now, or CONFIG disabled (managed Redis): nothing to check
+    if policy not in (None, "noeviction"):
+        log.error(
+            "redis.eviction_risk",
+            maxmemory_policy=policy,
+            hint="set maxmemory-policy noeviction: eviction could drop queued events",
+        )

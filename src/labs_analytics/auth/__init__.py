@@ -1,0 +1,1 @@
+"""API keys: generation, hashing, storage and the in-process cache ingest reads."""

@@ -1,0 +1,146 @@
+"""The in-process key cache that ingest authenticates against.
+
+Ingest never waits on PostgreSQL for a known key: lookups read a dict that a
+background task reloads every ``refresh_seconds``. While PostgreSQL is down the
+last known set stays valid; a revoked key stops working within one refresh.
+
+Each successful reload also writes the key hashes to Redis, so a process that
+starts while PostgreSQL is down still knows the keys. An unknown key id
+triggers at most one early reload per second (shared by concurrent requests,
+bounded in time), so a key created a moment ago works at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from labs_analytics.auth.keys import ApiKey, Scope, key_id_of, matches
+from labs_analytics.logs import get_logger
+
+log = get_logger(__name__)
+
+KeyLoader = Callable[[], Awaitable[list[ApiKey]]]
+
+ON_MISS_MIN_INTERVAL_SECONDS = 1.0
+ON_MISS_TIMEOUT_SECONDS = 1.0
+
+
+class KeyCache:
+    def __init__(
+        self,
+        load: KeyLoader,
+        *,
+        refresh_seconds: float,
+        redis: Redis | None = None,
+        mirror_key: str = "la:keys",
+    ) -> None:
+        self._load = load
+        self._refresh_seconds = refresh_seconds
+        self._redis = redis
+        self._mirror_key = mirror_key
+        self._keys: dict[str, ApiKey] = {}
+        self._refreshing: asyncio.Task[bool] | None = None
+        self._last_attempt = 0.0
+        self.last_success: float | None = None
+        self.source: str = "empty"
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    async def lookup(self, token: str) -> ApiKey | None:
+        key_id = key_id_of(token)
+        if key_id is None:
+            return None
+        key = self._keys.get(key_id)
+        if key is None and time.monotonic() - self._last_attempt >= ON_MISS_MIN_INTERVAL_SECONDS:
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(self._refresh_once()), ON_MISS_TIMEOUT_SECONDS
+                )
+            except TimeoutError:
+                pass
+            key = self._keys.get(key_id)
+        if key is None or not matches(token, key):
+            return None
+        return key
+
+    async def refresh(self) -> bool:
+        """Reload from PostgreSQL; on failure keep what we have (or load the Redis mirror)."""
+        return await self._refresh_once()
+
+    def _refresh_once(self) -> asyncio.Task[bool]:
+        # Single flight: concurrent callers share one reload.
+        if self._refreshing is None or self._refreshing.done():
+            self._last_attempt = time.monotonic()
+            self._refreshing = asyncio.ensure_future(self._do_refresh())
+        return self._refreshing
+
+    async def _do_refresh(self) -> bool:
+        try:
+            keys = await self._load()
+        except Exception as exc:  # PostgreSQL down or not migrated: keep the last known set
+            log.warning(
+                "keys.refresh_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                cached_keys=len(self._keys),
+                source=self.source,
+            )
+            if not self._keys:
+                await self._load_mirror()
+            return False
+        self._keys = {key.key_id: key for key in keys}
+        self.last_success = time.monotonic()
+        self.source = "postgresql"
+        await self._write_mirror(keys)
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.refresh()
+            try:
+                await asyncio.wait_for(stop.wait(), self._refresh_seconds)
+            except TimeoutError:
+                pass
+
+    async def _write_mirror(self, keys: list[ApiKey]) -> None:
+        if self._redis is None:
+            return
+        payload = orjson.dumps([[k.key_id, k.product, sorted(k.scopes), k.key_hash] for k in keys])
+        try:
+            await self._redis.set(self._mirror_key, payload)
+        except RedisError as exc:
+            log.warning("keys.mirror_write_failed", error=repr(exc))
+
+    async def _load_mirror(self) -> None:
+        if self._redis is None:
+            return
+        try:
+            raw = await self._redis.get(self._mirror_key)
+        except RedisError as exc:
+            log.warning("keys.mirror_read_failed", error=repr(exc))
+            return
+        if not raw:
+            return
+        try:
+            rows = orjson.loads(raw)
+            keys = [
+                ApiKey(
+                    key_id=r[0],
+                    product=r[1],
+                    scopes=frozenset(Scope(s) for s in r[2]),
+                    key_hash=r[3],
+                )
+                for r in rows
+            ]
+        except (ValueError, TypeError, IndexError) as exc:
+            log.error("keys.mirror_unreadable", error=repr(exc))
+            return
+        self._keys = {key.key_id: key for key in keys}
+        self.source = "redis-mirror"
+        log.warning("keys.loaded_from_mirror", cached_keys=len(keys))

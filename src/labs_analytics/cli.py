@@ -1,0 +1,302 @@
+"""The `labs-analytics` command: serve, flusher, migrate, keys, dev."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+import uvicorn
+
+from labs_analytics.auth.keys import Scope
+from labs_analytics.auth.repository import KeyRepository
+from labs_analytics.events import PRODUCT_PATTERN
+from labs_analytics.flusher import Flusher
+from labs_analytics.logs import UVICORN_LOG_CONFIG, configure_logging, get_logger
+from labs_analytics.queue.connection import create_redis
+from labs_analytics.settings import Settings
+from labs_analytics.storage import migrations
+from labs_analytics.storage.database import create_copy_pool, create_engine
+
+app = typer.Typer(
+    help="Labs Analytics: ingest analytics events over HTTP into PostgreSQL, via a Redis Stream.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+migrate_app = typer.Typer(help="Database migrations (Alembic).")
+app.add_typer(keys_app, name="keys")
+app.add_typer(migrate_app, name="migrate")
+
+log = get_logger("labs_analytics.cli")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _require(value: str, name: str) -> str:
+    if not value:
+        typer.echo(
+            f"error: {name} is not set (environment or .env); "
+            "or use `labs-analytics dev` for embedded servers",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return value
+
+
+@app.callback()
+def _main() -> None:
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+
+
+# --- serve / flusher ---------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+    no_flusher: Annotated[
+        bool, typer.Option("--no-flusher", help="Ingest only; run flushers separately.")
+    ] = False,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Serve the HTTP API (with a flusher in each worker unless --no-flusher)."""
+    settings = _settings()
+    _require(settings.database_url, "DATABASE_URL")
+    _require(settings.redis_url, "REDIS_URL")
+    _serve(host=host, port=port, workers=workers, run_flusher=not no_flusher, access_log=access_log)
+
+
+def _serve(*, host: str, port: int, workers: int, run_flusher: bool, access_log: bool) -> None:
+    if not run_flusher:
+        # uvicorn workers build their own Settings from the environment, so the
+        # CLI hands the choice down that way.
+        os.environ["RUN_FLUSHER"] = "false"
+    uvicorn.run(
+        "labs_analytics.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=UVICORN_LOG_CONFIG,
+        access_log=access_log,
+        server_header=False,
+        timeout_graceful_shutdown=15,
+    )
+
+
+@app.command()
+def flusher() -> None:
+    """Run a standalone flusher (a consumer-group member); add more to scale out."""
+    settings = _settings()
+    _require(settings.database_url, "DATABASE_URL")
+    _require(settings.redis_url, "REDIS_URL")
+    asyncio.run(_run_flusher(settings))
+
+
+async def _run_flusher(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    redis = create_redis(
+        settings.redis_url,
+        timeout_seconds=settings.redis_timeout_seconds + settings.flush_interval_ms / 1000,
+    )
+    pool = await create_copy_pool(settings.database_url)
+    try:
+        await Flusher(redis=redis, pool=pool, settings=settings).run(stop)
+    finally:
+        await pool.close()
+        await redis.aclose()
+
+
+# --- migrate -----------------------------------------------------------------
+
+
+@migrate_app.callback(invoke_without_command=True)
+def migrate(
+    ctx: typer.Context,
+    sql: Annotated[
+        bool, typer.Option("--sql", help="Print the SQL instead of running it.")
+    ] = False,
+) -> None:
+    """Upgrade the database to the newest schema (`migrate status` to check it)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = _settings()
+    if sql:
+        migrations.upgrade_sql(settings.database_url or None)
+        return
+    migrations.upgrade(_require(settings.database_url, "DATABASE_URL"))
+    typer.echo("database is at the newest schema", err=True)
+
+
+@migrate_app.command("status")
+def migrate_status() -> None:
+    """Show the database's schema revision and the newest one; exit 1 if behind."""
+    settings = _settings()
+    state = migrations.status(_require(settings.database_url, "DATABASE_URL"))
+    typer.echo(f"current: {state.current or '(none)'}")
+    typer.echo(f"head:    {state.head}")
+    typer.echo("up to date" if state.up_to_date else "behind: run `labs-analytics migrate`")
+    if not state.up_to_date:
+        raise typer.Exit(1)
+
+
+# --- keys --------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _with_keys(database_url: str, action: Callable[[KeyRepository], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = create_engine(database_url)
+        try:
+            return await action(KeyRepository(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@keys_app.command("create")
+def keys_create(
+    product: Annotated[str, typer.Option(help="The product the key writes and reads.")],
+    scope: Annotated[list[Scope], typer.Option(help="ingest, read or admin; repeat for several.")],
+    label: Annotated[str, typer.Option(help="A note: who or what uses the key.")] = "",
+) -> None:
+    """Create a key. The key is printed once, alone on the last line, and never again."""
+    if not re.match(PRODUCT_PATTERN, product):
+        raise typer.BadParameter(
+            "lowercase letters, digits, _ and -, at most 64", param_hint="--product"
+        )
+    database_url = _require(_settings().database_url, "DATABASE_URL")
+    new_key = _with_keys(
+        database_url, lambda repo: repo.create(product=product, scopes=scope, label=label)
+    )
+    scopes = ",".join(sorted(str(s) for s in set(scope)))
+    typer.echo(f"created key {new_key.key_id} for product {product} (scopes: {scopes})")
+    typer.echo("store it now: it is not shown again")
+    typer.echo(new_key.plaintext)
+
+
+@keys_app.command("list")
+def keys_list(
+    product: Annotated[str | None, typer.Option(help="Only this product's keys.")] = None,
+) -> None:
+    """List keys (ids and metadata; the keys themselves are never stored)."""
+    database_url = _require(_settings().database_url, "DATABASE_URL")
+    rows = _with_keys(database_url, lambda repo: repo.list_keys(product=product))
+    typer.echo(f"{'KEY_ID':<14} {'PRODUCT':<16} {'SCOPES':<20} {'CREATED':<20} {'STATUS':<8} LABEL")
+    for row in rows:
+        status = "revoked" if row.revoked_at else "active"
+        created = f"{row.created_at:%Y-%m-%d %H:%M:%S}"
+        typer.echo(
+            f"{row.key_id:<14} {row.product:<16} {','.join(row.scopes):<20} "
+            f"{created:<20} {status:<8} {row.label}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The KEY_ID from `keys list`.")],
+) -> None:
+    """Revoke a key. API processes stop accepting it within KEY_CACHE_REFRESH_SECONDS."""
+    settings = _settings()
+    database_url = _require(settings.database_url, "DATABASE_URL")
+    if not _with_keys(database_url, lambda repo: repo.revoke(key_id)):
+        typer.echo(f"error: no active key {key_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}; refused within {settings.key_cache_refresh_seconds:g} s")
+
+
+# --- dev ---------------------------------------------------------------------
+
+
+@app.command()
+def dev(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Start embedded PostgreSQL and Redis (under DATA_DIR), migrate, create a key, serve.
+
+    With DATABASE_URL / REDIS_URL set, those servers are used instead. Data
+    survives a restart; Ctrl-C stops everything this command started.
+    """
+    from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis
+
+    settings = _settings()
+    data_dir = Path(settings.data_dir)
+    started: list[EmbeddedPostgres | EmbeddedRedis] = []
+    try:
+        database_url = settings.database_url
+        if not database_url:
+            postgres = EmbeddedPostgres(data_dir / "postgres")
+            postgres.start()
+            started.append(postgres)
+            database_url = postgres.url
+        redis_url = settings.redis_url
+        if not redis_url:
+            redis = EmbeddedRedis(data_dir / "redis")
+            redis.start()
+            started.append(redis)
+            redis_url = redis.url
+        # Handed to uvicorn's app factory, which reads Settings from the environment.
+        os.environ["DATABASE_URL"] = database_url
+        os.environ["REDIS_URL"] = redis_url
+
+        migrations.upgrade(database_url)
+        new_key = _with_keys(
+            database_url,
+            lambda repo: repo.create(
+                product="dev", scopes=[Scope.INGEST, Scope.READ], label="labs-analytics dev"
+            ),
+        )
+        _print_dev_banner(
+            host=host,
+            port=port,
+            key=new_key.plaintext,
+            database_url=database_url,
+            redis_url=redis_url,
+        )
+        _serve(host=host, port=port, workers=1, run_flusher=True, access_log=True)
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+def _print_dev_banner(*, host: str, port: int, key: str, database_url: str, redis_url: str) -> None:
+    base = f"http://{host}:{port}"
+    body = '{"name": "hello.world", "user": "me", "properties": {"source": "curl"}}'
+    lines = [
+        "",
+        "Labs Analytics dev server",
+        f"  API        {base}   (docs: {base}/docs)",
+        f"  PostgreSQL {database_url}",
+        f"  Redis      {redis_url}",
+        "  API key    (product 'dev', scopes ingest+read; shown once)",
+        f"             {key}",
+        "",
+        "Send an event:",
+        f"  curl -sS -X POST {base}/v1/events -H 'Authorization: Bearer {key}' "
+        f"-H 'Content-Type: application/json' -d '{body}'",
+        "See it in PostgreSQL (after ~0.5 s):",
+        f"  psql '{database_url}' -c 'SELECT * FROM events ORDER BY stored_at DESC LIMIT 5'",
+        "",
+    ]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,14 @@
+"""Capped exponential backoff with full jitter."""
+
+from __future__ import annotations
+
+import random
+
+
+def backoff_seconds(attempt: int, *, initial_ms: int, max_ms: int) -> float:
+    """Delay before retry number ``attempt`` (1-based): uniform in [0, min(max, initial·2^(n-1))].
+
+    Full jitter keeps several flushers that failed together from retrying in lockstep.
+    """
+    ceiling_ms = min(max_ms, initial_ms * 2 ** min(attempt - 1, 30))
+    return random.uniform(0, ceiling_ms) / 1000

@@ -1,0 +1,319 @@
+"""The flusher: a consumer-group member that writes stream entries to PostgreSQL.
+
+Semantics, in order of importance:
+
+- **Ack after commit.** Entries are acknowledged (XACK) and deleted (XDEL)
+  only after the transaction holding their rows committed. A crash anywhere
+  before that leaves them pending, to be redelivered.
+- **Exactly-once rows.** Delivery is at-least-once; the insert is
+  ``ON CONFLICT DO NOTHING`` on (timestamp, event_id), so a redelivered batch
+  adds nothing, and the transaction log records how many were duplicates.
+- **Failure keeps the batch.** When the write fails (PostgreSQL down, a
+  restart mid-transaction), the flusher keeps the same entries, logs the
+  failed attempt, and retries with capped exponential backoff, refreshing its
+  claim so that other flushers do not take a batch it is still working on.
+- **Orphans are reclaimed.** Entries that another consumer has held longer
+  than ``reclaim_idle_ms`` (it died) are claimed with XAUTOCLAIM and written.
+- **Stop is prompt.** When ``stop`` is set the loop returns after the current
+  step; a batch not yet committed stays pending in Redis, nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from labs_analytics.events import EventRecord
+from labs_analytics.flusher.backoff import backoff_seconds
+from labs_analytics.logs import get_logger
+from labs_analytics.queue.consumer import StreamConsumer, StreamEntry
+from labs_analytics.queue.entries import UndecodableEntry, decode_entry
+from labs_analytics.settings import Settings
+from labs_analytics.storage.bulk_writer import BatchOutcome, BulkWriter, DeadLetter
+from labs_analytics.storage.partitions import ensure_partitions
+
+log = get_logger(__name__)
+
+PARTITION_CHECK_SECONDS = 3600.0
+MAX_ENTRIES_PER_READ = 1000
+
+
+def default_consumer_name() -> str:
+    # Unique per process: a restarted flusher must not inherit (and silently
+    # skip) the pending list of its previous life; XAUTOCLAIM hands it over.
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Batch:
+    entries: list[StreamEntry]
+    records: list[EventRecord] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def stream_ids(self) -> list[str]:
+        return [entry.entry_id for entry in self.entries]
+
+    @classmethod
+    def from_entries(cls, entries: list[StreamEntry]) -> Batch:
+        batch = cls(entries=entries)
+        for entry in entries:
+            try:
+                batch.records.extend(decode_entry(entry.fields))
+            except UndecodableEntry as exc:
+                # One unreadable entry must not block the others: it is kept,
+                # raw, in dead_letters, committed with the batch.
+                payload = {
+                    k.decode(errors="replace"): v.decode(errors="replace")
+                    for k, v in entry.fields.items()
+                }
+                batch.dead_letters.append(
+                    DeadLetter(entry.entry_id, None, f"undecodable entry: {exc}", repr(payload))
+                )
+        return batch
+
+
+class Flusher:
+    def __init__(
+        self,
+        *,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        consumer_name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.consumer = StreamConsumer(
+            redis,
+            stream_key=settings.stream_key,
+            group=settings.consumer_group,
+            consumer=consumer_name or default_consumer_name(),
+        )
+        self.writer = BulkWriter(pool)
+        self._pool = pool
+        self._group_ready = False
+        self._last_reclaim = 0.0
+        self._partitions_checked: tuple[date, float] | None = None
+        self._events_per_entry = 1.0  # running estimate, sizes XREADGROUP's COUNT
+
+    @property
+    def name(self) -> str:
+        return self.consumer.consumer
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("flusher.started", consumer=self.name, stream=self.settings.stream_key)
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self.run_once(stop)
+                failures = 0
+            except (RedisError, OSError) as exc:
+                # Redis unreachable: nothing to read, nothing lost; wait and retry.
+                failures += 1
+                delay = self._backoff(failures)
+                log.error(
+                    "flusher.redis_unavailable", error=repr(exc), retry_in_ms=round(delay * 1000)
+                )
+                await _sleep_unless_stopped(stop, delay)
+        log.info("flusher.stopped", consumer=self.name)
+
+    async def run_once(self, stop: asyncio.Event | None = None) -> BatchOutcome | None:
+        """Collect one batch, write it (retrying until committed or stopped), ack it."""
+        stop = stop or asyncio.Event()
+        if not self._group_ready:
+            await self.consumer.ensure_group()
+            self._group_ready = True
+        await self._maybe_ensure_partitions()
+        batch = await self.collect_batch(stop)
+        if batch is None:
+            return None
+        outcome = await self.write(batch, stop)
+        if outcome is not None:
+            await self.ack(batch)
+        return outcome
+
+    async def collect_batch(self, stop: asyncio.Event) -> Batch | None:
+        """Read until the batch holds ``flush_batch_events`` events or
+        ``flush_interval_ms`` passed since its first entry arrived."""
+        limit = self.settings.flush_batch_events
+        interval_ms = self.settings.flush_interval_ms
+        entries = await self._reclaim_orphans()
+        events = sum(entry.event_count for entry in entries)
+        deadline = time.monotonic() + interval_ms / 1000 if entries else None
+
+        while events < limit and not stop.is_set():
+            if deadline is None:
+                block_ms = interval_ms
+            else:
+                block_ms = round((deadline - time.monotonic()) * 1000)
+                if block_ms <= 0:
+                    break
+            # BLOCK 0 means "forever" to Redis: never send it.
+            new = await self.consumer.read_new(
+                count=self._read_count(limit - events), block_ms=max(1, block_ms)
+            )
+            if not new:
+                if deadline is None:
+                    break  # idle for a whole interval
+                continue
+            if deadline is None:
+                deadline = time.monotonic() + interval_ms / 1000
+            entries.extend(new)
+            new_events = sum(entry.event_count for entry in new)
+            events += new_events
+            self._events_per_entry = 0.8 * self._events_per_entry + 0.2 * (new_events / len(new))
+
+        if not entries:
+            return None
+        return Batch.from_entries(entries)
+
+    async def write(self, batch: Batch, stop: asyncio.Event) -> BatchOutcome | None:
+        """Write the batch, retrying with backoff; None if stopped before a commit."""
+        attempt = 0
+        stream_ids = batch.stream_ids
+        while True:
+            attempt += 1
+            batch_id = uuid.uuid4()
+            started_at = datetime.now(UTC)
+            log.info("flush.started", **self._log_fields(batch, batch_id, attempt))
+            try:
+                outcome = await self.writer.write_batch(
+                    batch_id=batch_id,
+                    consumer=self.name,
+                    stream_ids=stream_ids,
+                    attempt=attempt,
+                    records=batch.records,
+                    dead_letters=batch.dead_letters,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: keep the entries, retry
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("flush.failed", error=error, **self._log_fields(batch, batch_id, attempt))
+                await self._record_failure(batch, batch_id, attempt, error, started_at)
+                delay = self._backoff(attempt)
+                log.warning(
+                    "flush.retrying",
+                    batch_id=str(batch_id),
+                    attempt=attempt + 1,
+                    retry_in_ms=round(delay * 1000),
+                )
+                if await _sleep_unless_stopped(stop, delay):
+                    log.warning(
+                        "flush.abandoned_on_stop",
+                        batch_id=str(batch_id),
+                        entries=len(stream_ids),
+                        note="entries stay pending and will be reclaimed",
+                    )
+                    return None
+                try:
+                    await self.consumer.keep_claimed(stream_ids)
+                except RedisError:
+                    pass  # if Redis is away too, the ack will fail later and redeliver
+                continue
+            log.info(
+                "flush.committed",
+                inserted=outcome.inserted,
+                duplicates=outcome.duplicates,
+                dead_lettered=outcome.dead_lettered,
+                copy_ms=outcome.copy_ms,
+                insert_ms=outcome.insert_ms,
+                ms=outcome.total_ms,
+                **self._log_fields(batch, batch_id, attempt),
+            )
+            return outcome
+
+    async def ack(self, batch: Batch) -> None:
+        try:
+            await self.consumer.ack_and_delete(batch.stream_ids)
+        except RedisError as exc:
+            # The rows are committed; the entries stay pending, come back, and
+            # are deduplicated. Nothing is lost or doubled.
+            log.error("flush.ack_failed", error=repr(exc), entries=len(batch.entries))
+
+    async def _reclaim_orphans(self) -> list[StreamEntry]:
+        now = time.monotonic()
+        if now - self._last_reclaim < min(1.0, self.settings.reclaim_idle_ms / 2000):
+            return []
+        self._last_reclaim = now
+        return await self.consumer.claim_idle(
+            min_idle_ms=self.settings.reclaim_idle_ms,
+            count=self._read_count(self.settings.flush_batch_events),
+        )
+
+    async def _maybe_ensure_partitions(self) -> None:
+        today = datetime.now(UTC).date()
+        checked = self._partitions_checked
+        if (
+            checked
+            and checked[0] == today
+            and time.monotonic() - checked[1] < PARTITION_CHECK_SECONDS
+        ):
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                await ensure_partitions(
+                    conn, today=today, days_ahead=self.settings.partition_days_ahead
+                )
+        except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
+            # Not fatal: rows land in the default partition meanwhile.
+            log.warning("partition.check_failed", error=repr(exc))
+            return
+        self._partitions_checked = (today, time.monotonic())
+
+    async def _record_failure(
+        self, batch: Batch, batch_id: uuid.UUID, attempt: int, error: str, started_at: datetime
+    ) -> None:
+        try:
+            await self.writer.record_failure(
+                batch_id=batch_id,
+                consumer=self.name,
+                stream_ids=batch.stream_ids,
+                attempt=attempt,
+                events=len(batch.records),
+                error=error,
+                started_at=started_at,
+            )
+        except Exception as exc:  # PostgreSQL down: the log line above is the record
+            log.debug("flush.failure_not_recorded", error=repr(exc))
+
+    def _read_count(self, events_wanted: int) -> int:
+        return max(1, min(MAX_ENTRIES_PER_READ, round(events_wanted / self._events_per_entry)))
+
+    def _backoff(self, attempt: int) -> float:
+        return backoff_seconds(
+            attempt,
+            initial_ms=self.settings.retry_backoff_initial_ms,
+            max_ms=self.settings.retry_backoff_max_ms,
+        )
+
+    def _log_fields(self, batch: Batch, batch_id: uuid.UUID, attempt: int) -> dict[str, Any]:
+        ids = batch.stream_ids
+        return {
+            "batch_id": str(batch_id),
+            "consumer": self.name,
+            "attempt": attempt,
+            "events": len(batch.records),
+            "entries": len(ids),
+            "first_stream_id": ids[0] if ids else None,
+            "last_stream_id": ids[-1] if ids else None,
+        }
+
+
+async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep; return True if ``stop`` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True

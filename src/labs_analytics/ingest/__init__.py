@@ -1,0 +1,1 @@
+"""Turning a request body into durable queue entries."""

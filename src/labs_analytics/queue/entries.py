@@ -1,0 +1,64 @@
+"""How a request's events are laid out in one stream entry, and read back.
+
+One entry per accepted request: ``{"v": "1", "n": <count>, "events": <JSON array>}``.
+The version field lets a later format coexist with entries still in the stream.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from labs_analytics.events import EventRecord
+
+ENTRY_FORMAT_VERSION = b"1"
+
+
+class UndecodableEntry(ValueError):
+    """A stream entry that is not in a format this version can read."""
+
+
+def encode_entry(records: Sequence[EventRecord]) -> dict[bytes, bytes]:
+    payload = orjson.dumps(
+        [
+            {
+                "event_id": record.event_id,
+                "product": record.product,
+                "name": record.name,
+                "user": record.user,
+                "timestamp": record.timestamp,
+                "properties": record.properties,
+                "context": record.context,
+                "received_at": record.received_at,
+            }
+            for record in records
+        ]
+    )
+    return {b"v": ENTRY_FORMAT_VERSION, b"n": str(len(records)).encode(), b"events": payload}
+
+
+def decode_entry(fields: Mapping[bytes, bytes]) -> list[EventRecord]:
+    if fields.get(b"v") != ENTRY_FORMAT_VERSION:
+        raise UndecodableEntry(f"unknown entry format version {fields.get(b'v')!r}")
+    try:
+        items: Any = orjson.loads(fields[b"events"])
+        return [_record_from_json(item) for item in items]
+    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+        raise UndecodableEntry(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _record_from_json(item: dict[str, Any]) -> EventRecord:
+    return EventRecord(
+        event_id=uuid.UUID(item["event_id"]),
+        product=str(item["product"]),
+        name=str(item["name"]),
+        user=item["user"],
+        timestamp=datetime.fromisoformat(item["timestamp"]),
+        properties=item["properties"],
+        context=item["context"],
+        received_at=datetime.fromisoformat(item["received_at"]),
+    )

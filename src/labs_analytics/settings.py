@@ -1,0 +1,134 @@
+"""Every tunable of the service, read once from the environment and `.env`.
+
+Nothing else in the package reads ``os.environ``: components take a ``Settings``
+(or the values they need) as arguments, so tests build their own.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # --- servers -------------------------------------------------------------
+    database_url: str = Field(
+        default="",
+        description="PostgreSQL URL; the plain postgresql://user@host:port/db form works. "
+        "Empty under `labs-analytics dev`, which starts an embedded server.",
+    )
+    redis_url: str = Field(
+        default="",
+        description="Redis URL (redis://host:port/db). Empty under `dev`: embedded server.",
+    )
+    redis_key_prefix: str = Field(
+        default="la:",
+        description="Prefix of every Redis key we own, so one Redis can host several deployments.",
+    )
+
+    # --- ingest limits -------------------------------------------------------
+    max_body_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="Request body limit, after decompression."
+    )
+    max_events_per_request: int = Field(default=1000, gt=0, le=10_000)
+    max_properties_bytes: int = Field(
+        default=32 * 1024, gt=0, description="Serialized size limit of one event's properties."
+    )
+    max_future_skew_seconds: int = Field(
+        default=24 * 3600, ge=0, description="Timestamps further ahead than this are refused."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (comma separated).",
+    )
+    redis_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="Longest wait on one Redis command before answering 503."
+    )
+    retry_after_seconds: int = Field(
+        default=5, ge=1, description="Retry-After sent with 503 when the queue is unavailable."
+    )
+
+    # --- auth ----------------------------------------------------------------
+    key_cache_refresh_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often API processes reload keys; a revoked key stops working within it.",
+    )
+
+    # --- flusher -------------------------------------------------------------
+    flush_batch_events: int = Field(default=5000, gt=0, description="Events per flush, at most.")
+    flush_interval_ms: int = Field(
+        default=500, gt=0, description="Longest wait to fill a batch before flushing what we have."
+    )
+    reclaim_idle_ms: int = Field(
+        default=30_000,
+        gt=0,
+        description="Entries pending this long at another consumer are presumed orphaned "
+        "and claimed (XAUTOCLAIM).",
+    )
+    retry_backoff_initial_ms: int = Field(default=100, gt=0)
+    retry_backoff_max_ms: int = Field(default=10_000, gt=0)
+    partition_days_ahead: int = Field(
+        default=3, ge=1, description="Daily partitions of `events` created ahead of time."
+    )
+    run_flusher: bool = Field(default=True, description="Run a flusher inside `serve`.")
+
+    # --- process -------------------------------------------------------------
+    log_level: str = Field(default="INFO")
+    data_dir: str = Field(
+        default=".data", description="Where `labs-analytics dev` keeps its embedded servers."
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if value:
+            url = make_url(value)
+            if url.get_backend_name() not in ("postgresql", "postgres"):
+                raise ValueError("DATABASE_URL must be a postgresql:// URL")
+        return value
+
+    @cached_property
+    def sqlalchemy_url(self) -> URL:
+        """The database URL with the asyncpg driver, whatever form was configured."""
+        return to_sqlalchemy_url(self.database_url)
+
+    @cached_property
+    def asyncpg_dsn(self) -> str:
+        """The database URL as libpq/asyncpg understands it (no driver suffix)."""
+        return to_asyncpg_dsn(self.database_url)
+
+    @property
+    def stream_key(self) -> str:
+        return f"{self.redis_key_prefix}events"
+
+    @property
+    def consumer_group(self) -> str:
+        return "flushers"
+
+
+def to_sqlalchemy_url(database_url: str) -> URL:
+    if not database_url:
+        raise ValueError("DATABASE_URL is not set")
+    return make_url(database_url).set(drivername="postgresql+asyncpg")
+
+
+def to_asyncpg_dsn(database_url: str) -> str:
+    return (
+        to_sqlalchemy_url(database_url)
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False)
+    )

@@ -1,0 +1,1 @@
+"""PostgreSQL: schema, connections, the bulk writer and partitions. All SQL lives here."""

@@ -1,0 +1,214 @@
+"""Writing a batch of events in one transaction: COPY → staging → idempotent INSERT.
+
+The batch's ``ingest_batches`` row (the transaction log) commits with its
+rows, so the log never claims rows that are not there, nor misses rows that are.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+import orjson
+
+from labs_analytics.events import EventRecord
+
+STAGING_TABLE = "events_staging"
+STAGING_COLUMNS = (
+    "timestamp",
+    "event_id",
+    "product",
+    "name",
+    "user_id",
+    "properties",
+    "context",
+    "received_at",
+)
+
+# Columns spelled out rather than LIKE events: a pool connection may be opened
+# before the migrations ran. ON COMMIT DELETE ROWS empties it after every batch.
+CREATE_STAGING_SQL = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
+    "timestamp" timestamptz NOT NULL,
+    event_id uuid NOT NULL,
+    product text NOT NULL,
+    name text NOT NULL,
+    user_id text,
+    properties jsonb NOT NULL,
+    context jsonb,
+    received_at timestamptz NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+
+# ON CONFLICT DO NOTHING makes a redelivered batch a no-op, and also folds
+# duplicates inside one batch (the same event sent twice in quick succession).
+INSERT_FROM_STAGING_SQL = f"""
+INSERT INTO events ("timestamp", event_id, product, name, user_id, properties, context,
+                    received_at, batch_id)
+SELECT "timestamp", event_id, product, name, user_id, properties, context, received_at, $1
+FROM {STAGING_TABLE}
+ON CONFLICT ("timestamp", event_id) DO NOTHING
+"""
+
+INSERT_BATCH_LOG_SQL = """
+INSERT INTO ingest_batches (batch_id, status, consumer, stream_ids, attempt, events, inserted,
+                            duplicates, dead_lettered, error, started_at, finished_at,
+                            copy_ms, insert_ms, total_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+"""
+
+INSERT_DEAD_LETTER_SQL = """
+INSERT INTO dead_letters (stream_id, product, error, payload) VALUES ($1, $2, $3, $4)
+"""
+
+
+async def prepare_connection(conn: asyncpg.Connection) -> None:
+    """Once per pooled connection, not per batch: creating a temp table each
+    time would bloat the catalog."""
+    await conn.execute(CREATE_STAGING_SQL)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    stream_id: str
+    product: str | None
+    error: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    batch_id: uuid.UUID
+    events: int
+    inserted: int
+    duplicates: int
+    dead_lettered: int
+    copy_ms: int
+    insert_ms: int
+    total_ms: int
+
+
+def _to_copy_row(record: EventRecord) -> tuple[object, ...]:
+    return (
+        record.timestamp,
+        record.event_id,
+        record.product,
+        record.name,
+        record.user,
+        orjson.dumps(record.properties).decode(),
+        orjson.dumps(record.context).decode() if record.context is not None else None,
+        record.received_at,
+    )
+
+
+def _elapsed_ms(since: float) -> int:
+    return round((time.perf_counter() - since) * 1000)
+
+
+class BulkWriter:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def write_batch(
+        self,
+        *,
+        batch_id: uuid.UUID,
+        consumer: str,
+        stream_ids: Sequence[str],
+        attempt: int,
+        records: Sequence[EventRecord],
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> BatchOutcome:
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
+        async with self._pool.acquire() as conn, conn.transaction():
+            copy_started = time.perf_counter()
+            if records:
+                await conn.copy_records_to_table(
+                    STAGING_TABLE, records=map(_to_copy_row, records), columns=STAGING_COLUMNS
+                )
+            copy_ms = _elapsed_ms(copy_started)
+
+            insert_started = time.perf_counter()
+            status = await conn.execute(INSERT_FROM_STAGING_SQL, batch_id)
+            inserted = int(status.rsplit(" ", 1)[-1])
+            insert_ms = _elapsed_ms(insert_started)
+
+            if dead_letters:
+                await conn.executemany(
+                    INSERT_DEAD_LETTER_SQL,
+                    [(d.stream_id, d.product, d.error, d.payload) for d in dead_letters],
+                )
+            total_ms = _elapsed_ms(started)
+            await conn.execute(
+                INSERT_BATCH_LOG_SQL,
+                batch_id,
+                "committed",
+                consumer,
+                list(stream_ids),
+                attempt,
+                len(records),
+                inserted,
+                len(records) - inserted,
+                len(dead_letters),
+                None,
+                started_at,
+                datetime.now(UTC),
+                copy_ms,
+                insert_ms,
+                total_ms,
+            )
+        return BatchOutcome(
+            batch_id=batch_id,
+            events=len(records),
+            inserted=inserted,
+            duplicates=len(records) - inserted,
+            dead_lettered=len(dead_letters),
+            copy_ms=copy_ms,
+            insert_ms=insert_ms,
+            total_ms=total_ms,
+        )
+
+    async def record_failure(
+        self,
+        *,
+        batch_id: uuid.UUID,
+        consumer: str,
+        stream_ids: Sequence[str],
+        attempt: int,
+        events: int,
+        error: str,
+        started_at: datetime,
+        wait_seconds: float = 2.0,
+    ) -> None:
+        """Log a failed attempt in ``ingest_batches`` when PostgreSQL is reachable.
+
+        Best effort, outside the failed transaction: when the server is down
+        this fails too, and the JSON log line is the record.
+        """
+        finished_at = datetime.now(UTC)
+        total_ms = round((finished_at - started_at).total_seconds() * 1000)
+        async with self._pool.acquire(timeout=wait_seconds) as conn:
+            await conn.execute(
+                INSERT_BATCH_LOG_SQL,
+                batch_id,
+                "failed",
+                consumer,
+                list(stream_ids),
+                attempt,
+                events,
+                0,
+                0,
+                0,
+                error[:2000],
+                started_at,
+                finished_at,
+                None,
+                None,
+                total_ms,
+                timeout=wait_seconds,
+            )

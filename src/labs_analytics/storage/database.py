@@ -1,0 +1,37 @@
+"""Connections to PostgreSQL: a SQLAlchemy engine for simple queries, an asyncpg pool for COPY.
+
+Neither connects when built: PostgreSQL may be down when a process starts,
+and ingest must not care.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from labs_analytics.settings import to_asyncpg_dsn, to_sqlalchemy_url
+from labs_analytics.storage.bulk_writer import prepare_connection
+
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    return create_async_engine(
+        to_sqlalchemy_url(database_url),
+        pool_pre_ping=True,
+        pool_size=2,
+        max_overflow=2,
+        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+    )
+
+
+def create_copy_pool(database_url: str, *, max_size: int = 2) -> asyncpg.Pool:
+    """A pool for the flusher; ``min_size=0`` so creating it never needs the server."""
+    return asyncpg.create_pool(
+        to_asyncpg_dsn(database_url),
+        min_size=0,
+        max_size=max_size,
+        timeout=CONNECT_TIMEOUT_SECONDS,
+        command_timeout=60,
+        init=prepare_connection,
+    )

@@ -1,0 +1,102 @@
+"""The schema as SQLAlchemy Core tables, for queries and as the reference for migrations.
+
+The migrations in ``alembic/versions`` create these; ``events`` is range
+partitioned by day on ``timestamp``, which Core does not model, so partitions
+are handled in ``storage.partitions``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("timestamp", DateTime(timezone=True), nullable=False),
+    Column("event_id", UUID(as_uuid=True), nullable=False),
+    Column("product", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    # "user" is a reserved word in PostgreSQL (`SELECT user` is the role name).
+    Column("user_id", Text),
+    Column("properties", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("context", JSONB),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("batch_id", UUID(as_uuid=True)),
+    # Dedup key: the timestamp is in it because it is the partition key.
+    PrimaryKeyConstraint("timestamp", "event_id"),
+    Index(None, "product", "name", "timestamp"),
+    Index(None, "product", "user_id", "timestamp"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", Text, primary_key=True),
+    Column("product", Text, nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    # SHA-256 of the whole key: keys are 256-bit random, so a slow hash adds nothing.
+    Column("key_hash", Text, nullable=False),
+    Column("label", Text, nullable=False, server_default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+    Index(None, "product"),
+)
+
+ingest_batches = Table(
+    "ingest_batches",
+    metadata,
+    Column("batch_id", UUID(as_uuid=True), primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("consumer", Text, nullable=False),
+    Column("stream_ids", ARRAY(Text), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("events", Integer, nullable=False),
+    Column("inserted", Integer, nullable=False),
+    Column("duplicates", Integer, nullable=False),
+    Column("dead_lettered", Integer, nullable=False, server_default="0"),
+    Column("error", Text),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("copy_ms", Integer),
+    Column("insert_ms", Integer),
+    Column("total_ms", Integer, nullable=False),
+    Index(None, "finished_at"),
+    Index(None, "status", "finished_at"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("stream_id", Text, nullable=False),
+    Column("product", Text),
+    Column("error", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index(None, "created_at"),
+)
