@@ -273,10 +273,17 @@ def dev(
             database_url=database_url,
             redis_url=redis_url,
         )
+        # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an
+        # exception so the `finally` below still stops the embedded servers.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         _serve(host=host, port=port, workers=1, run_flusher=True, access_log=True)
     finally:
         for server in reversed(started):
             server.stop()
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _print_dev_banner(*, host: str, port: int, key: str, database_url: str, redis_url: str) -> None:

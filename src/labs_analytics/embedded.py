@@ -188,7 +188,11 @@ class EmbeddedPostgres:
         command = [str(self.bin_dir / args[0]), *args[1:]]
         result = subprocess.run(
             command,
+            # uid, gid and supplementary groups all dropped: a process that kept
+            # root's group would be refused by group-only permission bits.
             user=self._run_as,
+            group=self._run_as and pwd.getpwnam(self._run_as).pw_gid,
+            extra_groups=[] if self._run_as else None,
             capture_output=True,
             text=True,
             check=False,

@@ -6,7 +6,6 @@ Nothing else in the package reads ``os.environ``: components take a ``Settings``
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -101,12 +100,12 @@ class Settings(BaseSettings):
                 raise ValueError("DATABASE_URL must be a postgresql:// URL")
         return value
 
-    @cached_property
+    @property
     def sqlalchemy_url(self) -> URL:
         """The database URL with the asyncpg driver, whatever form was configured."""
         return to_sqlalchemy_url(self.database_url)
 
-    @cached_property
+    @property
     def asyncpg_dsn(self) -> str:
         """The database URL as libpq/asyncpg understands it (no driver suffix)."""
         return to_asyncpg_dsn(self.database_url)

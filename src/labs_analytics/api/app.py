@@ -16,7 +16,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import ORJSONResponse
 from pydantic.json_schema import models_json_schema
 from redis.exceptions import RedisError
 
@@ -48,7 +47,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Record product analytics events. Send them to `POST /v1/events` with an "
         "API key; they are acknowledged once durable and land in PostgreSQL exactly once.",
         lifespan=_lifespan,
-        default_response_class=ORJSONResponse,
     )
     app.state.settings = settings
     install_error_handlers(app)

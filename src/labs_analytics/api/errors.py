@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,35 +29,40 @@ class ErrorBody(BaseModel):
     )
 
 
+class JsonErrorResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def _body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"error": code, "message": message, "details": details or []}
 
 
-async def _app_error(_request: Request, exc: Exception) -> ORJSONResponse:
+async def _app_error(_request: Request, exc: Exception) -> JsonErrorResponse:
     assert isinstance(exc, AppError)
-    return ORJSONResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)
+    return JsonErrorResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)
 
 
-async def _request_validation(_request: Request, exc: Exception) -> ORJSONResponse:
+async def _request_validation(_request: Request, exc: Exception) -> JsonErrorResponse:
     assert isinstance(exc, RequestValidationError)
     details = [
         {"field": ".".join(str(p) for p in err["loc"]), "message": err["msg"], "type": err["type"]}
         for err in exc.errors()
     ]
-    return ORJSONResponse(_body("invalid_request", "the request is invalid", details), 422)
+    return JsonErrorResponse(_body("invalid_request", "the request is invalid", details), 422)
 
 
-async def _http_error(_request: Request, exc: Exception) -> ORJSONResponse:
+async def _http_error(_request: Request, exc: Exception) -> JsonErrorResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    return ORJSONResponse(
+    return JsonErrorResponse(
         _body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
     )
 
 
-async def _unexpected(_request: Request, exc: Exception) -> ORJSONResponse:
+async def _unexpected(_request: Request, exc: Exception) -> JsonErrorResponse:
     log.error("request.unhandled_error", error=f"{type(exc).__name__}: {exc}", exc_info=True)
-    return ORJSONResponse(_body("internal_error", "an unexpected error occurred"), 500)
+    return JsonErrorResponse(_body("internal_error", "an unexpected error occurred"), 500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from labs_analytics.api.dependencies import State
@@ -28,7 +28,7 @@ async def healthz() -> dict[str, str]:
     "reported but not required: ingest works while it is down.",
     responses={503: {"description": "Redis is unreachable: ingest would answer 503."}},
 )
-async def readyz(state: State) -> ORJSONResponse:
+async def readyz(state: State) -> JSONResponse:
     redis_ok = await _check(state.redis.ping())
     postgres_ok = await _check(_ping_postgres(state))
     body: dict[str, Any] = {
@@ -38,7 +38,7 @@ async def readyz(state: State) -> ORJSONResponse:
         "cached_keys": len(state.key_cache),
         "keys_source": state.key_cache.source,
     }
-    return ORJSONResponse(body, status_code=200 if redis_ok else 503)
+    return JSONResponse(body, status_code=200 if redis_ok else 503)
 
 
 async def _ping_postgres(state: State) -> None:

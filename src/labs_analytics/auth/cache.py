@@ -6,13 +6,14 @@ last known set stays valid; a revoked key stops working within one refresh.
 
 Each successful reload also writes the key hashes to Redis, so a process that
 starts while PostgreSQL is down still knows the keys. An unknown key id
-triggers at most one early reload per second (shared by concurrent requests,
-bounded in time), so a key created a moment ago works at once.
+waits (at most a second) for a reload that started after it arrived, so a key
+created a moment ago works at once; such reloads are shared and rate limited.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -27,7 +28,7 @@ log = get_logger(__name__)
 
 KeyLoader = Callable[[], Awaitable[list[ApiKey]]]
 
-ON_MISS_MIN_INTERVAL_SECONDS = 1.0
+ON_MISS_MIN_GAP_SECONDS = 0.25
 ON_MISS_TIMEOUT_SECONDS = 1.0
 
 
@@ -45,8 +46,8 @@ class KeyCache:
         self._redis = redis
         self._mirror_key = mirror_key
         self._keys: dict[str, ApiKey] = {}
-        self._refreshing: asyncio.Task[bool] | None = None
-        self._last_attempt = 0.0
+        self._reloading: asyncio.Task[bool] | None = None
+        self._reload_started = -ON_MISS_MIN_GAP_SECONDS
         self.last_success: float | None = None
         self.source: str = "empty"
 
@@ -58,13 +59,13 @@ class KeyCache:
         if key_id is None:
             return None
         key = self._keys.get(key_id)
-        if key is None and time.monotonic() - self._last_attempt >= ON_MISS_MIN_INTERVAL_SECONDS:
-            try:
+        if key is None:
+            # Perhaps created a moment ago: wait (briefly) for a reload that
+            # started after this request arrived.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    asyncio.shield(self._refresh_once()), ON_MISS_TIMEOUT_SECONDS
+                    self._reload_since(time.monotonic()), ON_MISS_TIMEOUT_SECONDS
                 )
-            except TimeoutError:
-                pass
             key = self._keys.get(key_id)
         if key is None or not matches(token, key):
             return None
@@ -72,14 +73,34 @@ class KeyCache:
 
     async def refresh(self) -> bool:
         """Reload from PostgreSQL; on failure keep what we have (or load the Redis mirror)."""
-        return await self._refresh_once()
+        return await asyncio.shield(self._start_reload())
 
-    def _refresh_once(self) -> asyncio.Task[bool]:
-        # Single flight: concurrent callers share one reload.
-        if self._refreshing is None or self._refreshing.done():
-            self._last_attempt = time.monotonic()
-            self._refreshing = asyncio.ensure_future(self._do_refresh())
-        return self._refreshing
+    async def _reload_since(self, since: float) -> None:
+        """Wait for a reload that started at or after ``since``.
+
+        Reloads are single flight and at least ``ON_MISS_MIN_GAP_SECONDS``
+        apart, so a flood of unknown keys costs PostgreSQL a few tiny queries
+        a second, whatever the request rate.
+        """
+        while True:
+            task = self._reloading
+            if task is not None and not task.done():
+                await asyncio.shield(task)
+                if self._reload_started >= since:
+                    return
+                continue
+            wait = self._reload_started + ON_MISS_MIN_GAP_SECONDS - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            await asyncio.shield(self._start_reload())
+            return
+
+    def _start_reload(self) -> asyncio.Task[bool]:
+        if self._reloading is None or self._reloading.done():
+            self._reload_started = time.monotonic()
+            self._reloading = asyncio.ensure_future(self._do_refresh())
+        return self._reloading
 
     async def _do_refresh(self) -> bool:
         try:

