@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ import httpx
 from labs_analytics.api.app import create_app
 from labs_analytics.auth.keys import Scope
 from labs_analytics.auth.repository import KeyRepository
-from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis
+from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from labs_analytics.settings import Settings
 from labs_analytics.storage.database import create_engine
 
@@ -114,3 +118,74 @@ async def wait_for_events(
 async def duplicated_ids(db: asyncpg.Connection) -> list[uuid.UUID]:
     rows = await db.fetch("SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1")
     return [row["event_id"] for row in rows]
+
+
+@dataclass
+class ServeProcess:
+    """A real `labs-analytics serve` in a child process, on a free port."""
+
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that hands ``settings`` to a child `labs-analytics` process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))}
+    env.update(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        REDIS_KEY_PREFIX=settings.redis_key_prefix,
+        FLUSH_INTERVAL_MS=str(settings.flush_interval_ms),
+        KEY_CACHE_REFRESH_SECONDS=str(settings.key_cache_refresh_seconds),
+        RECLAIM_IDLE_MS=str(settings.reclaim_idle_ms),
+        RETRY_BACKOFF_INITIAL_MS=str(settings.retry_backoff_initial_ms),
+        RETRY_BACKOFF_MAX_MS=str(settings.retry_backoff_max_ms),
+    )
+    env.update(extra)
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("labs-analytics")), *args]
+
+
+@contextlib.contextmanager
+def serve_process(
+    settings: Settings, log_dir: Path, *args: str, **env: str
+) -> Iterator[ServeProcess]:
+    port = free_port()
+    log_path = log_dir / f"serve-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            cli("serve", "--port", str(port), *args),
+            env=cli_env(settings, **env),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    running = ServeProcess(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"serve exited {process.returncode}:\n{running.logs()}")
+            try:
+                if httpx.get(f"{running.base_url}/healthz", timeout=0.5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"serve did not start:\n{running.logs()}")
+            time.sleep(0.1)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
