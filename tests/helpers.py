@@ -45,7 +45,7 @@ class RunningApi:
         headers = dict(kwargs.pop("headers", {}))
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
-        if isinstance(body, bytes | str):
+        if isinstance(body, bytes | str) or hasattr(body, "__aiter__"):
             return await self.client.post("/v1/events", content=body, headers=headers, **kwargs)
         return await self.client.post("/v1/events", json=body, headers=headers, **kwargs)
 

@@ -104,7 +104,10 @@ class Flusher:
         self._group_ready = False
         self._last_reclaim = 0.0
         self._partitions_checked: tuple[date, float] | None = None
-        self._events_per_entry = 1.0  # running estimate, sizes XREADGROUP's COUNT
+        # Events per entry, as last seen; sizes XREADGROUP's COUNT so a batch
+        # does not overshoot its limit. Starts pessimistic (the largest
+        # request) so the first read of a backlog of big entries stays small.
+        self._events_per_entry = float(settings.max_events_per_request)
 
     @property
     def name(self) -> str:
@@ -171,7 +174,7 @@ class Flusher:
             entries.extend(new)
             new_events = sum(entry.event_count for entry in new)
             events += new_events
-            self._events_per_entry = 0.8 * self._events_per_entry + 0.2 * (new_events / len(new))
+            self._events_per_entry = max(1.0, new_events / len(new))
 
         if not entries:
             return None

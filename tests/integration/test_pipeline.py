@@ -1,0 +1,190 @@
+"""The flusher's promises: exactly-once rows, ack after commit, a readable transaction log."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from redis.asyncio import Redis
+
+from labs_analytics.flusher import Flusher
+from labs_analytics.queue.connection import create_redis
+from labs_analytics.settings import Settings
+from labs_analytics.storage.database import create_copy_pool
+from tests.helpers import (
+    ApiFactory,
+    count_events,
+    create_key,
+    duplicated_ids,
+    make_event,
+    make_events,
+    wait_for,
+    wait_for_events,
+)
+
+
+async def test_resent_event_is_stored_once(api: ApiFactory, db: asyncpg.Connection) -> None:
+    async with api() as app:
+        key = await create_key(app.settings)
+        event = make_event()
+        for _ in range(3):
+            assert (await app.post(event, key)).status_code == 202
+        # A duplicate inside one request, too.
+        assert (await app.post({"events": [event, event]}, key)).status_code == 202
+        await wait_for(lambda: _total_events_flushed(db, 5), what="5 events through the flusher")
+
+    assert await count_events(db) == 1
+    totals = await db.fetchrow(
+        "SELECT sum(events) AS events, sum(inserted) AS inserted, sum(duplicates) AS duplicates "
+        "FROM ingest_batches WHERE status = 'committed'"
+    )
+    assert totals is not None
+    assert (totals["events"], totals["inserted"], totals["duplicates"]) == (5, 1, 4)
+
+
+async def _total_events_flushed(db: asyncpg.Connection, n: int) -> bool:
+    total = await db.fetchval(
+        "SELECT coalesce(sum(events), 0) FROM ingest_batches WHERE status = 'committed'"
+    )
+    return int(total) >= n
+
+
+async def test_stream_is_empty_after_flush(
+    api: ApiFactory, db: asyncpg.Connection, redis: Redis
+) -> None:
+    async with api() as app:
+        key = await create_key(app.settings)
+        for _ in range(5):
+            assert (await app.post({"events": make_events(20)}, key)).status_code == 202
+        await wait_for_events(db, 100)
+
+        async def drained() -> bool:
+            pending = await redis.xpending(app.settings.stream_key, app.settings.consumer_group)
+            return await redis.xlen(app.settings.stream_key) == 0 and pending["pending"] == 0
+
+        # Acked (pending list empty) and deleted (stream empty): Redis memory is returned.
+        await wait_for(drained, what="stream drained")
+
+
+async def test_batch_redelivered_after_flusher_dies_between_commit_and_ack_is_stored_once(
+    api: ApiFactory, settings: Settings, db: asyncpg.Connection, redis: Redis
+) -> None:
+    async with api(run_flusher=False) as app:
+        key = await create_key(app.settings)
+        events = make_events(50)
+        assert (await app.post({"events": events}, key)).status_code == 202
+
+    # Flusher A reads and commits, then "dies": it never acks, and is never seen again.
+    pool_a = await create_copy_pool(settings.database_url)
+    redis_a = create_redis(settings.redis_url, timeout_seconds=2)
+    flusher_a = Flusher(redis=redis_a, pool=pool_a, settings=settings, consumer_name="flusher-a")
+    stop = asyncio.Event()
+    await flusher_a.consumer.ensure_group()
+    batch = await flusher_a.collect_batch(stop)
+    assert batch is not None
+    committed = await flusher_a.write(batch, stop)
+    assert committed is not None
+    assert committed.inserted == 50
+    await pool_a.close()
+    await redis_a.aclose()
+    pending = await redis.xpending(settings.stream_key, settings.consumer_group)
+    assert pending["pending"] == 1  # committed but never acknowledged
+
+    # Flusher B finds the entry orphaned after reclaim_idle_ms and writes it again.
+    await asyncio.sleep(settings.reclaim_idle_ms / 1000 + 0.1)
+    pool_b = await create_copy_pool(settings.database_url)
+    redis_b = create_redis(settings.redis_url, timeout_seconds=2)
+    try:
+        flusher_b = Flusher(redis=redis_b, pool=pool_b, settings=settings, consumer_name="b")
+        redelivered = await flusher_b.run_once(stop)
+    finally:
+        await pool_b.close()
+        await redis_b.aclose()
+
+    assert redelivered is not None
+    assert (redelivered.events, redelivered.inserted, redelivered.duplicates) == (50, 0, 50)
+    assert await count_events(db) == 50
+    assert await duplicated_ids(db) == []
+    pending = await redis.xpending(settings.stream_key, settings.consumer_group)
+    assert pending["pending"] == 0
+    assert await redis.xlen(settings.stream_key) == 0
+
+
+async def test_transaction_log_records_each_committed_batch(
+    api: ApiFactory, db: asyncpg.Connection
+) -> None:
+    async with api() as app:
+        key = await create_key(app.settings)
+        assert (await app.post({"events": make_events(7)}, key)).status_code == 202
+        await wait_for_events(db, 7)
+
+    row = await db.fetchrow("SELECT * FROM ingest_batches")
+    assert row is not None
+    assert row["status"] == "committed"
+    assert (row["events"], row["inserted"], row["duplicates"], row["attempt"]) == (7, 7, 0, 1)
+    assert len(row["stream_ids"]) == 1
+    assert row["finished_at"] >= row["started_at"]
+    assert row["total_ms"] >= 0
+    stored_batch_ids = await db.fetch("SELECT DISTINCT batch_id FROM events")
+    assert [r["batch_id"] for r in stored_batch_ids] == [row["batch_id"]]
+
+
+async def test_events_land_in_daily_partitions_and_odd_days_in_the_default(
+    api: ApiFactory, db: asyncpg.Connection
+) -> None:
+    today = datetime.now(UTC).replace(microsecond=0)
+    async with api() as app:
+        key = await create_key(app.settings)
+        events = [
+            make_event(timestamp=today.isoformat()),
+            make_event(timestamp="2001-02-03T04:05:06Z"),
+        ]
+        assert (await app.post({"events": events}, key)).status_code == 202
+        await wait_for_events(db, 2)
+
+    rows = await db.fetch(
+        "SELECT tableoid::regclass::text AS partition, timestamp FROM events ORDER BY timestamp"
+    )
+    assert [r["partition"] for r in rows] == ["events_default", f"events_p{today:%Y%m%d}"]
+    ahead = today + timedelta(days=app.settings.partition_days_ahead)
+    assert await db.fetchval("SELECT to_regclass($1) IS NOT NULL", f"events_p{ahead:%Y%m%d}")
+
+
+async def test_timestamp_defaults_to_the_uuid7_time_then_to_receive_time(
+    api: ApiFactory, db: asyncpg.Connection
+) -> None:
+    created_ms = int(datetime(2026, 11, 20, 8, 30, tzinfo=UTC).timestamp() * 1000)
+    uuid7 = uuid.UUID(int=(created_ms << 80) | (0x7 << 76) | (0b10 << 62) | 12345)
+    async with api() as app:
+        key = await create_key(app.settings)
+        before = datetime.now(UTC)
+        events = [
+            make_event(event_id=str(uuid7), timestamp=None),
+            make_event(event_id=None, timestamp=None),
+        ]
+        response = await app.post({"events": events}, key)
+        assert response.status_code == 202
+        await wait_for_events(db, 2)
+
+    by_id = {r["event_id"]: r for r in await db.fetch("SELECT * FROM events")}
+    assert by_id[uuid7]["timestamp"] == datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
+    assigned = uuid.UUID(response.json()["ids"][1])
+    assert assigned.version == 4
+    assert before <= by_id[assigned]["timestamp"] <= datetime.now(UTC)
+    assert by_id[assigned]["timestamp"] == by_id[assigned]["received_at"]
+
+
+async def test_rows_carry_the_product_of_the_key_that_sent_them(
+    api: ApiFactory, db: asyncpg.Connection
+) -> None:
+    async with api() as app:
+        clubs = await create_key(app.settings, product="clubs")
+        mobile = await create_key(app.settings, product="penn-mobile")
+        assert (await app.post({"events": make_events(3)}, clubs)).status_code == 202
+        assert (await app.post({"events": make_events(2)}, mobile)).status_code == 202
+        await wait_for_events(db, 5)
+
+    counts = dict(await db.fetch("SELECT product, count(*) FROM events GROUP BY product"))
+    assert counts == {"clubs": 3, "penn-mobile": 2}
