@@ -18,7 +18,7 @@ from labs_analytics.auth.keys import Scope
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.events import PRODUCT_PATTERN
 from labs_analytics.flusher import Flusher
-from labs_analytics.logs import UVICORN_LOG_CONFIG, configure_logging, get_logger
+from labs_analytics.logs import configure_logging, get_logger, uvicorn_log_config
 from labs_analytics.queue.connection import create_redis
 from labs_analytics.settings import Settings
 from labs_analytics.storage import migrations
@@ -57,7 +57,11 @@ def _require(value: str, name: str) -> str:
 
 @app.callback()
 def _main() -> None:
-    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    try:
+        level = Settings().log_level
+    except ValueError:
+        level = "INFO"  # the command itself reports the bad setting
+    configure_logging(level)
 
 
 # --- serve / flusher ---------------------------------------------------------
@@ -91,7 +95,7 @@ def _serve(*, host: str, port: int, workers: int, run_flusher: bool, access_log:
         host=host,
         port=port,
         workers=workers,
-        log_config=UVICORN_LOG_CONFIG,
+        log_config=uvicorn_log_config(_settings().log_level),
         access_log=access_log,
         server_header=False,
         timeout_graceful_shutdown=15,

@@ -45,6 +45,11 @@ class EventLimits:
 DEFAULT_LIMITS = EventLimits()
 
 
+def _describe(span: timedelta) -> str:
+    hours = span.total_seconds() / 3600
+    return f"{hours:g} h"
+
+
 def _limits(info: ValidationInfo) -> EventLimits:
     context = info.context
     if isinstance(context, dict):
@@ -57,6 +62,11 @@ def _limits(info: ValidationInfo) -> EventLimits:
 def _unix_seconds_to_datetime(value: Any) -> Any:
     # Pydantic reads large numbers as milliseconds; our contract says seconds,
     # so numbers are converted here and only strings reach Pydantic's parser.
+    if isinstance(value, str):
+        try:
+            value = float(value)  # "1700000000" is unix seconds too, never milliseconds
+        except ValueError:
+            return value  # an RFC 3339 string: Pydantic parses it
     if isinstance(value, bool):
         raise ValueError("timestamp must be an RFC 3339 string or unix seconds, not a boolean")
     if isinstance(value, int | float):
@@ -73,7 +83,10 @@ def _as_utc(value: datetime) -> datetime:
     # RFC 3339 requires an offset; a timestamp without one is taken as UTC.
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # e.g. year 1 with a positive offset
+        raise ValueError("timestamp is out of range") from exc
 
 
 def _check_json_value(value: Any, depth: int = 0) -> None:
@@ -164,7 +177,7 @@ class EventIn(BaseModel):
         if value is not None:
             skew = _limits(info).max_future_skew
             if value > datetime.now(UTC) + skew:
-                raise ValueError(f"timestamp is more than {skew} in the future")
+                raise ValueError(f"timestamp is more than {_describe(skew)} in the future")
         return value
 
     @model_validator(mode="after")
@@ -177,7 +190,7 @@ class EventIn(BaseModel):
             if derived is None or derived > datetime.now(UTC) + skew:
                 raise ValueError(
                     "event_id is a UUIDv7 whose time is invalid or more than "
-                    f"{skew} in the future; send a timestamp or a valid id"
+                    f"{_describe(skew)} in the future; send a timestamp or a valid id"
                 )
         return self
 

@@ -77,16 +77,17 @@ def configure_logging(level: str = "INFO") -> None:
         uvicorn_logger.propagate = True
 
 
-UVICORN_LOG_CONFIG: dict[str, Any] = {
-    # Handed to uvicorn so its workers log JSON too instead of installing their own format.
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "labs_analytics.logs.JsonFormatter"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
-    "root": {"handlers": ["stderr"], "level": "INFO"},
-    "loggers": {
-        "uvicorn": {"handlers": [], "propagate": True},
-        "uvicorn.error": {"handlers": [], "propagate": True},
-        "uvicorn.access": {"handlers": [], "propagate": True},
-    },
-}
+def uvicorn_log_config(level: str = "INFO") -> dict[str, Any]:
+    """Handed to uvicorn so its workers log JSON too, instead of their own format."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "labs_analytics.logs.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {
+            "uvicorn": {"handlers": [], "propagate": True},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+            "uvicorn.access": {"handlers": [], "propagate": True},
+        },
+    }

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1024 * 1024, gt=0, description="Request body limit, after decompression."
     )
-    max_events_per_request: int = Field(default=1000, gt=0, le=10_000)
+    max_events_per_request: int = Field(
+        default=1000, gt=0, le=10_000, description="Events in one request, at most."
+    )
     max_properties_bytes: int = Field(
         default=32 * 1024, gt=0, description="Serialized size limit of one event's properties."
     )
@@ -71,15 +73,19 @@ class Settings(BaseSettings):
         description="Entries pending this long at another consumer are presumed orphaned "
         "and claimed (XAUTOCLAIM).",
     )
-    retry_backoff_initial_ms: int = Field(default=100, gt=0)
-    retry_backoff_max_ms: int = Field(default=10_000, gt=0)
+    retry_backoff_initial_ms: int = Field(
+        default=100, gt=0, description="First retry delay of a failed flush (full jitter)."
+    )
+    retry_backoff_max_ms: int = Field(
+        default=10_000, gt=0, description="Cap of the exponential retry delay of a failed flush."
+    )
     partition_days_ahead: int = Field(
         default=3, ge=1, description="Daily partitions of `events` created ahead of time."
     )
     run_flusher: bool = Field(default=True, description="Run a flusher inside `serve`.")
 
     # --- process -------------------------------------------------------------
-    log_level: str = Field(default="INFO")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     data_dir: str = Field(
         default=".data", description="Where `labs-analytics dev` keeps its embedded servers."
     )

@@ -45,6 +45,7 @@ from labs_analytics.storage.partitions import ensure_partitions
 log = get_logger(__name__)
 
 PARTITION_CHECK_SECONDS = 3600.0
+PARTITION_RETRY_SECONDS = 60.0
 MAX_ENTRIES_PER_READ = 1000
 
 
@@ -268,9 +269,14 @@ class Flusher:
                 await ensure_partitions(
                     conn, today=today, days_ahead=self.settings.partition_days_ahead
                 )
-        except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
-            # Not fatal: rows land in the default partition meanwhile.
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            # Not fatal: rows land in the default partition meanwhile. Try
+            # again in a minute, not on every loop, while PostgreSQL is away.
             log.warning("partition.check_failed", error=repr(exc))
+            self._partitions_checked = (
+                today,
+                time.monotonic() - PARTITION_CHECK_SECONDS + PARTITION_RETRY_SECONDS,
+            )
             return
         self._partitions_checked = (today, time.monotonic())
 
