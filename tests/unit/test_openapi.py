@@ -39,9 +39,7 @@ def test_ingest_documents_its_body_success_and_every_error() -> None:
         "EventIn",
         "EventBatchIn",
     }
-    assert set(operation["responses"]) == {
-        "202", "400", "401", "403", "413", "415", "422", "503"
-    }
+    assert set(operation["responses"]) == {"202", "400", "401", "403", "413", "415", "422", "503"}
     assert operation["security"] == [{"HTTPBearer": []}]
 
 
@@ -50,7 +48,13 @@ def test_event_schema_carries_the_contracts_limits() -> None:
     assert event["required"] == ["name"]
     assert event["additionalProperties"] is False
     assert set(event["properties"]) == {
-        "event_id", "name", "user", "timestamp", "properties", "context", "product"
+        "event_id",
+        "name",
+        "user",
+        "timestamp",
+        "properties",
+        "context",
+        "product",
     }
     batch = openapi()["components"]["schemas"]["EventBatchIn"]
     assert batch["properties"]["events"]["minItems"] == 1
