@@ -28,7 +28,8 @@ class JsonFormatter(logging.Formatter):
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
-            payload.update(fields)
+            for key, value in fields.items():
+                payload.setdefault(key, value)  # a field never hides ts, level or event
         # Third-party loggers (uvicorn) pass their own extras as attributes.
         for key, value in record.__dict__.items():
             if key not in _RESERVED and key not in ("fields", "color_message", "message"):

@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 
 class Settings(BaseSettings):
@@ -101,7 +102,10 @@ class Settings(BaseSettings):
     @classmethod
     def _check_database_url(cls, value: str) -> str:
         if value:
-            url = make_url(value)
+            try:
+                url = make_url(value)
+            except ArgumentError as exc:
+                raise ValueError("DATABASE_URL must be a postgresql:// URL") from exc
             if url.get_backend_name() not in ("postgresql", "postgres"):
                 raise ValueError("DATABASE_URL must be a postgresql:// URL")
         return value

@@ -57,7 +57,7 @@ def generate_key() -> NewKey:
 
 def key_id_of(token: str) -> str | None:
     """The key id a presented token claims, or None if it is not shaped like a key."""
-    match = _KEY_PATTERN.match(token)
+    match = _KEY_PATTERN.fullmatch(token)
     return match.group(1) if match else None
 
 

@@ -1,0 +1,220 @@
+"""Reading a request body: size limits before and after gzip, and what is refused."""
+
+from __future__ import annotations
+
+import gzip
+import tracemalloc
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+
+from labs_analytics.errors import MalformedBody, PayloadTooLarge, UnsupportedEncoding
+from labs_analytics.ingest.body import gunzip, read_body
+
+MiB = 1024 * 1024
+
+Message = dict[str, Any]
+
+
+class Receiver:
+    """An ASGI ``receive`` that hands out body chunks and counts how many were asked for."""
+
+    def __init__(self, chunks: Sequence[bytes], *, disconnect: bool = False) -> None:
+        self.messages: list[Message] = [
+            {"type": "http.request", "body": chunk, "more_body": disconnect or i < len(chunks) - 1}
+            for i, chunk in enumerate(chunks)
+        ]
+        if disconnect:
+            self.messages.append({"type": "http.disconnect"})
+        self.calls = 0
+
+    async def __call__(self) -> Message:
+        self.calls += 1
+        return self.messages.pop(0)
+
+
+def make_request(
+    receive: Callable[[], Awaitable[Message]], headers: dict[str, str] | None = None
+) -> Request:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/events",
+        "query_string": b"",
+        "headers": [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in (headers or {}).items()
+        ],
+    }
+    return Request(scope, receive)
+
+
+# --- gunzip -------------------------------------------------------------------
+
+
+def test_gunzip_returns_what_gzip_compressed() -> None:
+    data = b'{"name": "post.click"}' * 100
+    assert gunzip(gzip.compress(data), limit=MiB) == data
+
+
+def test_gunzip_of_an_empty_payload_is_empty() -> None:
+    assert gunzip(gzip.compress(b""), limit=10) == b""
+
+
+def test_gunzip_joins_every_member_of_a_multi_member_stream() -> None:
+    body = gzip.compress(b"first,") + gzip.compress(b"second,") + gzip.compress(b"third")
+    assert gunzip(body, limit=MiB) == b"first,second,third"
+
+
+def test_gunzip_output_exactly_at_the_limit_is_accepted() -> None:
+    data = b"x" * 1000
+    assert gunzip(gzip.compress(data), limit=1000) == data
+
+
+def test_gunzip_output_one_byte_over_the_limit_is_refused() -> None:
+    with pytest.raises(PayloadTooLarge, match="decompressed body exceeds the limit of 1000 bytes"):
+        gunzip(gzip.compress(b"x" * 1001), limit=1000)
+
+
+def test_gunzip_limit_applies_to_all_members_together() -> None:
+    body = gzip.compress(b"x" * 600) + gzip.compress(b"y" * 600)
+    with pytest.raises(PayloadTooLarge):
+        gunzip(body, limit=1000)
+
+
+def test_gunzip_refuses_a_zip_bomb_without_expanding_it() -> None:
+    bomb = gzip.compress(bytes(10 * MiB))
+    assert len(bomb) < 64 * 1024
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadTooLarge):
+            gunzip(bomb, limit=MiB)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Never more than a few copies of the limit, far from the 10 MiB it would expand to.
+    assert peak < 4 * MiB
+
+
+def test_gunzip_refuses_data_that_is_not_gzip() -> None:
+    with pytest.raises(MalformedBody, match="body is not valid gzip"):
+        gunzip(b'{"name": "post.click"}', limit=MiB)
+
+
+def test_gunzip_refuses_an_empty_body() -> None:
+    with pytest.raises(MalformedBody):
+        gunzip(b"", limit=MiB)
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param(lambda b: b[:-4], id="trailer-cut"),
+        pytest.param(lambda b: b[: len(b) // 2], id="cut-in-half"),
+        pytest.param(lambda b: b[:10], id="header-only"),
+    ],
+)
+def test_gunzip_refuses_a_truncated_stream(cut: Callable[[bytes], bytes]) -> None:
+    body = gzip.compress(b"some event data " * 200)
+    with pytest.raises(MalformedBody, match="truncated"):
+        gunzip(cut(body), limit=MiB)
+
+
+def test_gunzip_refuses_a_corrupted_checksum() -> None:
+    body = bytearray(gzip.compress(b"some event data"))
+    body[-8] ^= 0xFF  # first byte of the CRC-32 in the trailer
+    with pytest.raises(MalformedBody):
+        gunzip(bytes(body), limit=MiB)
+
+
+def test_gunzip_refuses_garbage_after_a_valid_member() -> None:
+    with pytest.raises(MalformedBody):
+        gunzip(gzip.compress(b"ok") + b"trailing garbage", limit=MiB)
+
+
+# --- read_body ----------------------------------------------------------------
+
+
+async def test_body_is_read_across_chunks() -> None:
+    receive = Receiver([b'{"name":', b' "a"}'])
+    assert await read_body(make_request(receive), limit=MiB) == b'{"name": "a"}'
+
+
+async def test_empty_body_is_read_as_empty_bytes() -> None:
+    assert await read_body(make_request(Receiver([b""])), limit=MiB) == b""
+
+
+async def test_body_exactly_at_the_limit_is_accepted() -> None:
+    receive = Receiver([b"x" * 50, b"x" * 50])
+    assert await read_body(make_request(receive), limit=100) == b"x" * 100
+
+
+async def test_declared_content_length_over_the_limit_is_refused_before_reading() -> None:
+    receive = Receiver([b"x" * 10])
+    request = make_request(receive, {"Content-Length": "101"})
+    with pytest.raises(PayloadTooLarge, match="body of 101 bytes exceeds the limit of 100 bytes"):
+        await read_body(request, limit=100)
+    assert receive.calls == 0
+
+
+async def test_streamed_body_over_the_limit_is_refused_without_reading_the_rest() -> None:
+    receive = Receiver([b"x" * 400] * 5)
+    with pytest.raises(PayloadTooLarge, match="body exceeds the limit of 1000 bytes"):
+        await read_body(make_request(receive), limit=1000)
+    assert receive.calls == 3
+
+
+async def test_body_longer_than_its_declared_content_length_is_still_limited() -> None:
+    receive = Receiver([b"x" * 400] * 5)
+    request = make_request(receive, {"Content-Length": "10"})
+    with pytest.raises(PayloadTooLarge):
+        await read_body(request, limit=1000)
+
+
+async def test_unparseable_content_length_is_ignored_and_the_stream_limit_applies() -> None:
+    request = make_request(Receiver([b"abc"]), {"Content-Length": "lots"})
+    assert await read_body(request, limit=100) == b"abc"
+
+
+async def test_client_disconnecting_mid_body_is_a_malformed_body() -> None:
+    receive = Receiver([b'{"name":'], disconnect=True)
+    with pytest.raises(MalformedBody, match="disconnected"):
+        await read_body(make_request(receive), limit=MiB)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "GZIP", " gzip "])
+async def test_gzip_content_encoding_is_decompressed(encoding: str) -> None:
+    data = b'{"name": "post.click"}'
+    request = make_request(Receiver([gzip.compress(data)]), {"Content-Encoding": encoding})
+    assert await read_body(request, limit=MiB) == data
+
+
+@pytest.mark.parametrize("encoding", ["identity", "IDENTITY", ""])
+async def test_identity_content_encoding_returns_the_body_as_sent(encoding: str) -> None:
+    request = make_request(Receiver([b"raw"]), {"Content-Encoding": encoding})
+    assert await read_body(request, limit=MiB) == b"raw"
+
+
+@pytest.mark.parametrize("encoding", ["br", "deflate", "zstd", "gzip, br"])
+async def test_other_content_encodings_are_unsupported(encoding: str) -> None:
+    request = make_request(Receiver([b"data"]), {"Content-Encoding": encoding})
+    with pytest.raises(UnsupportedEncoding, match="send gzip or no encoding") as info:
+        await read_body(request, limit=MiB)
+    assert repr(encoding) in info.value.message
+
+
+async def test_gzip_body_expanding_past_the_limit_is_refused() -> None:
+    compressed = gzip.compress(bytes(MiB))
+    assert len(compressed) < 10_000
+    request = make_request(Receiver([compressed]), {"Content-Encoding": "gzip"})
+    with pytest.raises(PayloadTooLarge, match="decompressed"):
+        await read_body(request, limit=10_000)
+
+
+async def test_invalid_gzip_body_is_malformed() -> None:
+    request = make_request(Receiver([b"not gzip at all"]), {"Content-Encoding": "gzip"})
+    with pytest.raises(MalformedBody):
+        await read_body(request, limit=MiB)

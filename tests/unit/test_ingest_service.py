@@ -1,0 +1,245 @@
+"""Parsing a request body into records: all or nothing, every problem named by index and field."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from labs_analytics.auth.keys import ApiKey, Scope
+from labs_analytics.errors import Forbidden, InvalidEvents, MalformedBody, PayloadTooLarge
+from labs_analytics.ingest.service import IngestService
+from labs_analytics.queue.producer import StreamProducer
+from labs_analytics.settings import Settings
+
+KEY = ApiKey(key_id="0123456789ab", product="clubs", scopes=frozenset({Scope.INGEST}), key_hash="x")
+MAX_EVENTS = 3
+
+
+@pytest.fixture
+def service() -> IngestService:
+    return make_service()
+
+
+def make_service(**overrides: Any) -> IngestService:
+    # parse() never touches the producer: a Redis client that is never used never connects.
+    producer = StreamProducer(Redis(), "unit:events")
+    settings = Settings(_env_file=None, max_events_per_request=MAX_EVENTS, **overrides)
+    return IngestService(producer=producer, settings=settings)
+
+
+def body(data: Any) -> bytes:
+    return orjson.dumps(data)
+
+
+def event(**fields: Any) -> dict[str, Any]:
+    return {"name": "post.click", **fields}
+
+
+# --- body shape ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b'{"name": "a"', b"\xff\xfe{}"])
+def test_body_that_is_not_json_is_malformed(service: IngestService, raw: bytes) -> None:
+    with pytest.raises(MalformedBody, match="body is not valid JSON"):
+        service.parse(raw, KEY)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param([event()], id="array"),
+        pytest.param("post.click", id="string"),
+        pytest.param(42, id="number"),
+        pytest.param(None, id="null"),
+    ],
+)
+def test_body_that_is_not_a_json_object_is_invalid(service: IngestService, data: Any) -> None:
+    with pytest.raises(InvalidEvents, match="body must be a JSON object") as info:
+        service.parse(body(data), KEY)
+    assert info.value.details == [
+        {"index": None, "field": None, "message": "expected a JSON object", "type": "model_type"}
+    ]
+
+
+def test_a_single_event_object_is_one_record(service: IngestService) -> None:
+    records = service.parse(body(event(user="u_1", properties={"post": 7})), KEY)
+    assert len(records) == 1
+    (record,) = records
+    assert record.name == "post.click"
+    assert record.user == "u_1"
+    assert record.properties == {"post": 7}
+    assert record.product == "clubs"
+
+
+def test_a_batch_is_one_record_per_event_in_request_order(service: IngestService) -> None:
+    ids = [uuid.uuid4() for _ in range(3)]
+    data = {"events": [event(event_id=str(i), name=f"e{n}") for n, i in enumerate(ids)]}
+    records = service.parse(body(data), KEY)
+    assert [r.event_id for r in records] == ids
+    assert [r.name for r in records] == ["e0", "e1", "e2"]
+
+
+def test_records_of_one_request_share_one_receive_time(service: IngestService) -> None:
+    before = datetime.now(UTC)
+    records = service.parse(body({"events": [event(), event()]}), KEY)
+    after = datetime.now(UTC)
+    assert records[0].received_at == records[1].received_at
+    assert before <= records[0].received_at <= after
+    # Without timestamp or UUIDv7 id, the event's time is the receive time.
+    assert records[0].timestamp == records[0].received_at
+
+
+def test_batch_may_carry_a_sent_at(service: IngestService) -> None:
+    data = {"events": [event()], "sent_at": "2024-01-01T00:00:00Z"}
+    assert len(service.parse(body(data), KEY)) == 1
+
+
+def test_batch_with_an_invalid_sent_at_is_refused(service: IngestService) -> None:
+    with pytest.raises(InvalidEvents, match="invalid batch envelope") as info:
+        service.parse(body({"events": [event()], "sent_at": "not a time"}), KEY)
+    assert [(d["index"], d["field"]) for d in info.value.details] == [(None, "sent_at")]
+
+
+# --- batch envelope -----------------------------------------------------------
+
+
+def test_empty_events_list_is_invalid_and_names_the_events_field(service: IngestService) -> None:
+    with pytest.raises(InvalidEvents, match="nothing was accepted") as info:
+        service.parse(body({"events": []}), KEY)
+    assert [d["field"] for d in info.value.details] == ["events"]
+    assert info.value.details[0]["index"] is None
+    assert f"1 to {MAX_EVENTS} events" in info.value.details[0]["message"]
+
+
+@pytest.mark.parametrize("events", [None, {"name": "a"}, "a", 3])
+def test_events_that_is_not_a_list_is_invalid(service: IngestService, events: Any) -> None:
+    with pytest.raises(InvalidEvents) as info:
+        service.parse(body({"events": events}), KEY)
+    assert [d["field"] for d in info.value.details] == ["events"]
+
+
+def test_batch_of_exactly_the_maximum_is_accepted(service: IngestService) -> None:
+    assert len(service.parse(body({"events": [event()] * MAX_EVENTS}), KEY)) == MAX_EVENTS
+
+
+def test_batch_over_the_maximum_is_too_large(service: IngestService) -> None:
+    with pytest.raises(
+        PayloadTooLarge, match=f"batch of {MAX_EVENTS + 1} events exceeds the limit of {MAX_EVENTS}"
+    ):
+        service.parse(body({"events": [event()] * (MAX_EVENTS + 1)}), KEY)
+
+
+def test_unknown_envelope_field_is_invalid(service: IngestService) -> None:
+    with pytest.raises(InvalidEvents) as info:
+        service.parse(body({"events": [event()], "batch": 1, "api_key": "x"}), KEY)
+    assert info.value.details == [
+        {"index": None, "field": "api_key", "message": "unknown field", "type": "extra_forbidden"},
+        {"index": None, "field": "batch", "message": "unknown field", "type": "extra_forbidden"},
+    ]
+
+
+def test_unknown_field_in_a_single_event_is_invalid(service: IngestService) -> None:
+    with pytest.raises(InvalidEvents) as info:
+        service.parse(body(event(colour="red")), KEY)
+    assert [(d["index"], d["field"], d["type"]) for d in info.value.details] == [
+        (0, "colour", "extra_forbidden")
+    ]
+
+
+# --- invalid events -----------------------------------------------------------
+
+
+def test_invalid_events_are_each_named_by_index_and_field(service: IngestService) -> None:
+    data = {
+        "events": [
+            event(),
+            event(name="bad name"),
+            event(user="u" * 257, timestamp=True),
+        ]
+    }
+    with pytest.raises(InvalidEvents) as info:
+        service.parse(body(data), KEY)
+    assert info.value.message == "2 of 3 events are invalid; nothing was accepted"
+    assert sorted((d["index"], d["field"]) for d in info.value.details) == [
+        (1, "name"),
+        (2, "timestamp"),
+        (2, "user"),
+    ]
+    for detail in info.value.details:
+        assert detail["message"]
+        assert detail["type"]
+
+
+def test_invalid_single_event_is_reported_at_index_zero(service: IngestService) -> None:
+    with pytest.raises(InvalidEvents) as info:
+        service.parse(body({"name": ""}), KEY)
+    assert info.value.message == "1 of 1 events are invalid; nothing was accepted"
+    assert [(d["index"], d["field"]) for d in info.value.details] == [(0, "name")]
+
+
+def test_event_that_is_not_an_object_is_reported_without_a_field(service: IngestService) -> None:
+    with pytest.raises(InvalidEvents) as info:
+        service.parse(body({"events": [event(), "post.click"]}), KEY)
+    assert [(d["index"], d["field"]) for d in info.value.details] == [(1, None)]
+
+
+def test_error_details_never_echo_the_input(service: IngestService) -> None:
+    secret = "s3cr3t-value-that-must-not-be-echoed"
+    with pytest.raises(InvalidEvents) as info:
+        service.parse(body(event(name=secret + " x")), KEY)
+    assert secret not in str(info.value.to_body())
+
+
+def test_properties_limit_comes_from_settings() -> None:
+    service = make_service(max_properties_bytes=50)
+    with pytest.raises(InvalidEvents) as info:
+        service.parse(body(event(properties={"k": "x" * 50})), KEY)
+    assert [(d["index"], d["field"]) for d in info.value.details] == [(0, "properties")]
+
+
+def test_future_skew_limit_comes_from_settings() -> None:
+    service = make_service(max_future_skew_seconds=60)
+    in_ten_minutes = (datetime.now(UTC) + timedelta(minutes=10)).isoformat()
+    with pytest.raises(InvalidEvents) as info:
+        service.parse(body(event(timestamp=in_ten_minutes)), KEY)
+    assert [(d["index"], d["field"]) for d in info.value.details] == [(0, "timestamp")]
+
+
+# --- product ------------------------------------------------------------------
+
+
+def test_events_naming_another_product_are_forbidden_with_their_indexes(
+    service: IngestService,
+) -> None:
+    data = {
+        "events": [event(product="clubs"), event(product="penn-mobile"), event(product="other")]
+    }
+    with pytest.raises(Forbidden) as info:
+        service.parse(body(data), KEY)
+    assert [(d["index"], d["field"]) for d in info.value.details] == [
+        (1, "product"),
+        (2, "product"),
+    ]
+
+
+def test_events_naming_the_keys_product_are_accepted(service: IngestService) -> None:
+    records = service.parse(body({"events": [event(product="clubs"), event()]}), KEY)
+    assert [r.product for r in records] == ["clubs", "clubs"]
+
+
+def test_records_carry_the_keys_product(service: IngestService) -> None:
+    key = ApiKey(
+        key_id="ba9876543210", product="penn-mobile", scopes=frozenset({Scope.INGEST}), key_hash="y"
+    )
+    assert service.parse(body(event()), key)[0].product == "penn-mobile"
+
+
+def test_invalid_events_are_reported_before_a_foreign_product(service: IngestService) -> None:
+    data = {"events": [event(product="other"), event(name="bad name")]}
+    with pytest.raises(InvalidEvents):
+        service.parse(body(data), KEY)
