@@ -45,7 +45,6 @@ from labs_analytics.storage.partitions import ensure_partitions
 log = get_logger(__name__)
 
 PARTITION_CHECK_SECONDS = 3600.0
-PARTITION_RETRY_SECONDS = 60.0
 MAX_ENTRIES_PER_READ = 1000
 
 
@@ -137,7 +136,6 @@ class Flusher:
         if not self._group_ready:
             await self.consumer.ensure_group()
             self._group_ready = True
-        await self._maybe_ensure_partitions()
         batch = await self.collect_batch(stop)
         if batch is None:
             return None
@@ -190,6 +188,9 @@ class Flusher:
             batch_id = uuid.uuid4()
             started_at = datetime.now(UTC)
             log.info("flush.started", **self._log_fields(batch, batch_id, attempt))
+            # Before every attempt, so that after an outage today's partition
+            # exists before today's rows arrive (else they stay in the default).
+            await self._maybe_ensure_partitions()
             try:
                 outcome = await self.writer.write_batch(
                     batch_id=batch_id,
@@ -270,13 +271,9 @@ class Flusher:
                     conn, today=today, days_ahead=self.settings.partition_days_ahead
                 )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            # Not fatal: rows land in the default partition meanwhile. Try
-            # again in a minute, not on every loop, while PostgreSQL is away.
+            # Not fatal: the write that follows fails too and backs off, and
+            # the check is tried again before the next attempt.
             log.warning("partition.check_failed", error=repr(exc))
-            self._partitions_checked = (
-                today,
-                time.monotonic() - PARTITION_CHECK_SECONDS + PARTITION_RETRY_SECONDS,
-            )
             return
         self._partitions_checked = (today, time.monotonic())
 
