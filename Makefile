@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit test-integration test-faults lint format bench clean
+.PHONY: install run test test-unit test-integration test-faults lint format stress clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ lint: install  ## ruff, ruff-format and mypy, as in pre-commit and CI
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+stress: install  ## 30 s headless load test of a running server: LABS_API_KEY=… make stress [HOST=…]
+	$(BIN)/locust -f stress/locustfile.py --headless -u 20 -r 10 -t 30s --host $${HOST:-http://127.0.0.1:8000}
 
 format: install
 	$(BIN)/ruff check --fix .
