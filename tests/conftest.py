@@ -90,8 +90,8 @@ async def _drop_database(admin_url: str, name: str) -> None:
 
 
 @pytest.fixture
-def settings(servers: Servers) -> Settings:
-    """Fast timings so tests wait milliseconds, not seconds."""
+def settings(servers: Servers, tmp_path: Path) -> Settings:
+    """Fast timings so tests wait milliseconds, not seconds; a spool of the test's own."""
     return Settings(
         _env_file=None,
         database_url=servers.database_url,
@@ -104,6 +104,7 @@ def settings(servers: Servers) -> Settings:
         retry_backoff_max_ms=300,
         redis_timeout_seconds=1.0,
         retry_after_seconds=2,
+        spool_dir=str(tmp_path / "spool"),
     )
 
 

@@ -12,7 +12,9 @@ AppError
 ├── PayloadTooLarge        413  body or batch over the limit
 ├── UnsupportedEncoding    415  a Content-Encoding other than gzip or identity
 ├── InvalidEvents          422  events failed validation (details name index and field)
-└── QueueUnavailable       503  Redis cannot take the events (Retry-After set)
+├── RateLimitExceeded      429  the key sent more events than its rate (Retry-After set)
+└── QueueUnavailable       503  the events cannot be made durable, or the backlog is
+                                too long (Retry-After set)
 """
 
 from __future__ import annotations
@@ -73,9 +75,23 @@ class InvalidEvents(AppError):
     code = "invalid_events"
 
 
+class RateLimitExceeded(AppError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_seconds: int, limit_per_second: float) -> None:
+        super().__init__(
+            message,
+            details=[{"limit_events_per_second": limit_per_second}],
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
+
+
 class QueueUnavailable(AppError):
     status_code = 503
     code = "queue_unavailable"
 
-    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+    def __init__(self, message: str, *, retry_after_seconds: int, code: str | None = None) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_seconds)})
+        if code is not None:
+            self.code = code

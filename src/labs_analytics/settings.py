@@ -56,6 +56,40 @@ class Settings(BaseSettings):
         default=5, ge=1, description="Retry-After sent with 503 when the queue is unavailable."
     )
 
+    # --- overload and outages -------------------------------------------------
+    backlog_max_events: int = Field(
+        default=2_000_000,
+        ge=0,
+        description="Events waiting in the stream above which ingest answers 503 (0: no limit).",
+    )
+    redis_memory_max_ratio: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Share of Redis maxmemory above which ingest answers 503.",
+    )
+    rate_limit_events_per_second: float = Field(
+        default=5000,
+        ge=0,
+        description="Default per-key ingest rate (events/s), shared by all API workers; "
+        "a key may carry its own. 0: no limit.",
+    )
+    rate_limit_burst_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="Bucket size as seconds of the key's rate (never below one full request).",
+    )
+    spool_dir: str = Field(
+        default=".data/spool",
+        description="Local spool for events accepted while Redis is unreachable ('' disables).",
+    )
+    spool_max_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0, description="Spool size above which ingest answers 503."
+    )
+    spool_segment_bytes: int = Field(
+        default=16 * 1024 * 1024, gt=0, description="Spool file size before starting a new one."
+    )
+
     # --- auth ----------------------------------------------------------------
     key_cache_refresh_seconds: float = Field(
         default=10.0,
@@ -82,6 +116,16 @@ class Settings(BaseSettings):
     )
     partition_days_ahead: int = Field(
         default=3, ge=1, description="Daily partitions of `events` created ahead of time."
+    )
+    max_deliveries: int = Field(
+        default=5,
+        ge=1,
+        description="Deliveries of one stream entry before it is dead-lettered unwritten.",
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=20,
+        gt=0,
+        description="Longest wait on shutdown for requests and the flusher's batch to finish.",
     )
     run_flusher: bool = Field(default=True, description="Run a flusher inside `serve`.")
 
@@ -127,6 +171,19 @@ class Settings(BaseSettings):
     @property
     def consumer_group(self) -> str:
         return "flushers"
+
+    @property
+    def backlog_key(self) -> str:
+        """Events in the stream not yet flushed, kept by the producer and the flusher."""
+        return f"{self.redis_key_prefix}backlog"
+
+    @property
+    def dead_letter_stream_key(self) -> str:
+        """Dead letters waiting for PostgreSQL (written there while it is down)."""
+        return f"{self.redis_key_prefix}dead"
+
+    def rate_limit_key(self, key_id: str) -> str:
+        return f"{self.redis_key_prefix}rate:{key_id}"
 
 
 def to_sqlalchemy_url(database_url: str) -> URL:

@@ -211,13 +211,15 @@ async def test_wrong_shapes_are_422(api: ApiFactory, body: object, field: str | 
         assert field in {d["field"] for d in response.json()["details"]}
 
 
-async def test_redis_unreachable_is_503_with_retry_after(api: ApiFactory, db: object) -> None:
+async def test_redis_unreachable_without_a_spool_is_503_with_retry_after(
+    api: ApiFactory, db: object
+) -> None:
     from labs_analytics.embedded import free_port
 
     nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     async with api(run_flusher=False) as healthy:
         key = await create_key(healthy.settings)
-    async with api(run_flusher=False, redis_url=nowhere) as app:
+    async with api(run_flusher=False, redis_url=nowhere, spool_dir="") as app:
         response = await app.post(make_event(), key)
         assert response.status_code == 503
         assert response.headers["Retry-After"] == str(app.settings.retry_after_seconds)

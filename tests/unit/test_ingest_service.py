@@ -14,6 +14,7 @@ from labs_analytics.auth.keys import ApiKey, Scope
 from labs_analytics.errors import Forbidden, InvalidEvents, MalformedBody, PayloadTooLarge
 from labs_analytics.ingest.service import IngestService
 from labs_analytics.queue.producer import StreamProducer
+from labs_analytics.queue.service import EventQueue
 from labs_analytics.settings import Settings
 
 KEY = ApiKey(key_id="0123456789ab", product="clubs", scopes=frozenset({Scope.INGEST}), key_hash="x")
@@ -26,10 +27,12 @@ def service() -> IngestService:
 
 
 def make_service(**overrides: Any) -> IngestService:
-    # parse() never touches the producer: a Redis client that is never used never connects.
-    producer = StreamProducer(Redis(), "unit:events")
+    # parse() never touches the queue: a Redis client that is never used never connects.
     settings = Settings(_env_file=None, max_events_per_request=MAX_EVENTS, **overrides)
-    return IngestService(producer=producer, settings=settings)
+    redis = Redis()
+    producer = StreamProducer(redis, stream_key="unit:events", backlog_key="unit:backlog")
+    queue = EventQueue(producer=producer, redis=redis, spool=None, memory_max_ratio=0.9)
+    return IngestService(queue, settings)
 
 
 def body(data: Any) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -20,7 +21,7 @@ from pydantic.json_schema import models_json_schema
 from redis.exceptions import RedisError
 
 from labs_analytics import __version__
-from labs_analytics.api import health, ingest
+from labs_analytics.api import health, ingest, metrics_route
 from labs_analytics.api.errors import install_error_handlers
 from labs_analytics.api.state import AppState
 from labs_analytics.auth.cache import KeyCache
@@ -31,12 +32,12 @@ from labs_analytics.ingest.service import IngestService
 from labs_analytics.logs import get_logger
 from labs_analytics.queue.connection import create_redis
 from labs_analytics.queue.producer import StreamProducer
+from labs_analytics.queue.service import EventQueue
+from labs_analytics.queue.spool import Spool
 from labs_analytics.settings import Settings
 from labs_analytics.storage.database import create_copy_pool, create_engine
 
 log = get_logger(__name__)
-
-SHUTDOWN_TIMEOUT_SECONDS = 10.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(ingest.router)
     app.include_router(health.router)
+    app.include_router(metrics_route.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -96,8 +98,33 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     await key_cache.refresh()
     await _warn_if_stream_can_be_evicted(redis)
 
+    producer = StreamProducer(
+        redis,
+        stream_key=settings.stream_key,
+        backlog_key=settings.backlog_key,
+        backlog_max_events=settings.backlog_max_events,
+    )
+    spool = (
+        Spool(
+            Path(settings.spool_dir),
+            max_bytes=settings.spool_max_bytes,
+            segment_bytes=settings.spool_segment_bytes,
+        )
+        if settings.spool_dir
+        else None
+    )
+    queue = EventQueue(
+        producer=producer,
+        redis=redis,
+        spool=spool,
+        memory_max_ratio=settings.redis_memory_max_ratio,
+    )
+
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(_supervise("key_cache", key_cache.run, stop))]
+    tasks = [
+        asyncio.create_task(_supervise("key_cache", key_cache.run, stop)),
+        asyncio.create_task(_supervise("queue", queue.run, stop)),
+    ]
     flusher: Flusher | None = None
     flusher_redis = None
     pool = None
@@ -116,7 +143,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis=redis,
         engine=engine,
         key_cache=key_cache,
-        ingest=IngestService(StreamProducer(redis, settings.stream_key), settings),
+        queue=queue,
+        ingest=IngestService(queue, settings),
         flusher=flusher,
     )
     log.info(
@@ -131,10 +159,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The flusher finishes its current step; an uncommitted batch stays
         # pending in Redis and is reclaimed, so stopping never loses events.
         stop.set()
-        _done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_SECONDS)
+        _done, pending = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_seconds)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        if spool is not None:
+            await spool.seal()  # the next process (or this one restarted) replays it
         if pool is not None:
             await pool.close()
         if flusher_redis is not None:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from labs_analytics import metrics
 from labs_analytics.errors import AppError
 from labs_analytics.logs import get_logger
 
@@ -40,6 +41,7 @@ def _body(code: str, message: str, details: list[dict[str, Any]] | None = None) 
 
 async def _app_error(_request: Request, exc: Exception) -> JsonErrorResponse:
     assert isinstance(exc, AppError)
+    metrics.REQUESTS_REJECTED.labels(exc.code).inc()
     return JsonErrorResponse(exc.to_body(), status_code=exc.status_code, headers=exc.headers)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from labs_analytics.auth.cache import KeyCache
 from labs_analytics.flusher import Flusher
 from labs_analytics.ingest.service import IngestService
+from labs_analytics.queue.service import EventQueue
 from labs_analytics.settings import Settings
 
 
@@ -19,5 +20,6 @@ class AppState:
     redis: Redis
     engine: AsyncEngine
     key_cache: KeyCache
+    queue: EventQueue
     ingest: IngestService
     flusher: Flusher | None

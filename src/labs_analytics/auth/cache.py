@@ -132,7 +132,12 @@ class KeyCache:
     async def _write_mirror(self, keys: list[ApiKey]) -> None:
         if self._redis is None:
             return
-        payload = orjson.dumps([[k.key_id, k.product, sorted(k.scopes), k.key_hash] for k in keys])
+        payload = orjson.dumps(
+            [
+                [k.key_id, k.product, sorted(k.scopes), k.key_hash, k.rate_limit_per_second]
+                for k in keys
+            ]
+        )
         try:
             await self._redis.set(self._mirror_key, payload)
         except RedisError as exc:
@@ -156,6 +161,7 @@ class KeyCache:
                     product=r[1],
                     scopes=frozenset(Scope(s) for s in r[2]),
                     key_hash=r[3],
+                    rate_limit_per_second=r[4] if len(r) > 4 else None,
                 )
                 for r in rows
             ]

@@ -40,6 +40,7 @@ class ApiKey:
     product: str
     scopes: frozenset[Scope]
     key_hash: str
+    rate_limit_per_second: float | None = None  # None: the deployment's default
 
     def allows(self, scope: Scope) -> bool:
         return scope in self.scopes or Scope.ADMIN in self.scopes

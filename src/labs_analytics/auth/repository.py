@@ -21,13 +21,21 @@ class KeyInfo:
     label: str
     created_at: datetime
     revoked_at: datetime | None
+    rate_limit_per_second: float | None
 
 
 class KeyRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def create(self, *, product: str, scopes: Iterable[Scope], label: str = "") -> NewKey:
+    async def create(
+        self,
+        *,
+        product: str,
+        scopes: Iterable[Scope],
+        label: str = "",
+        rate_limit_per_second: float | None = None,
+    ) -> NewKey:
         new_key = generate_key()
         async with self._engine.begin() as conn:
             await conn.execute(
@@ -37,6 +45,7 @@ class KeyRepository:
                     scopes=sorted(str(scope) for scope in set(scopes)),
                     key_hash=new_key.key_hash,
                     label=label,
+                    rate_limit_per_second=rate_limit_per_second,
                 )
             )
         return new_key
@@ -49,6 +58,7 @@ class KeyRepository:
             api_keys.c.label,
             api_keys.c.created_at,
             api_keys.c.revoked_at,
+            api_keys.c.rate_limit_per_second,
         ).order_by(api_keys.c.created_at)
         if product is not None:
             query = query.where(api_keys.c.product == product)
@@ -68,7 +78,11 @@ class KeyRepository:
 
     async def load_active(self) -> list[ApiKey]:
         query = select(
-            api_keys.c.key_id, api_keys.c.product, api_keys.c.scopes, api_keys.c.key_hash
+            api_keys.c.key_id,
+            api_keys.c.product,
+            api_keys.c.scopes,
+            api_keys.c.key_hash,
+            api_keys.c.rate_limit_per_second,
         ).where(api_keys.c.revoked_at.is_(None))
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
@@ -78,6 +92,7 @@ class KeyRepository:
                 product=row.product,
                 scopes=frozenset(Scope(s) for s in row.scopes if s in Scope.__members__.values()),
                 key_hash=row.key_hash,
+                rate_limit_per_second=row.rate_limit_per_second,
             )
             for row in rows
         ]

@@ -21,6 +21,7 @@ Semantics, in order of importance:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -30,21 +31,25 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from labs_analytics import metrics
 from labs_analytics.events import EventRecord
 from labs_analytics.flusher.backoff import backoff_seconds
 from labs_analytics.logs import get_logger
-from labs_analytics.queue.consumer import StreamConsumer, StreamEntry
-from labs_analytics.queue.entries import UndecodableEntry, decode_entry
+from labs_analytics.queue.consumer import PoisonEntry, StreamConsumer, StreamEntry
+from labs_analytics.queue.entries import UndecodableEntry, decode_entry, encode_entry
 from labs_analytics.settings import Settings
-from labs_analytics.storage.bulk_writer import BatchOutcome, BulkWriter, DeadLetter
+from labs_analytics.storage.bulk_writer import BatchOutcome, BulkWriter, DeadLetter, is_data_error
 from labs_analytics.storage.partitions import ensure_partitions
 
 log = get_logger(__name__)
 
 PARTITION_CHECK_SECONDS = 3600.0
+DEAD_LETTER_DRAIN_COUNT = 100
+LOGGED_STREAM_IDS = 100  # a log line names at most this many entries (and counts all)
 MAX_ENTRIES_PER_READ = 1000
 
 
@@ -56,31 +61,54 @@ def default_consumer_name() -> str:
 
 @dataclass
 class Batch:
+    """Entries read together; their events, and the entries that must not be written."""
+
     entries: list[StreamEntry]
     records: list[EventRecord] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
+    poison: list[PoisonEntry] = field(default_factory=list)
+    # id(record) → the stream entry it came from, to name it in a dead letter.
+    entry_of: dict[int, str] = field(default_factory=dict)
 
     @property
     def stream_ids(self) -> list[str]:
         return [entry.entry_id for entry in self.entries]
 
     @classmethod
-    def from_entries(cls, entries: list[StreamEntry]) -> Batch:
-        batch = cls(entries=entries)
+    def from_entries(cls, entries: list[StreamEntry], *, max_deliveries: int) -> Batch:
+        batch = cls(entries=[])
         for entry in entries:
-            try:
-                batch.records.extend(decode_entry(entry.fields))
-            except UndecodableEntry as exc:
-                # One unreadable entry must not block the others: it is kept,
-                # raw, in dead_letters, committed with the batch.
-                payload = {
-                    k.decode(errors="replace"): v.decode(errors="replace")
-                    for k, v in entry.fields.items()
-                }
-                batch.dead_letters.append(
-                    DeadLetter(entry.entry_id, None, f"undecodable entry: {exc}", repr(payload))
+            if entry.deliveries > max_deliveries:
+                # Delivered again and again without an ack: it may be what
+                # kills flushers. Set it aside rather than try once more.
+                batch.poison.append(
+                    PoisonEntry(
+                        entry,
+                        f"delivered {entry.deliveries} times without "
+                        f"success (limit {max_deliveries})",
+                        fields_as_json(entry.fields),
+                    )
                 )
+                continue
+            try:
+                records = decode_entry(entry.fields)
+            except UndecodableEntry as exc:
+                # One unreadable entry must not block the others.
+                batch.poison.append(
+                    PoisonEntry(entry, f"undecodable entry: {exc}", fields_as_json(entry.fields))
+                )
+                continue
+            batch.entries.append(entry)
+            batch.records.extend(records)
+            for record in records:
+                batch.entry_of[id(record)] = entry.entry_id
         return batch
+
+
+def fields_as_json(fields: dict[bytes, bytes]) -> str:
+    """A stream entry's fields as JSON text: the dead letter's payload, replayable as is."""
+    return orjson.dumps(
+        {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+    ).decode()
 
 
 class Flusher:
@@ -98,6 +126,8 @@ class Flusher:
             stream_key=settings.stream_key,
             group=settings.consumer_group,
             consumer=consumer_name or default_consumer_name(),
+            backlog_key=settings.backlog_key,
+            dead_letter_key=settings.dead_letter_stream_key,
         )
         self.writer = BulkWriter(pool)
         self._pool = pool
@@ -131,13 +161,19 @@ class Flusher:
         log.info("flusher.stopped", consumer=self.name)
 
     async def run_once(self, stop: asyncio.Event | None = None) -> BatchOutcome | None:
-        """Collect one batch, write it (retrying until committed or stopped), ack it."""
+        """Collect one batch, set poison aside, write the rest (retrying until
+        committed or stopped), ack it. None when there was nothing to write."""
         stop = stop or asyncio.Event()
         if not self._group_ready:
             await self.consumer.ensure_group()
             self._group_ready = True
         batch = await self.collect_batch(stop)
         if batch is None:
+            await self._drain_dead_letter_stream()
+            return None
+        if batch.poison:
+            await self._set_aside(batch.poison)
+        if not batch.entries:
             return None
         outcome = await self.write(batch, stop)
         if outcome is not None:
@@ -177,17 +213,33 @@ class Flusher:
 
         if not entries:
             return None
-        return Batch.from_entries(entries)
+        return Batch.from_entries(entries, max_deliveries=self.settings.max_deliveries)
 
     async def write(self, batch: Batch, stop: asyncio.Event) -> BatchOutcome | None:
-        """Write the batch, retrying with backoff; None if stopped before a commit."""
+        """Write the batch's events; None if stopped before everything committed.
+
+        A passing failure (PostgreSQL down, restarted, connection lost) retries
+        the same rows with backoff. A data error (rows PostgreSQL will never
+        take) splits the rows in halves until the event at fault is alone; it
+        becomes a dead letter and the good events around it land.
+        """
+        return await self._write_part(batch, batch.records, [], stop)
+
+    async def _write_part(
+        self,
+        batch: Batch,
+        records: list[EventRecord],
+        dead_letters: list[DeadLetter],
+        stop: asyncio.Event,
+    ) -> BatchOutcome | None:
         attempt = 0
         stream_ids = batch.stream_ids
         while True:
             attempt += 1
             batch_id = uuid.uuid4()
             started_at = datetime.now(UTC)
-            log.info("flush.started", **self._log_fields(batch, batch_id, attempt))
+            fields = self._log_fields(batch, batch_id, attempt, len(records))
+            log.info("flush.started", status="started", **fields)
             # Before every attempt, so that after an outage today's partition
             # exists before today's rows arrive (else they stay in the default).
             await self._maybe_ensure_partitions()
@@ -197,21 +249,27 @@ class Flusher:
                     consumer=self.name,
                     stream_ids=stream_ids,
                     attempt=attempt,
-                    records=batch.records,
-                    dead_letters=batch.dead_letters,
+                    records=records,
+                    dead_letters=dead_letters,
                 )
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # any failure: keep the entries, retry
+            except Exception as exc:  # classified below: split, or retry
                 error = f"{type(exc).__name__}: {exc}"
-                log.error("flush.failed", error=error, **self._log_fields(batch, batch_id, attempt))
-                await self._record_failure(batch, batch_id, attempt, error, started_at)
+                ms = _ms_since(started_at)
+                log.error("flush.failed", status="failed", error=error, ms=ms, **fields)
+                metrics.FLUSH_BATCHES.labels("failed").inc()
+                await self._record_failure(
+                    batch, batch_id, attempt, len(records), error, started_at
+                )
+                if is_data_error(exc):
+                    return await self._split(batch, records, dead_letters, error, stop)
                 delay = self._backoff(attempt)
                 log.warning(
                     "flush.retrying",
-                    batch_id=str(batch_id),
-                    attempt=attempt + 1,
+                    status="retrying",
                     retry_in_ms=round(delay * 1000),
+                    **{**fields, "attempt": attempt + 1},
                 )
                 if await _sleep_unless_stopped(stop, delay):
                     log.warning(
@@ -221,30 +279,117 @@ class Flusher:
                         note="entries stay pending and will be reclaimed",
                     )
                     return None
-                try:
+                with contextlib.suppress(RedisError):
+                    # If Redis is away too, the ack fails later and the entries return.
                     await self.consumer.keep_claimed(stream_ids)
-                except RedisError:
-                    pass  # if Redis is away too, the ack will fail later and redeliver
                 continue
+            metrics.FLUSH_BATCHES.labels("committed").inc()
+            metrics.FLUSH_SECONDS.observe(outcome.total_ms / 1000)
+            metrics.EVENTS_FLUSHED.inc(outcome.inserted)
+            metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
+            metrics.EVENTS_DEAD_LETTERED.inc(outcome.dead_lettered)
             log.info(
                 "flush.committed",
+                status="committed",
                 inserted=outcome.inserted,
                 duplicates=outcome.duplicates,
                 dead_lettered=outcome.dead_lettered,
                 copy_ms=outcome.copy_ms,
                 insert_ms=outcome.insert_ms,
                 ms=outcome.total_ms,
-                **self._log_fields(batch, batch_id, attempt),
+                **fields,
             )
             return outcome
 
+    async def _split(
+        self,
+        batch: Batch,
+        records: list[EventRecord],
+        dead_letters: list[DeadLetter],
+        error: str,
+        stop: asyncio.Event,
+    ) -> BatchOutcome | None:
+        if len(records) <= 1:
+            poisoned = [
+                DeadLetter(
+                    stream_id=batch.entry_of.get(id(record), "?"),
+                    product=record.product,
+                    error=error,
+                    payload=fields_as_json(encode_entry([record])),
+                    kind="event",
+                    event_id=record.event_id,
+                )
+                for record in records
+            ]
+            for letter in poisoned:
+                log.error(
+                    "flush.dead_lettered",
+                    status="dead-lettered",
+                    error=error,
+                    stream_id=letter.stream_id,
+                    event_id=str(letter.event_id),
+                    product=letter.product,
+                )
+            return await self._write_part(batch, [], dead_letters + poisoned, stop)
+        middle = len(records) // 2
+        first = await self._write_part(batch, records[:middle], dead_letters, stop)
+        if first is None:
+            return None
+        second = await self._write_part(batch, records[middle:], [], stop)
+        if second is None:
+            return None
+        return first.merge(second)
+
     async def ack(self, batch: Batch) -> None:
         try:
-            await self.consumer.ack_and_delete(batch.stream_ids)
+            await self.consumer.ack_and_delete(batch.entries)
         except RedisError as exc:
             # The rows are committed; the entries stay pending, come back, and
             # are deduplicated. Nothing is lost or doubled.
             log.error("flush.ack_failed", error=repr(exc), entries=len(batch.entries))
+
+    async def _set_aside(self, poison: list[PoisonEntry]) -> None:
+        """Poison entries go to the dead-letter stream at once, PostgreSQL or not."""
+        await self.consumer.move_to_dead_letters(poison)
+        for item in poison:
+            log.error(
+                "flush.dead_lettered",
+                status="dead-lettered",
+                error=item.error,
+                stream_id=item.entry.entry_id,
+                deliveries=item.entry.deliveries,
+                events=item.entry.event_count,
+            )
+        metrics.EVENTS_DEAD_LETTERED.inc(len(poison))
+
+    async def _drain_dead_letter_stream(self) -> None:
+        """Copy dead letters waiting in Redis into the `dead_letters` table, when
+        PostgreSQL answers; delete them from Redis only after the commit."""
+        try:
+            waiting = await self.consumer.read_dead_letters(DEAD_LETTER_DRAIN_COUNT)
+            if not waiting:
+                return
+            letters = [
+                DeadLetter(
+                    stream_id=fields.get(b"stream_id", b"?").decode(errors="replace"),
+                    product=None,
+                    error=fields.get(b"error", b"").decode(errors="replace"),
+                    payload=fields.get(b"payload", b"{}").decode(errors="replace"),
+                    kind="entry",
+                    deliveries=int(fields.get(b"deliveries", b"0") or 0),
+                )
+                for _id, fields in waiting
+            ]
+            await self.writer.write_dead_letters(letters)
+            await self.consumer.delete_dead_letters([entry_id for entry_id, _ in waiting])
+        except (
+            RedisError,
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
+            log.debug("dead_letters.drain_postponed", error=repr(exc))
 
     async def _reclaim_orphans(self) -> list[StreamEntry]:
         now = time.monotonic()
@@ -278,7 +423,13 @@ class Flusher:
         self._partitions_checked = (today, time.monotonic())
 
     async def _record_failure(
-        self, batch: Batch, batch_id: uuid.UUID, attempt: int, error: str, started_at: datetime
+        self,
+        batch: Batch,
+        batch_id: uuid.UUID,
+        attempt: int,
+        events: int,
+        error: str,
+        started_at: datetime,
     ) -> None:
         try:
             await self.writer.record_failure(
@@ -286,7 +437,7 @@ class Flusher:
                 consumer=self.name,
                 stream_ids=batch.stream_ids,
                 attempt=attempt,
-                events=len(batch.records),
+                events=events,
                 error=error,
                 started_at=started_at,
             )
@@ -303,17 +454,22 @@ class Flusher:
             max_ms=self.settings.retry_backoff_max_ms,
         )
 
-    def _log_fields(self, batch: Batch, batch_id: uuid.UUID, attempt: int) -> dict[str, Any]:
+    def _log_fields(
+        self, batch: Batch, batch_id: uuid.UUID, attempt: int, events: int
+    ) -> dict[str, Any]:
         ids = batch.stream_ids
         return {
             "batch_id": str(batch_id),
             "consumer": self.name,
             "attempt": attempt,
-            "events": len(batch.records),
+            "events": events,
             "entries": len(ids),
-            "first_stream_id": ids[0] if ids else None,
-            "last_stream_id": ids[-1] if ids else None,
+            "stream_ids": ids[:LOGGED_STREAM_IDS],
         }
+
+
+def _ms_since(started_at: datetime) -> int:
+    return round((datetime.now(UTC) - started_at).total_seconds() * 1000)
 
 
 async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:

@@ -19,6 +19,7 @@ from labs_analytics.errors import (
     MalformedBody,
     PayloadTooLarge,
     QueueUnavailable,
+    RateLimitExceeded,
 )
 from labs_analytics.events import (
     EVENT_LIST_ADAPTER,
@@ -30,7 +31,8 @@ from labs_analytics.events import (
     Timestamp,
     to_record,
 )
-from labs_analytics.queue.producer import QueueWriteFailed, StreamProducer
+from labs_analytics.queue.producer import RateLimit, RateLimited, retry_after
+from labs_analytics.queue.service import EventQueue, Overloaded, QueueDown
 from labs_analytics.settings import Settings
 
 SENT_AT_ADAPTER: TypeAdapter[datetime] = TypeAdapter(Timestamp)
@@ -53,10 +55,13 @@ def _error_details(exc: ValidationError) -> list[dict[str, Any]]:
 
 
 class IngestService:
-    def __init__(self, producer: StreamProducer, settings: Settings) -> None:
-        self._producer = producer
+    def __init__(self, queue: EventQueue, settings: Settings) -> None:
+        self._queue = queue
         self._max_events = settings.max_events_per_request
         self._retry_after = settings.retry_after_seconds
+        self._default_rate = settings.rate_limit_events_per_second
+        self._burst_seconds = settings.rate_limit_burst_seconds
+        self._rate_key = settings.rate_limit_key
         self._context = {
             "limits": EventLimits(
                 max_properties_bytes=settings.max_properties_bytes,
@@ -85,14 +90,40 @@ class IngestService:
 
     async def accept(self, raw: bytes, key: ApiKey) -> IngestResponse:
         records = self.parse(raw, key)
+        rate_limit = self.rate_limit_for(key)
         try:
-            await self._producer.append(records)
-        except QueueWriteFailed as exc:
+            await self._queue.append(
+                records, rate_limit=rate_limit, rate_key=self._rate_key(key.key_id)
+            )
+        except RateLimited as exc:
+            raise RateLimitExceeded(
+                f"this key may send {rate_limit.events_per_second:g} events/s; "
+                f"retry in {exc.retry_after_seconds:.1f} s",
+                retry_after_seconds=retry_after(exc.retry_after_seconds),
+                limit_per_second=rate_limit.events_per_second,
+            ) from exc
+        except Overloaded as exc:
+            raise QueueUnavailable(
+                f"ingest is over capacity ({exc}); retry later",
+                retry_after_seconds=self._retry_after,
+                code="overloaded",
+            ) from exc
+        except QueueDown as exc:
             # Nothing is acknowledged that is not durable: the client retries.
             raise QueueUnavailable(
-                "the event queue is unavailable; retry later", retry_after_seconds=self._retry_after
+                "the event queue is unavailable; retry later",
+                retry_after_seconds=self._retry_after,
             ) from exc
         return IngestResponse(accepted=len(records), ids=[record.event_id for record in records])
+
+    def rate_limit_for(self, key: ApiKey) -> RateLimit:
+        rate = key.rate_limit_per_second
+        if rate is None:
+            rate = self._default_rate
+        if rate <= 0:
+            return RateLimit.unlimited()
+        # A bucket smaller than the largest request would refuse it forever.
+        return RateLimit(rate, max(rate * self._burst_seconds, float(self._max_events)))
 
     def _check_envelope(self, data: dict[str, Any]) -> None:
         problems = [

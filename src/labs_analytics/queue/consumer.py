@@ -1,9 +1,12 @@
 """Consumer-group operations on the stream, as the flusher needs them.
 
 Pitfalls this module guards against:
-- XDEL does not clear the pending list, so ``ack_and_delete`` acks first.
-- XAUTOCLAIM may report entries that vanished (deleted while pending):
-  they are logged loudly and acknowledged, since there is nothing to write.
+- XDEL does not clear the pending list, so entries are acknowledged first.
+- The backlog counter drops only by entries this call really deleted: a late
+  ack from a flusher that was frozen while another took over its batch must
+  not count the same events twice.
+- XAUTOCLAIM may report entries that vanished (deleted while pending): they
+  are logged loudly and acknowledged, since there is nothing to write.
 """
 
 from __future__ import annotations
@@ -19,11 +22,47 @@ from labs_analytics.logs import get_logger
 
 log = get_logger(__name__)
 
+# KEYS: stream, backlog counter. ARGV: group, then entry id, event count pairs.
+ACK_SCRIPT = """
+local deleted_events = 0
+for i = 2, #ARGV, 2 do
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
+    deleted_events = deleted_events + tonumber(ARGV[i + 1])
+  end
+end
+if deleted_events > 0 then
+  redis.call('DECRBY', KEYS[2], deleted_events)
+end
+if redis.call('XLEN', KEYS[1]) == 0 then
+  -- Empty stream, empty backlog: heals any drift of the counter.
+  redis.call('SET', KEYS[2], 0)
+end
+return deleted_events
+"""
+
+# KEYS: stream, backlog counter, dead-letter stream. ARGV: group, then per entry:
+# id, events, error, deliveries, payload. Moves poison entries out in one step.
+DEAD_LETTER_SCRIPT = """
+local moved = 0
+for i = 2, #ARGV, 5 do
+  redis.call('XADD', KEYS[3], '*', 'stream_id', ARGV[i], 'error', ARGV[i + 2],
+             'deliveries', ARGV[i + 3], 'payload', ARGV[i + 4])
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('DECRBY', KEYS[2], tonumber(ARGV[i + 1]))
+  end
+  moved = moved + 1
+end
+return moved
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class StreamEntry:
     entry_id: str
     fields: dict[bytes, bytes]
+    deliveries: int = 1
 
     @property
     def event_count(self) -> int:
@@ -33,17 +72,37 @@ class StreamEntry:
             return 1
 
 
+@dataclass(frozen=True, slots=True)
+class PoisonEntry:
+    entry: StreamEntry
+    error: str
+    payload: str
+
+
 def _as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
 class StreamConsumer:
-    def __init__(self, redis: Redis, *, stream_key: str, group: str, consumer: str) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        stream_key: str,
+        group: str,
+        consumer: str,
+        backlog_key: str,
+        dead_letter_key: str,
+    ) -> None:
         self._redis = redis
         self.stream_key = stream_key
         self.group = group
         self.consumer = consumer
+        self.backlog_key = backlog_key
+        self.dead_letter_key = dead_letter_key
         self._claim_cursor = "0-0"
+        self._ack = redis.register_script(ACK_SCRIPT)
+        self._dead_letter = redis.register_script(DEAD_LETTER_SCRIPT)
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) if missing; reading starts at the beginning
@@ -66,7 +125,7 @@ class StreamConsumer:
 
     async def claim_idle(self, *, min_idle_ms: int, count: int) -> list[StreamEntry]:
         """Take over entries another consumer has held longer than ``min_idle_ms``
-        (it probably died between read and ack)."""
+        (it probably died between read and ack), with their delivery counts."""
         reply: Any = await self._redis.xautoclaim(
             self.stream_key,
             self.group,
@@ -77,12 +136,12 @@ class StreamConsumer:
         )
         self._claim_cursor = _as_str(reply[0])
         vanished = [_as_str(entry_id) for entry_id in reply[2]] if len(reply) > 2 else []
-        entries: list[StreamEntry] = []
+        claimed: list[tuple[str, dict[bytes, bytes]]] = []
         for entry_id, fields in reply[1]:
             if fields is None:  # Redis 6.2 reports a deleted entry this way
                 vanished.append(_as_str(entry_id))
             else:
-                entries.append(StreamEntry(_as_str(entry_id), fields))
+                claimed.append((_as_str(entry_id), fields))
         if vanished:
             log.error(
                 "stream.entries_vanished",
@@ -91,7 +150,21 @@ class StreamConsumer:
                 hint="pending entries were deleted before being acknowledged",
             )
             await self._redis.xack(self.stream_key, self.group, *vanished)
-        return entries
+        if not claimed:
+            return []
+        deliveries = await self._delivery_counts(claimed[0][0], claimed[-1][0], len(claimed))
+        return [StreamEntry(i, f, deliveries.get(i, 1)) for i, f in claimed]
+
+    async def _delivery_counts(self, first: str, last: str, count: int) -> dict[str, int]:
+        rows: Any = await self._redis.xpending_range(
+            self.stream_key,
+            self.group,
+            min=first,
+            max=last,
+            count=count,
+            consumername=self.consumer,
+        )
+        return {_as_str(row["message_id"]): int(row["times_delivered"]) for row in rows}
 
     async def keep_claimed(self, entry_ids: Sequence[str]) -> None:
         """Reset the idle time of entries we still hold (while retrying a write),
@@ -101,14 +174,38 @@ class StreamConsumer:
                 self.stream_key, self.group, self.consumer, 0, list(entry_ids), justid=True
             )
 
-    async def ack_and_delete(self, entry_ids: Sequence[str]) -> None:
-        if not entry_ids:
-            return
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.stream_key, self.group, *entry_ids)
-            pipe.xdel(self.stream_key, *entry_ids)
-            await pipe.execute()
+    async def ack_and_delete(self, entries: Sequence[StreamEntry]) -> int:
+        """Acknowledge and delete; return the events this call removed from the backlog."""
+        if not entries:
+            return 0
+        args: list[str | int] = [self.group]
+        for entry in entries:
+            args += [entry.entry_id, entry.event_count]
+        removed = await self._ack(keys=[self.stream_key, self.backlog_key], args=args)
+        return int(removed)
 
-    async def pending_count(self) -> int:
-        summary: Any = await self._redis.xpending(self.stream_key, self.group)
-        return int(summary["pending"])
+    async def move_to_dead_letters(self, poison: Sequence[PoisonEntry]) -> None:
+        """Out of the stream and into the dead-letter stream, atomically, without
+        waiting for PostgreSQL; the flusher copies them to the table later."""
+        if not poison:
+            return
+        args: list[str | int] = [self.group]
+        for item in poison:
+            args += [
+                item.entry.entry_id,
+                item.entry.event_count,
+                item.error,
+                item.entry.deliveries,
+                item.payload,
+            ]
+        await self._dead_letter(
+            keys=[self.stream_key, self.backlog_key, self.dead_letter_key], args=args
+        )
+
+    async def read_dead_letters(self, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
+        reply: Any = await self._redis.xrange(self.dead_letter_key, count=count)
+        return [(_as_str(entry_id), fields) for entry_id, fields in reply]
+
+    async def delete_dead_letters(self, entry_ids: Sequence[str]) -> None:
+        if entry_ids:
+            await self._redis.xdel(self.dead_letter_key, *entry_ids)

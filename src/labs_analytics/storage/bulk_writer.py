@@ -62,8 +62,26 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 """
 
 INSERT_DEAD_LETTER_SQL = """
-INSERT INTO dead_letters (stream_id, product, error, payload) VALUES ($1, $2, $3, $4)
+INSERT INTO dead_letters (stream_id, product, error, payload, kind, event_id, deliveries,
+                          dedup_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (dedup_key) DO NOTHING
 """
+
+# SQLSTATE classes that say "this data can never be written": retrying the same
+# rows is pointless, so the batch is split and the rows at fault dead-lettered.
+# Everything else (connection loss, shutdown, lock timeouts, a missing
+# migration) is treated as passing and retried with backoff.
+DATA_ERROR_CLASSES = frozenset({"22", "23", "54"})
+
+
+def is_data_error(exc: BaseException) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None)
+    return (
+        isinstance(exc, asyncpg.PostgresError)
+        and isinstance(sqlstate, str)
+        and sqlstate[:2] in DATA_ERROR_CLASSES
+    )
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
@@ -78,6 +96,25 @@ class DeadLetter:
     product: str | None
     error: str
     payload: str
+    kind: str = "entry"  # a whole stream entry, or one "event" of it
+    event_id: uuid.UUID | None = None
+    deliveries: int | None = None
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.stream_id}:{self.event_id or 'entry'}"
+
+    def as_row(self) -> tuple[object, ...]:
+        return (
+            self.stream_id,
+            self.product,
+            self.error[:4000],
+            self.payload,
+            self.kind,
+            self.event_id,
+            self.deliveries,
+            self.dedup_key,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +127,19 @@ class BatchOutcome:
     copy_ms: int
     insert_ms: int
     total_ms: int
+
+    def merge(self, other: BatchOutcome) -> BatchOutcome:
+        """Two parts of a split batch, reported as one (under the first part's id)."""
+        return BatchOutcome(
+            batch_id=self.batch_id,
+            events=self.events + other.events,
+            inserted=self.inserted + other.inserted,
+            duplicates=self.duplicates + other.duplicates,
+            dead_lettered=self.dead_lettered + other.dead_lettered,
+            copy_ms=self.copy_ms + other.copy_ms,
+            insert_ms=self.insert_ms + other.insert_ms,
+            total_ms=self.total_ms + other.total_ms,
+        )
 
 
 def _to_copy_row(record: EventRecord) -> tuple[object, ...]:
@@ -139,10 +189,7 @@ class BulkWriter:
             insert_ms = _elapsed_ms(insert_started)
 
             if dead_letters:
-                await conn.executemany(
-                    INSERT_DEAD_LETTER_SQL,
-                    [(d.stream_id, d.product, d.error, d.payload) for d in dead_letters],
-                )
+                await conn.executemany(INSERT_DEAD_LETTER_SQL, [d.as_row() for d in dead_letters])
             total_ms = _elapsed_ms(started)
             await conn.execute(
                 INSERT_BATCH_LOG_SQL,
@@ -173,6 +220,10 @@ class BulkWriter:
             total_ms=total_ms,
         )
 
+    async def write_dead_letters(self, dead_letters: Sequence[DeadLetter]) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(INSERT_DEAD_LETTER_SQL, [d.as_row() for d in dead_letters])
+
     async def record_failure(
         self,
         *,
@@ -183,6 +234,7 @@ class BulkWriter:
         events: int,
         error: str,
         started_at: datetime,
+        status: str = "failed",
         wait_seconds: float = 2.0,
     ) -> None:
         """Log a failed attempt in ``ingest_batches`` when PostgreSQL is reachable.
@@ -196,7 +248,7 @@ class BulkWriter:
             await conn.execute(
                 INSERT_BATCH_LOG_SQL,
                 batch_id,
-                "failed",
+                status,
                 consumer,
                 list(stream_ids),
                 attempt,

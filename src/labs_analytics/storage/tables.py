@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Double,
     Index,
     Integer,
     MetaData,
@@ -64,6 +65,8 @@ api_keys = Table(
     Column("label", Text, nullable=False, server_default=""),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True)),
+    # Events per second; NULL means the deployment's default.
+    Column("rate_limit_per_second", Double),
     Index(None, "product"),
 )
 
@@ -96,7 +99,13 @@ dead_letters = Table(
     Column("stream_id", Text, nullable=False),
     Column("product", Text),
     Column("error", Text, nullable=False),
+    # JSON: the stream entry's fields (kind "entry") or one event's record (kind "event").
     Column("payload", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("kind", Text, nullable=False, server_default="entry"),
+    Column("event_id", UUID(as_uuid=True)),
+    Column("deliveries", Integer),
+    Column("dedup_key", Text, nullable=False),
     Index(None, "created_at"),
+    Index("uq_dead_letters_dedup_key", "dedup_key", unique=True),
 )
