@@ -1,58 +1,41 @@
-"""The `labs-analytics` command: serve, flusher, migrate, keys, dev."""
+"""The `labs-analytics` command: serve, flusher, migrate, keys, txlog, deadletters, dev."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import tempfile
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 import uvicorn
 
 from labs_analytics.auth.keys import Scope
 from labs_analytics.auth.repository import KeyRepository
-from labs_analytics.events import PRODUCT_PATTERN
+from labs_analytics.cli import keys, operations
+from labs_analytics.cli.common import load_settings, require, with_engine
 from labs_analytics.flusher import Flusher
 from labs_analytics.logs import configure_logging, get_logger, uvicorn_log_config
 from labs_analytics.queue.connection import create_redis
 from labs_analytics.settings import Settings
 from labs_analytics.storage import migrations
-from labs_analytics.storage.database import create_copy_pool, create_engine
+from labs_analytics.storage.database import create_copy_pool
 
 app = typer.Typer(
     help="Labs Analytics: ingest analytics events over HTTP into PostgreSQL, via a Redis Stream.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 migrate_app = typer.Typer(help="Database migrations (Alembic).")
-app.add_typer(keys_app, name="keys")
+app.add_typer(keys.app, name="keys")
 app.add_typer(migrate_app, name="migrate")
+app.add_typer(operations.deadletters_app, name="deadletters")
+app.command()(operations.txlog)
 
 log = get_logger("labs_analytics.cli")
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-
-
-def _require(value: str, name: str) -> str:
-    if not value:
-        typer.echo(
-            f"error: {name} is not set (environment or .env); "
-            "or use `labs-analytics dev` for embedded servers",
-            err=True,
-        )
-        raise typer.Exit(2)
-    return value
 
 
 @app.callback()
@@ -78,36 +61,39 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Serve the HTTP API (with a flusher in each worker unless --no-flusher)."""
-    settings = _settings()
-    _require(settings.database_url, "DATABASE_URL")
-    _require(settings.redis_url, "REDIS_URL")
+    settings = load_settings()
+    require(settings.database_url, "DATABASE_URL")
+    require(settings.redis_url, "REDIS_URL")
     _serve(host=host, port=port, workers=workers, run_flusher=not no_flusher, access_log=access_log)
 
 
 def _serve(*, host: str, port: int, workers: int, run_flusher: bool, access_log: bool) -> None:
+    # uvicorn workers build their own Settings from the environment, so the
+    # CLI hands its choices down that way.
     if not run_flusher:
-        # uvicorn workers build their own Settings from the environment, so the
-        # CLI hands the choice down that way.
         os.environ["RUN_FLUSHER"] = "false"
+    if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker writes its samples here; /metrics sums them up.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="labs-analytics-metrics-")
     uvicorn.run(
         "labs_analytics.api.app:create_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        log_config=uvicorn_log_config(_settings().log_level),
+        log_config=uvicorn_log_config(load_settings().log_level),
         access_log=access_log,
         server_header=False,
-        timeout_graceful_shutdown=15,
+        timeout_graceful_shutdown=round(load_settings().shutdown_timeout_seconds),
     )
 
 
 @app.command()
 def flusher() -> None:
     """Run a standalone flusher (a consumer-group member); add more to scale out."""
-    settings = _settings()
-    _require(settings.database_url, "DATABASE_URL")
-    _require(settings.redis_url, "REDIS_URL")
+    settings = load_settings()
+    require(settings.database_url, "DATABASE_URL")
+    require(settings.redis_url, "REDIS_URL")
     asyncio.run(_run_flusher(settings))
 
 
@@ -141,91 +127,24 @@ def migrate(
     """Upgrade the database to the newest schema (`migrate status` to check it)."""
     if ctx.invoked_subcommand is not None:
         return
-    settings = _settings()
+    settings = load_settings()
     if sql:
         migrations.upgrade_sql(settings.database_url or None)
         return
-    migrations.upgrade(_require(settings.database_url, "DATABASE_URL"))
+    migrations.upgrade(require(settings.database_url, "DATABASE_URL"))
     typer.echo("database is at the newest schema", err=True)
 
 
 @migrate_app.command("status")
 def migrate_status() -> None:
     """Show the database's schema revision and the newest one; exit 1 if behind."""
-    settings = _settings()
-    state = migrations.status(_require(settings.database_url, "DATABASE_URL"))
+    settings = load_settings()
+    state = migrations.status(require(settings.database_url, "DATABASE_URL"))
     typer.echo(f"current: {state.current or '(none)'}")
     typer.echo(f"head:    {state.head}")
     typer.echo("up to date" if state.up_to_date else "behind: run `labs-analytics migrate`")
     if not state.up_to_date:
         raise typer.Exit(1)
-
-
-# --- keys --------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-def _with_keys(database_url: str, action: Callable[[KeyRepository], Awaitable[T]]) -> T:
-    async def run() -> T:
-        engine = create_engine(database_url)
-        try:
-            return await action(KeyRepository(engine))
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
-
-
-@keys_app.command("create")
-def keys_create(
-    product: Annotated[str, typer.Option(help="The product the key writes and reads.")],
-    scope: Annotated[list[Scope], typer.Option(help="ingest, read or admin; repeat for several.")],
-    label: Annotated[str, typer.Option(help="A note: who or what uses the key.")] = "",
-) -> None:
-    """Create a key. The key is printed once, alone on the last line, and never again."""
-    if not re.match(PRODUCT_PATTERN, product):
-        raise typer.BadParameter(
-            "lowercase letters, digits, _ and -, at most 64", param_hint="--product"
-        )
-    database_url = _require(_settings().database_url, "DATABASE_URL")
-    new_key = _with_keys(
-        database_url, lambda repo: repo.create(product=product, scopes=scope, label=label)
-    )
-    scopes = ",".join(sorted(str(s) for s in set(scope)))
-    typer.echo(f"created key {new_key.key_id} for product {product} (scopes: {scopes})")
-    typer.echo("store it now: it is not shown again")
-    typer.echo(new_key.plaintext)
-
-
-@keys_app.command("list")
-def keys_list(
-    product: Annotated[str | None, typer.Option(help="Only this product's keys.")] = None,
-) -> None:
-    """List keys (ids and metadata; the keys themselves are never stored)."""
-    database_url = _require(_settings().database_url, "DATABASE_URL")
-    rows = _with_keys(database_url, lambda repo: repo.list_keys(product=product))
-    typer.echo(f"{'KEY_ID':<14} {'PRODUCT':<16} {'SCOPES':<20} {'CREATED':<20} {'STATUS':<8} LABEL")
-    for row in rows:
-        status = "revoked" if row.revoked_at else "active"
-        created = f"{row.created_at:%Y-%m-%d %H:%M:%S}"
-        typer.echo(
-            f"{row.key_id:<14} {row.product:<16} {','.join(row.scopes):<20} "
-            f"{created:<20} {status:<8} {row.label}"
-        )
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    key_id: Annotated[str, typer.Argument(help="The KEY_ID from `keys list`.")],
-) -> None:
-    """Revoke a key. API processes stop accepting it within KEY_CACHE_REFRESH_SECONDS."""
-    settings = _settings()
-    database_url = _require(settings.database_url, "DATABASE_URL")
-    if not _with_keys(database_url, lambda repo: repo.revoke(key_id)):
-        typer.echo(f"error: no active key {key_id}", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"revoked {key_id}; refused within {settings.key_cache_refresh_seconds:g} s")
 
 
 # --- dev ---------------------------------------------------------------------
@@ -243,7 +162,7 @@ def dev(
     """
     from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis
 
-    settings = _settings()
+    settings = load_settings()
     data_dir = Path(settings.data_dir)
     started: list[EmbeddedPostgres | EmbeddedRedis] = []
     try:
@@ -264,9 +183,9 @@ def dev(
         os.environ["REDIS_URL"] = redis_url
 
         migrations.upgrade(database_url)
-        new_key = _with_keys(
+        new_key = with_engine(
             database_url,
-            lambda repo: repo.create(
+            lambda engine: KeyRepository(engine).create(
                 product="dev", scopes=[Scope.INGEST, Scope.READ], label="labs-analytics dev"
             ),
         )

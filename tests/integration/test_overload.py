@@ -1,0 +1,103 @@
+"""Overload: one noisy key cannot starve the others, and Redis never runs out of room."""
+
+from __future__ import annotations
+
+import asyncpg
+from redis.asyncio import Redis
+
+from labs_analytics.auth.keys import Scope
+from labs_analytics.auth.repository import KeyRepository
+from labs_analytics.settings import Settings
+from labs_analytics.storage.database import create_engine
+from tests.helpers import ApiFactory, create_key, make_events, running_api, wait_for_events
+
+
+async def create_limited_key(settings: Settings, rate: float, product: str = "clubs") -> str:
+    engine = create_engine(settings.database_url)
+    try:
+        new_key = await KeyRepository(engine).create(
+            product=product, scopes=[Scope.INGEST], rate_limit_per_second=rate
+        )
+    finally:
+        await engine.dispose()
+    return new_key.plaintext
+
+
+async def test_key_over_its_rate_gets_429_with_retry_after_and_others_are_unaffected(
+    api: ApiFactory,
+) -> None:
+    async with api(run_flusher=False) as app:
+        noisy = await create_limited_key(app.settings, rate=100)
+        quiet = await create_key(app.settings, product="penn-mobile")
+        # The bucket holds one full request (1000 events) even at 100 events/s.
+        assert (await app.post({"events": make_events(1000)}, noisy)).status_code == 202
+        limited = await app.post({"events": make_events(10)}, noisy)
+        assert limited.status_code == 429
+        assert limited.json()["error"] == "rate_limited"
+        assert limited.json()["details"] == [{"limit_events_per_second": 100.0}]
+        assert int(limited.headers["Retry-After"]) >= 1
+        assert (await app.post({"events": make_events(10)}, quiet)).status_code == 202
+
+
+async def test_the_rate_limit_is_shared_by_every_api_process(
+    api: ApiFactory, settings: Settings
+) -> None:
+    async with (
+        api(run_flusher=False) as first,
+        running_api(settings.model_copy(update={"run_flusher": False})) as second,
+    ):
+        key = await create_limited_key(settings, rate=1)
+        assert (await first.post({"events": make_events(600)}, key)).status_code == 202
+        assert (await second.post({"events": make_events(400)}, key)).status_code == 202
+        # 1000 taken of a 1000-event bucket, through two processes: the next is refused.
+        assert (await second.post({"events": make_events(5)}, key)).status_code == 429
+        assert (await first.post({"events": make_events(5)}, key)).status_code == 429
+
+
+async def test_backlog_over_the_limit_is_503_and_nothing_acknowledged_is_lost(
+    api: ApiFactory, db: asyncpg.Connection, redis: Redis
+) -> None:
+    acknowledged: list[dict[str, object]] = []
+    async with api(run_flusher=False, backlog_max_events=50) as app:
+        key = await create_key(app.settings)
+        for _ in range(5):
+            events = make_events(10)
+            assert (await app.post({"events": events}, key)).status_code == 202
+            acknowledged.extend(events)
+        refused = await app.post({"events": make_events(10)}, key)
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "overloaded"
+        assert int(refused.headers["Retry-After"]) >= 1
+        ready = (await app.client.get("/readyz")).json()
+        assert ready["backlog"] == {"events": 50, "max_events": 50}
+
+    async with api(backlog_max_events=50) as app:  # a flusher drains the backlog
+        await wait_for_events(db, 50)
+        events = make_events(10)
+        assert (await app.post({"events": events}, key)).status_code == 202
+        acknowledged.extend(events)
+        await wait_for_events(db, 60)
+    stored = {str(r["event_id"]) for r in await db.fetch("SELECT event_id FROM events")}
+    assert stored == {str(e["event_id"]) for e in acknowledged}
+    assert int(await redis.get(app.settings.backlog_key) or 0) == 0
+
+
+async def test_metrics_count_what_happened(api: ApiFactory, db: asyncpg.Connection) -> None:
+    async with api() as app:
+        key = await create_key(app.settings)
+        assert (await app.post({"events": make_events(7)}, key)).status_code == 202
+        assert (await app.post(b"{nope", key)).status_code == 400
+        await wait_for_events(db, 7)
+        response = await app.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = dict(
+        line.rsplit(" ", 1) for line in response.text.splitlines() if not line.startswith("#")
+    )
+    assert float(samples['labs_events_accepted_total{destination="redis"}']) >= 7
+    assert float(samples['labs_ingest_rejected_total{reason="malformed_body"}']) >= 1
+    assert float(samples["labs_events_flushed_total"]) >= 7
+    assert float(samples["labs_postgres_up"]) == 1
+    assert float(samples["labs_redis_up"]) == 1
+    assert "labs_flush_duration_seconds_bucket" in response.text
+    assert "labs_stream_oldest_entry_age_seconds" in samples
