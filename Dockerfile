@@ -42,6 +42,12 @@ RUN groupadd --system --gid 10001 labs \
 
 COPY --from=build /opt/venv /opt/venv
 
+# The spool (events accepted while Redis is unreachable) needs a writable,
+# persistent place: mount a volume here.
+RUN mkdir -p /var/lib/labs-analytics/spool && chown -R labs:labs /var/lib/labs-analytics
+ENV SPOOL_DIR=/var/lib/labs-analytics/spool
+VOLUME ["/var/lib/labs-analytics/spool"]
+
 # Settings also reads ./.env; the working directory is empty and read-only to
 # the service user, so only the environment configures a container.
 WORKDIR /app

@@ -59,3 +59,26 @@ async def test_an_api_process_started_during_the_outage_still_knows_the_keys(
         assert cold_started.app.state.labs.key_cache.source == "redis-mirror"
         response = await cold_started.post({"events": make_events(3)}, key)
         assert response.status_code == 202, response.text
+
+
+async def test_a_service_started_during_the_outage_accepts_and_its_flusher_waits(
+    api: ApiFactory, postgres_server: EmbeddedPostgres, db: asyncpg.Connection
+) -> None:
+    await db.close()
+    async with api(run_flusher=False) as app:
+        key = await create_key(app.settings)
+        await app.app.state.labs.key_cache.refresh()
+
+    postgres_server.stop()
+    async with api() as cold_started:  # flusher included: it must not crash, only wait
+        events = make_events(20)
+        assert (await cold_started.post({"events": events}, key)).status_code == 202
+        await asyncio.sleep(1.0)
+        postgres_server.start()
+        conn = await asyncpg.connect(to_asyncpg_dsn(cold_started.settings.database_url))
+        try:
+            await wait_for_events(conn, 20, timeout=20)
+            stored = {str(r["event_id"]) for r in await conn.fetch("SELECT event_id FROM events")}
+            assert stored == {e["event_id"] for e in events}
+        finally:
+            await conn.close()
