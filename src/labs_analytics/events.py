@@ -11,6 +11,7 @@ defaults below apply.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,9 @@ class EventLimits:
 DEFAULT_LIMITS = EventLimits()
 
 
+_UNIX_SECONDS_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
+
+
 def _describe(span: timedelta) -> str:
     hours = span.total_seconds() / 3600
     return f"{hours:g} h"
@@ -63,10 +67,9 @@ def _unix_seconds_to_datetime(value: Any) -> Any:
     # Pydantic reads large numbers as milliseconds; our contract says seconds,
     # so numbers are converted here and only strings reach Pydantic's parser.
     if isinstance(value, str):
-        try:
-            value = float(value)  # "1700000000" is unix seconds too, never milliseconds
-        except ValueError:
+        if not _UNIX_SECONDS_TEXT.fullmatch(value):
             return value  # an RFC 3339 string: Pydantic parses it
+        value = float(value)  # "1700000000" is unix seconds too, never milliseconds
     if isinstance(value, bool):
         raise ValueError("timestamp must be an RFC 3339 string or unix seconds, not a boolean")
     if isinstance(value, int | float):
@@ -135,7 +138,12 @@ UserId = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_USER_LENGTH), AfterValidator(_no_nul)
 ]
 ProductName = Annotated[str, StringConstraints(pattern=PRODUCT_PATTERN)]
-Timestamp = Annotated[datetime, BeforeValidator(_unix_seconds_to_datetime), AfterValidator(_as_utc)]
+Timestamp = Annotated[
+    datetime,
+    # The schema says what clients may send: an RFC 3339 string or unix seconds.
+    BeforeValidator(_unix_seconds_to_datetime, json_schema_input_type=datetime | float),
+    AfterValidator(_as_utc),
+]
 
 
 class EventIn(BaseModel):
