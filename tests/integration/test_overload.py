@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 from redis.asyncio import Redis
 
@@ -101,3 +103,21 @@ async def test_metrics_count_what_happened(api: ApiFactory, db: asyncpg.Connecti
     assert float(samples["labs_redis_up"]) == 1
     assert "labs_flush_duration_seconds_bucket" in response.text
     assert "labs_stream_oldest_entry_age_seconds" in samples
+
+
+async def test_concurrent_requests_sharing_a_redis_call_each_get_their_own_verdict(
+    api: ApiFactory, redis: Redis
+) -> None:
+    async with api(run_flusher=False) as app:
+        exhausted = await create_limited_key(app.settings, rate=1)
+        fresh = await create_key(app.settings, product="penn-mobile")
+        assert (await app.post({"events": make_events(1000)}, exhausted)).status_code == 202
+        posts = [app.post({"events": make_events(3)}, exhausted) for _ in range(20)]
+        posts += [app.post({"events": make_events(3)}, fresh) for _ in range(20)]
+        responses = await asyncio.gather(*posts)
+        assert [r.status_code for r in responses] == [429] * 20 + [202] * 20
+        # 1 + 20 entries made it, each with its own id, and the backlog counts their events.
+        assert await redis.xlen(app.settings.stream_key) == 21
+        assert int(await redis.get(app.settings.backlog_key) or 0) == 1000 + 20 * 3
+        ids = {i for r in responses[20:] for i in r.json()["ids"]}
+        assert len(ids) == 60

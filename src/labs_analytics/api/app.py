@@ -77,9 +77,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             [(EventIn, "validation"), (EventBatchIn, "validation")],
             ref_template="#/components/schemas/{model}",
         )
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(
-            definitions.get("$defs", {})
-        )
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {}).update(definitions.get("$defs", {}))
+        components.setdefault("securitySchemes", {})["HTTPBearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key: `Authorization: Bearer lak_…`",
+        }
         app.openapi_schema = schema
     return app.openapi_schema
 

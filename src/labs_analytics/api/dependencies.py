@@ -1,7 +1,9 @@
 """Request dependencies: the app state and the authenticated key.
 
 Routes declare what they need with the ``Annotated`` aliases at the bottom
-(``IngestKey``), and stay free of auth logic.
+(``ReadKey``), and stay free of auth logic. The ingest route, the hot path,
+calls ``authorize`` directly instead: FastAPI's dependency resolution cost
+more CPU per request than everything else the route does (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from labs_analytics.errors import Forbidden, Unauthenticated
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer lak_…`")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async on purpose: FastAPI runs a plain `def` dependency in a thread pool,
+    # a thread hop per request for a dict lookup.
     state: AppState = request.app.state.labs
     return state
 
@@ -26,23 +30,26 @@ def get_state(request: Request) -> AppState:
 State = Annotated[AppState, Depends(get_state)]
 
 
-async def authenticate(
-    state: State,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> ApiKey:
-    if credentials is None or credentials.scheme.lower() != "bearer":
+async def authorize(state: AppState, authorization: str | None, scope: Scope) -> ApiKey:
+    """The key named by an ``Authorization: Bearer`` header, if it may use ``scope``."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("missing API key: send `Authorization: Bearer <key>`")
-    key = await state.key_cache.lookup(credentials.credentials)
+    key = await state.key_cache.lookup(token.strip())
     if key is None:
         raise Unauthenticated("unknown or revoked API key")
+    if not key.allows(scope):
+        raise Forbidden(f"this key lacks the `{scope}` scope")
     return key
 
 
 def require_scope(scope: Scope) -> object:
-    async def check(key: Annotated[ApiKey, Depends(authenticate)]) -> ApiKey:
-        if not key.allows(scope):
-            raise Forbidden(f"this key lacks the `{scope}` scope")
-        return key
+    async def check(
+        state: State,
+        request: Request,
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> ApiKey:
+        return await authorize(state, request.headers.get("authorization"), scope)
 
     return Depends(check)
 

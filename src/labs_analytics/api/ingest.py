@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+import orjson
+from fastapi import APIRouter, Request, Response
 
-from labs_analytics.api.dependencies import IngestKey, State
+from labs_analytics.api.dependencies import authorize
 from labs_analytics.api.errors import ErrorBody
+from labs_analytics.api.state import AppState
+from labs_analytics.auth.keys import Scope
 from labs_analytics.events import IngestResponse
 from labs_analytics.ingest.body import read_body
 
@@ -79,8 +82,17 @@ _REQUEST_BODY = {
     description='One event object, or `{"events": [...]}` with 1 to 1000 events. JSON, '
     "optionally `Content-Encoding: gzip`, at most 1 MiB decompressed. 202 means every event "
     "is durable in the queue; resending an event with the same `event_id` stores it once.",
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    openapi_extra={"requestBody": _REQUEST_BODY, "security": [{"HTTPBearer": []}]},
 )
-async def ingest_events(request: Request, key: IngestKey, state: State) -> IngestResponse:
+async def ingest_events(request: Request) -> Response:
+    # No FastAPI dependencies and a pre-rendered response on this route: it is
+    # the hot path, and both cost more than the work itself (BENCHMARKS.md).
+    state: AppState = request.app.state.labs
+    key = await authorize(state, request.headers.get("authorization"), Scope.INGEST)
     raw = await read_body(request, limit=state.settings.max_body_bytes)
-    return await state.ingest.accept(raw, key)
+    ids = await state.ingest.accept(raw, key)
+    return Response(
+        orjson.dumps({"accepted": len(ids), "ids": ids}),
+        status_code=202,
+        media_type="application/json",
+    )

@@ -6,6 +6,7 @@ error names every invalid event by index and field.
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,6 @@ from labs_analytics.events import (
     EventIn,
     EventLimits,
     EventRecord,
-    IngestResponse,
     Timestamp,
     to_record,
 )
@@ -88,7 +88,8 @@ class IngestService:
         received_at = datetime.now(UTC)
         return [to_record(event, product=key.product, received_at=received_at) for event in events]
 
-    async def accept(self, raw: bytes, key: ApiKey) -> IngestResponse:
+    async def accept(self, raw: bytes, key: ApiKey) -> list[uuid.UUID]:
+        """Validate and queue a request body; return the event ids, in order."""
         records = self.parse(raw, key)
         rate_limit = self.rate_limit_for(key)
         try:
@@ -114,7 +115,7 @@ class IngestService:
                 "the event queue is unavailable; retry later",
                 retry_after_seconds=self._retry_after,
             ) from exc
-        return IngestResponse(accepted=len(records), ids=[record.event_id for record in records])
+        return [record.event_id for record in records]
 
     def rate_limit_for(self, key: ApiKey) -> RateLimit:
         rate = key.rate_limit_per_second

@@ -1,54 +1,94 @@
 """Appending accepted events to the stream, with the rate limit and backlog bound.
 
-One Lua script does it all in one round trip and atomically: check the
-stream backlog, take the request's events from the key's token bucket, XADD
-the entry, count its events into the backlog. So a 202 costs one call to Redis,
-and two API workers can never both squeeze under a limit.
+One Lua script does it all, atomically: check the stream backlog, take the
+request's events from the key's token bucket, XADD the entry, count its
+events into the backlog. Two API workers can never both squeeze under a limit.
+
+Concurrent requests share the call: appends made while the event loop is busy
+go to Redis together, as one script call, and each request still waits for
+its own verdict before answering (nothing is acknowledged before Redis
+confirmed it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from labs_analytics.events import EventRecord
 from labs_analytics.queue.entries import encode_entry
 
-# KEYS: stream, backlog counter, token bucket
-# ARGV: events in the entry, rate (events/s, 0 = unlimited), burst,
-#       backlog limit (0 = none), then the entry's fields as name, value pairs
+# KEYS: stream, backlog counter.
+# ARGV: the number of entries, then for each entry: its events, the rate
+#   (events/s, 0 = unlimited), the burst, the backlog limit (0 = none), the token
+#   bucket's key, the number of fields, then the fields as name, value pairs.
+# Returns three values per entry: 'ok', entry id, backlog | 'rate', seconds to
+#   wait, '' | 'backlog', backlog, ''.
+# The bucket keys are passed as arguments, not KEYS, because one call serves
+# many API keys; that is fine on a single Redis (not on Redis Cluster).
 APPEND_SCRIPT = """
-local n = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local max_backlog = tonumber(ARGV[4])
+local results = {}
 local backlog = tonumber(redis.call('GET', KEYS[2]) or '0')
-if max_backlog > 0 and backlog + n > max_backlog then
-  return {'backlog', tostring(backlog)}
-end
-if rate > 0 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  local bucket = redis.call('HMGET', KEYS[3], 'tokens', 'ts')
-  local tokens = tonumber(bucket[1]) or burst
-  local ts = tonumber(bucket[2]) or now
-  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-  if tokens < n then
-    return {'rate', tostring((n - tokens) / rate)}
+local added = 0
+local now = nil
+local i = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[i])
+  local rate = tonumber(ARGV[i + 1])
+  local burst = tonumber(ARGV[i + 2])
+  local max_backlog = tonumber(ARGV[i + 3])
+  local bucket_key = ARGV[i + 4]
+  local first = i + 6
+  local last = first + 2 * tonumber(ARGV[i + 5]) - 1
+  i = last + 1
+  local verdict = 'ok'
+  local detail = ''
+  if max_backlog > 0 and backlog + added + n > max_backlog then
+    verdict, detail = 'backlog', tostring(backlog + added)
+  elseif rate > 0 then
+    if now == nil then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+    end
+    local bucket = redis.call('HMGET', bucket_key, 'tokens', 'ts')
+    local tokens = tonumber(bucket[1]) or burst
+    local ts = tonumber(bucket[2]) or now
+    tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+    if tokens < n then
+      verdict, detail = 'rate', tostring((n - tokens) / rate)
+    else
+      redis.call('HSET', bucket_key, 'tokens', tostring(tokens - n), 'ts', tostring(now))
+      redis.call('PEXPIRE', bucket_key, math.ceil(burst / rate * 1000) + 1000)
+    end
   end
-  redis.call('HSET', KEYS[3], 'tokens', tostring(tokens - n), 'ts', tostring(now))
-  redis.call('PEXPIRE', KEYS[3], math.ceil(burst / rate * 1000) + 1000)
+  if verdict == 'ok' then
+    local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
+    added = added + n
+    results[#results + 1] = 'ok'
+    results[#results + 1] = id
+    results[#results + 1] = tostring(backlog + added)
+  else
+    results[#results + 1] = verdict
+    results[#results + 1] = detail
+    results[#results + 1] = ''
+  end
 end
-local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
-local total = redis.call('INCRBY', KEYS[2], n)
-return {'ok', id, tostring(total)}
+if added > 0 then
+  redis.call('INCRBY', KEYS[2], added)
+end
+return results
 """
+
+# One script call carries at most this many entries or bytes; a larger burst
+# of requests becomes several calls in one pipeline.
+MAX_ENTRIES_PER_CALL = 128
+MAX_BYTES_PER_CALL = 4 * 1024 * 1024
 
 
 class QueueWriteFailed(Exception):
@@ -93,7 +133,9 @@ class StreamProducer:
         self._stream_key = stream_key
         self._backlog_key = backlog_key
         self._backlog_max = backlog_max_events
-        self._script = redis.register_script(APPEND_SCRIPT)
+        self._sha: str | None = None
+        self._waiting: list[_Waiting] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def append(
         self,
@@ -126,18 +168,20 @@ class StreamProducer:
         rate_key: str = "",
         enforce_backlog: bool = True,
     ) -> Appended:
-        args: list[bytes | str | int | float] = [
+        args: list[Any] = [
             events,
             rate_limit.events_per_second,
             rate_limit.burst,
             self._backlog_max if enforce_backlog else 0,
+            rate_key or "-",
+            len(fields),
         ]
+        size = 0
         for name, value in fields.items():
             args += [name, value]
+            size += len(name) + len(value)
         try:
-            reply = await self._script(
-                keys=[self._stream_key, self._backlog_key, rate_key or "-"], args=args
-            )
+            reply = await self._call(args, size)
         except ResponseError as exc:
             if "OOM" in str(exc):
                 # maxmemory reached under noeviction: overload, not an outage.
@@ -145,12 +189,84 @@ class StreamProducer:
             raise QueueWriteFailed(f"{type(exc).__name__}: {exc}") from exc
         except (RedisError, OSError, TimeoutError) as exc:
             raise QueueWriteFailed(f"{type(exc).__name__}: {exc}") from exc
-        status = _text(reply[0])
+        status, detail, backlog = (_text(part) for part in reply)
         if status == "backlog":
-            raise BacklogFull(int(float(_text(reply[1]))))
+            raise BacklogFull(int(float(detail)))
         if status == "rate":
-            raise RateLimited(float(_text(reply[1])))
-        return Appended(entry_id=_text(reply[1]), backlog=int(_text(reply[2])))
+            raise RateLimited(float(detail))
+        return Appended(entry_id=detail, backlog=int(backlog))
+
+    async def _call(self, args: list[Any], size: int) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(args, size, future))
+        if len(self._waiting) == 1:
+            # Sent on the next turn of the loop, with whatever else arrived by then.
+            asyncio.get_running_loop().call_soon(self._send_waiting)
+        return await future
+
+    def _send_waiting(self) -> None:
+        batch, self._waiting = self._waiting, []
+        task = asyncio.create_task(self._send(batch))
+        self._sending.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Waiting]) -> None:
+        calls = list(_group(batch))
+        try:
+            replies = await self._evalsha_all(calls)
+            if any(isinstance(reply, NoScriptError) for reply in replies):
+                # Redis restarted (or flushed its scripts) since we loaded ours.
+                self._sha = None
+                replies = await self._evalsha_all(calls)
+        except BaseException as exc:
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for call, reply in zip(calls, replies, strict=True):
+            for index, waiting in enumerate(call):
+                if waiting.future.done():
+                    continue  # the request was cancelled (client gone)
+                if isinstance(reply, Exception):
+                    waiting.future.set_exception(reply)
+                else:
+                    waiting.future.set_result(reply[3 * index : 3 * index + 3])
+
+    async def _evalsha_all(self, calls: list[list[_Waiting]]) -> list[Any]:
+        if self._sha is None:
+            self._sha = await self._redis.script_load(APPEND_SCRIPT)
+        keys = (self._stream_key, self._backlog_key)
+        # One round trip for all calls; no SCRIPT EXISTS check per send.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for call in calls:
+                args: list[Any] = [len(call)]
+                for waiting in call:
+                    args += waiting.args
+                pipe.evalsha(self._sha, len(keys), *keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
+
+
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    args: list[Any]
+    size: int
+    future: asyncio.Future[Any]
+
+
+def _group(batch: list[_Waiting]) -> Iterator[list[_Waiting]]:
+    call: list[_Waiting] = []
+    size = 0
+    for waiting in batch:
+        if call and (len(call) >= MAX_ENTRIES_PER_CALL or size + waiting.size > MAX_BYTES_PER_CALL):
+            yield call
+            call, size = [], 0
+        call.append(waiting)
+        size += waiting.size
+    if call:
+        yield call
 
 
 def retry_after(seconds: float) -> int:

@@ -1,0 +1,68 @@
+"""The Labs Analytics Python SDK: ``track()`` from any back end, sync or asyncio.
+
+::
+
+    from labs_analytics.client import AnalyticsClient
+
+    analytics = AnalyticsClient("lak_…", base_url="https://analytics.example.org")
+    analytics.track("post.click", user="u_123", properties={"post_id": 42})
+
+It depends on httpx and the standard library only: nothing of the server
+(``pip install httpx`` and this package is all it needs). The Starlette/FastAPI
+middleware is plain ASGI and is loaded on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from labs_analytics.client._async_client import AsyncAnalyticsClient
+from labs_analytics.client._client import AnalyticsClient
+from labs_analytics.client._core import ClientOptions, ClientStats, DroppedEvent
+from labs_analytics.client._events import DropReason, uuid7
+from labs_analytics.client._exceptions import (
+    AnalyticsError,
+    DeliveryError,
+    InvalidEvent,
+    RequestRejected,
+    RetriesExhausted,
+    ShutdownTimeout,
+    UnexpectedError,
+)
+from labs_analytics.client._instrument import Span, Timed
+from labs_analytics.client._retry import RetryPolicy
+from labs_analytics.client._version import __version__
+
+if TYPE_CHECKING:
+    from labs_analytics.client._middleware import AnalyticsMiddleware
+
+__all__ = [
+    "AnalyticsClient",
+    "AnalyticsError",
+    "AnalyticsMiddleware",
+    "AsyncAnalyticsClient",
+    "ClientOptions",
+    "ClientStats",
+    "DeliveryError",
+    "DropReason",
+    "DroppedEvent",
+    "InvalidEvent",
+    "RequestRejected",
+    "RetriesExhausted",
+    "RetryPolicy",
+    "ShutdownTimeout",
+    "Span",
+    "Timed",
+    "UnexpectedError",
+    "__version__",
+    "uuid7",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that importing the SDK never loads the web-framework glue.
+    if name == "AnalyticsMiddleware":
+        from labs_analytics.client._middleware import AnalyticsMiddleware
+
+        return AnalyticsMiddleware
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

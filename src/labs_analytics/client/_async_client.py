@@ -1,0 +1,327 @@
+"""``AsyncAnalyticsClient``: an asyncio task delivers the events, for async code."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import warnings
+from types import TracebackType
+from typing import Unpack
+
+import httpx
+
+from labs_analytics.client._batching import BatchLimits, QueuedEvent
+from labs_analytics.client._core import BaseClient, ClientOptions, logger
+from labs_analytics.client._delivery import Reply, Send, adrive
+
+
+class AsyncAnalyticsClient(BaseClient):
+    """Track events from async code (FastAPI, Starlette, aiohttp, workers).
+
+    ``track()`` is a plain (non-async) call, as cheap as the sync client's:
+    it only queues. The worker is an asyncio task, started by the first
+    ``track()`` made inside a running loop, and bound to that loop:
+    ``await client.flush()`` and ``await client.aclose()`` belong in it. It
+    may be called from other threads too (the task is woken thread-safely).
+
+    Shutdown: ``aclose(timeout)`` (or leaving ``async with``; in FastAPI, the
+    lifespan) stops accepting, delivers the queue and ends the task. If the
+    loop ends first (a cancelled task gives its batch back to the queue), the
+    ``atexit`` hook delivers what is left with blocking I/O, within
+    ``shutdown_timeout``. A client garbage-collected with events pending warns
+    with a ``ResourceWarning``.
+
+    ``sync_mode=True`` cannot block a coroutine; here it means no batching:
+    each event is sent at once, and ``await client.flush()`` waits for it.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **options: Unpack[ClientOptions],
+    ) -> None:
+        self._transport = transport
+        super().__init__(api_key, options)
+        if self._sync_mode:
+            self._batch = BatchLimits(
+                max_events=1, max_bytes=self._batch.max_bytes, interval=self._batch.interval
+            )
+
+    def _init_state(self) -> None:
+        super()._init_state()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    # --- public
+
+    async def flush(self, timeout: float | None = None) -> int:  # noqa: ASYNC109 (same API as the sync client)
+        """Send everything tracked so far now; wait for it at most ``timeout`` seconds.
+
+        Returns how many of those events are still pending. ``None`` waits up
+        to ``shutdown_timeout``; ``math.inf`` without limit.
+        """
+        if not self._enabled:
+            return 0
+        deadline = self._deadline(timeout)
+        self._bind_here()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            target = self._next_seq
+            if self._done_seq >= target:
+                return 0
+            self._flush_upto = max(self._flush_upto, target)
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((target, future))
+            self._wake_locked()
+        if asyncio.current_task() is self._task:
+            return target - self._done_seq  # called from on_error: cannot wait on itself
+        try:
+            async with asyncio.timeout_at(
+                None if deadline is None else loop.time() + deadline - time.monotonic()
+            ):
+                await asyncio.shield(future)
+        except TimeoutError:
+            pass
+        with self._lock:
+            self._waiters = [(t, f) for t, f in self._waiters if f is not future]
+            return max(0, target - self._done_seq)
+
+    async def aclose(self, timeout: float | None = None) -> int:  # noqa: ASYNC109 (same API as the sync client)
+        """Stop accepting events, deliver the queue, end the task (at most ``timeout``).
+
+        Returns how many events could not be delivered in time. Idempotent.
+        """
+        deadline = self._deadline(timeout)
+        self._begin_close(deadline)
+        if self._enabled and (self._queue or self._in_flight):
+            self._bind_here()
+        task = self._task
+        if task is not None and not task.done():
+            if task.get_loop() is not asyncio.get_running_loop():
+                raise RuntimeError("aclose() must be awaited in the loop the client is bound to")
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            await asyncio.wait({task}, timeout=remaining)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
+        with self._lock:
+            left = self._abandon_queue_locked()
+            in_flight = len(self._in_flight)
+            self._resolve_waiters_locked()
+        self._report_abandoned(left, in_flight)
+        pending = len(left) + in_flight
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        return pending
+
+    async def __aenter__(self) -> AsyncAnalyticsClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        pending = len(getattr(self, "_queue", ())) + len(getattr(self, "_in_flight", ()))
+        if pending and not getattr(self, "_closed", True):
+            warnings.warn(
+                f"AsyncAnalyticsClient was garbage-collected with {pending} events pending; "
+                "use `async with` or `await client.aclose()`",
+                ResourceWarning,
+                stacklevel=1,
+                source=self,
+            )
+
+    # --- binding to a loop, waking the task
+
+    def _start_worker(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not in a loop: the events wait for flush(), aclose() or the exit hook
+        self._bind_here()
+
+    def _bind_here(self) -> None:
+        """Start the task in the running loop, unless it runs in another live loop."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._closed and not (self._queue or self._in_flight):
+                return
+            bound = self._loop
+            if bound is not None and bound is not loop and not bound.is_closed():
+                if self._worker_running:
+                    return  # bound to another loop: track() wakes it there
+            elif self._worker_running and bound is loop:
+                return
+            if self._in_flight:  # a task that died with its loop: its batch goes first
+                self._queue.push_front(self._in_flight)
+                self._in_flight = []
+            self._loop = loop
+            self._loop_thread = threading.get_ident()
+            self._wake = asyncio.Event()
+            self._worker_running = True
+            self._task = loop.create_task(self._run(), name="labs-analytics-client")
+
+    def _wake_locked(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            wake.set()
+        else:
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # that loop is closed; the exit hook will deliver
+                pass
+
+    def _resolve_waiters_locked(self) -> None:
+        still = []
+        for target, future in self._waiters:
+            if self._done_seq >= target or (self._closed and not self._worker_running):
+                if not future.done():
+                    future.set_result(None)
+            else:
+                still.append((target, future))
+        self._waiters = still
+
+    # --- the worker
+
+    async def _run(self) -> None:
+        batch: list[QueuedEvent] = []
+        try:
+            http = self._http
+            if http is None:
+                http = self._http = httpx.AsyncClient(
+                    base_url=self.base_url,
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    transport=self._transport,
+                    trust_env=True,
+                )
+            while (next_batch := await self._next_batch()) is not None:
+                batch = next_batch
+                await adrive(
+                    self._delivery.steps(batch), lambda a: self._send(http, a), self._sleep
+                )
+                with self._lock:
+                    self._batch_done_locked(batch)
+                    self._resolve_waiters_locked()
+                batch = []
+        except asyncio.CancelledError:
+            with self._lock:  # give the batch back: resent later, stored once
+                if batch and self._in_flight is batch:
+                    self._queue.push_front(batch)
+                    self._in_flight = []
+            raise
+        except Exception:
+            logger.exception("analytics.worker_crashed")
+        finally:
+            with self._lock:
+                self._worker_running = False
+                self._resolve_waiters_locked()
+
+    async def _next_batch(self) -> list[QueuedEvent] | None:
+        wake = self._wake
+        assert wake is not None
+        while True:
+            with self._lock:
+                wait = self._queue.seconds_until_ready(
+                    now=time.monotonic(),
+                    batch=self._batch,
+                    flush_upto=self._flush_upto,
+                    closing=self._closing,
+                )
+                if wait == 0:
+                    self._in_flight = self._queue.take(self._batch)
+                    return self._in_flight
+                if wait is None and self._closing:
+                    return None
+                wake.clear()
+            try:
+                async with asyncio.timeout(wait):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _send(self, http: httpx.AsyncClient, action: Send) -> Reply | Exception:
+        try:
+            response = await http.post("/v1/events", content=action.body, timeout=action.timeout)
+        except Exception as exc:
+            return exc
+        return Reply(response.status_code, response.headers.get("retry-after"), response.content)
+
+    async def _sleep(self, seconds: float) -> bool:
+        end = time.monotonic() + seconds
+        wake = self._wake
+        assert wake is not None
+        while True:
+            now = time.monotonic()
+            abort_at = self._abort_at
+            if abort_at is not None and abort_at < end and now >= abort_at:
+                return False
+            if now >= end:
+                return True
+            wake.clear()
+            try:
+                async with asyncio.timeout((end if abort_at is None else min(end, abort_at)) - now):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    # --- shutdown
+
+    def _begin_close(self, deadline: float | None) -> None:
+        with self._lock:
+            self._closed = True
+            self._closing = True
+            if deadline is not None:
+                self._abort_at = (
+                    deadline if self._abort_at is None else min(self._abort_at, deadline)
+                )
+            self._wake_locked()
+
+    def _exit_begin(self, deadline: float | None) -> None:
+        self._begin_close(deadline)
+
+    def _exit_finish(self, deadline: float | None) -> int:
+        """At interpreter exit: the loop is gone or elsewhere; finish from this thread."""
+        loop = self._loop
+        if (
+            loop is not None
+            and loop.is_running()
+            and self._worker_running
+            and self._loop_thread != threading.get_ident()
+        ):
+            # The loop still runs in another thread: let the task drain there.
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            future = asyncio.run_coroutine_threadsafe(self.aclose(remaining), loop)
+            try:
+                return future.result(None if remaining is None else remaining + 1.0)
+            except Exception:
+                return len(self._queue) + len(self._in_flight)
+        # The loop has ended: deliver what is left (the batch of a task that
+        # died with its loop too; resending it is safe) with blocking I/O.
+        with self._lock:
+            events = self._in_flight + self._queue.clear()
+            self._in_flight = events
+        if events:
+            http = self._sync_http()
+            try:
+                self._deliver_blocking(events, http)
+            finally:
+                http.close()
+                with self._lock:
+                    self._batch_done_locked(events)
+        return 0

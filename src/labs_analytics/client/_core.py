@@ -1,0 +1,516 @@
+"""What both clients share: options, ``track()``, the queue, stats, and the process hooks.
+
+``AnalyticsClient`` (a thread) and ``AsyncAnalyticsClient`` (an asyncio task)
+differ only in how their worker waits and does I/O; everything an event goes
+through before and after that is here, once.
+
+Process hooks, installed when the first client is made (never at import):
+
+* ``atexit``: every open client is closed with one shared, bounded deadline
+  (the largest ``shutdown_timeout``), so queued events are delivered and a
+  process never hangs at exit, even with the server unreachable.
+* ``os.register_at_fork``: in a child, every client gets a fresh lock, queue,
+  stats, worker and connection pool; what it inherited is discarded (the
+  parent still owns and delivers those events). Under ``multiprocessing``'s
+  fork start method, whose children leave through ``os._exit`` and so skip
+  ``atexit``, a multiprocessing finalizer does the same drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+import httpx
+
+from labs_analytics.client._batching import ENVELOPE_BYTES, BatchLimits, EventQueue, QueuedEvent
+from labs_analytics.client._delivery import Delivery, Reply, Send, drive
+from labs_analytics.client._events import (
+    DropReason,
+    EventRejected,
+    encode_event,
+    format_unix_ns,
+    reseed_after_fork,
+)
+from labs_analytics.client._exceptions import DeliveryError, InvalidEvent, ShutdownTimeout
+from labs_analytics.client._instrument import Timed
+from labs_analytics.client._retry import RetryPolicy
+from labs_analytics.client._version import USER_AGENT
+
+logger = logging.getLogger("labs_analytics.client")
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+_FAILURE_REASONS: dict[str, str] = {
+    "RequestRejected": "rejected",
+    "RetriesExhausted": "retries_exhausted",
+    "ShutdownTimeout": "shutdown_timeout",
+    "UnexpectedError": "unexpected_error",
+}
+
+
+class ClientOptions(TypedDict, total=False):
+    """The options both clients take (see the README's "Python SDK" for each one)."""
+
+    base_url: str
+    batch_size: int
+    max_batch_bytes: int
+    flush_interval: float
+    max_queue_size: int
+    max_queue_bytes: int
+    timeout: float
+    max_retries: int | None
+    max_retry_time: float
+    retry_backoff_initial: float
+    retry_backoff_max: float
+    retry_after_max: float
+    gzip: bool
+    on_error: Callable[[DeliveryError], None] | None
+    on_drop: Callable[[DroppedEvent], None] | None
+    sync_mode: bool
+    enabled: bool
+    context: Mapping[str, Any] | None
+    shutdown_timeout: float
+    strict: bool
+    headers: Mapping[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedEvent:
+    """An event ``track()`` refused (given to ``on_drop``)."""
+
+    reason: str
+    name: object
+    event_id: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """Counters since the client was made (or since the fork that made this process).
+
+    ``queued``: waiting in the queue; ``in_flight``: in the batch being sent;
+    ``sent``: delivered (the server answered 2xx); ``dropped``: refused by
+    ``track()`` (never queued), by reason; ``failed``: queued but not delivered
+    (``on_error`` was called), by reason; ``retried``: requests sent again after
+    retryable trouble; ``batches``: requests the server accepted.
+    """
+
+    queued: int
+    in_flight: int
+    sent: int
+    dropped: int
+    failed: int
+    retried: int
+    batches: int
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, not {value!r}")
+    return value
+
+
+class BaseClient:
+    """The shared machinery; use ``AnalyticsClient`` or ``AsyncAnalyticsClient``."""
+
+    def __init__(self, api_key: str | None, options: ClientOptions) -> None:
+        self._enabled = bool(options.get("enabled", True))
+        key = api_key if api_key is not None else os.environ.get("LABS_ANALYTICS_API_KEY")
+        if self._enabled and not key:
+            raise ValueError(
+                "an API key is required: pass api_key=… or set LABS_ANALYTICS_API_KEY "
+                "(or enabled=False to turn tracking off)"
+            )
+        self._api_key = key or ""
+        base_url = (
+            options.get("base_url") or os.environ.get("LABS_ANALYTICS_URL") or DEFAULT_BASE_URL
+        )
+        self.base_url = base_url.rstrip("/")
+        self._batch = BatchLimits(
+            max_events=options.get("batch_size", 100),
+            max_bytes=options.get("max_batch_bytes", 500_000),
+            interval=options.get("flush_interval", 1.0),
+        )
+        self._max_queue_size = int(
+            _positive("max_queue_size", options.get("max_queue_size", 10_000))
+        )
+        self._max_queue_bytes = int(
+            _positive("max_queue_bytes", options.get("max_queue_bytes", 64 * 1024 * 1024))
+        )
+        self._timeout = _positive("timeout", options.get("timeout", 10.0))
+        self._shutdown_timeout = _positive("shutdown_timeout", options.get("shutdown_timeout", 5.0))
+        self._policy = RetryPolicy(
+            max_retries=options.get("max_retries"),
+            max_retry_time=options.get("max_retry_time", 120.0),
+            backoff_initial=options.get("retry_backoff_initial", 0.2),
+            backoff_max=options.get("retry_backoff_max", 10.0),
+            retry_after_max=options.get("retry_after_max", 60.0),
+        )
+        self._gzip = bool(options.get("gzip", True))
+        self._on_error = options.get("on_error")
+        self._on_drop = options.get("on_drop")
+        self._sync_mode = bool(options.get("sync_mode", False))
+        self._strict = bool(options.get("strict", False))
+        context = options.get("context")
+        self._default_context: dict[str, Any] | None = dict(context) if context else None
+        self._headers = {
+            "Authorization": f"Bearer {self._api_key}",
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            **({"Content-Encoding": "gzip"} if self._gzip else {}),
+            **dict(options.get("headers") or {}),
+        }
+        self._delivery = Delivery(
+            hooks=self, policy=self._policy, timeout=self._timeout, gzip=self._gzip
+        )
+        self._closed = False
+        self._init_state()
+        _register(self)
+
+    def _init_state(self) -> None:
+        """Everything a forked child must not inherit."""
+        self._lock = threading.Lock()
+        self._queue = EventQueue(max_events=self._max_queue_size, max_bytes=self._max_queue_bytes)
+        self._in_flight: list[QueuedEvent] = []
+        self._next_seq = 0  # last sequence number given
+        self._done_seq = 0  # every event up to this one is delivered or given up
+        self._flush_upto = 0  # a flush asked for everything up to this one, now
+        self._closing = False
+        self._abort_at: float | None = None
+        self._worker_running = False
+        self._sent = 0
+        self._retried = 0
+        self._batches = 0
+        self._dropped: Counter[str] = Counter()
+        self._failed: Counter[str] = Counter()
+        self._warned: set[str] = set()
+
+    # --- the public surface shared by both clients
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def track(
+        self,
+        name: str,
+        user: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        timestamp: Any = None,
+        event_id: Any = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Queue one event; return its id at once, or None if it was dropped.
+
+        Never blocks on the network and never raises for network or server
+        trouble. The event is checked and serialized now: an event the server
+        would refuse (bad name, properties over 32 KiB, a value JSON cannot
+        carry…) is dropped here, counted by reason and passed to ``on_drop``
+        (raised as ``InvalidEvent`` instead with ``strict=True``). The id is a
+        client-made UUIDv7 and the timestamp is set now, so a retry is stored
+        once. ``timestamp`` may be a datetime (naive = UTC), an RFC 3339 string
+        or unix seconds; ``event_id`` a UUID or its string.
+        """
+        if not self._enabled:
+            return None
+        try:
+            event = encode_event(
+                name,
+                user=user,
+                properties=properties,
+                timestamp=timestamp,
+                event_id=event_id,
+                context=context,
+                default_context=self._default_context,
+            )
+        except EventRejected as exc:
+            self._drop(exc.reason, name, None, exc.message, invalid=True)
+            return None
+        except Exception as exc:  # e.g. a Mapping whose items() raises: still never raise
+            self._drop(DropReason.NOT_SERIALIZABLE, name, None, repr(exc), invalid=True)
+            return None
+        if len(event.data) + ENVELOPE_BYTES > self._batch.max_bytes:
+            self._drop(
+                DropReason.TOO_LARGE,
+                name,
+                event.event_id,
+                f"event of {len(event.data)} bytes exceeds max_batch_bytes",
+                invalid=True,
+            )
+            return None
+        if self._sync_mode and not self._closed and self._send_inline(event.event_id, event.data):
+            return event.event_id
+        now = time.monotonic()
+        with self._lock:
+            if self._closed:
+                reason: DropReason | None = DropReason.CLOSED
+            else:
+                self._next_seq += 1
+                if self._queue.put(QueuedEvent(self._next_seq, event.event_id, event.data, now)):
+                    reason = None
+                    queue = self._queue
+                    if (
+                        len(queue) == 1
+                        or len(queue) >= self._batch.max_events
+                        or queue.bytes + ENVELOPE_BYTES >= self._batch.max_bytes
+                    ):
+                        self._wake_locked()
+                else:
+                    self._next_seq -= 1
+                    reason = DropReason.QUEUE_FULL
+        if reason is not None:
+            message = (
+                "the client is closed"
+                if reason is DropReason.CLOSED
+                else f"the queue is full ({self._max_queue_size} events or "
+                f"{self._max_queue_bytes} bytes); the newest event is dropped"
+            )
+            self._drop(reason, name, event.event_id, message, invalid=False)
+            return None
+        if not self._worker_running:
+            self._start_worker()
+        return event.event_id
+
+    def timed(self, name: str, /, *, user: str | None = None, **properties: Any) -> Timed:
+        """Time a call or a block: a decorator (sync or async) or a (async) context manager.
+
+        Tracks one event per call with ``duration_ms``, ``success`` and, on
+        failure, ``error_type`` and ``error_message``; the exception propagates.
+        """
+        return Timed(self, name, user, properties)
+
+    def stats(self) -> ClientStats:
+        with self._lock:
+            return ClientStats(
+                queued=len(self._queue),
+                in_flight=len(self._in_flight),
+                sent=self._sent,
+                dropped=sum(self._dropped.values()),
+                failed=sum(self._failed.values()),
+                retried=self._retried,
+                batches=self._batches,
+                dropped_by_reason=dict(self._dropped),
+                failed_by_reason=dict(self._failed),
+            )
+
+    # --- what the subclasses provide
+
+    def _send_inline(self, event_id: str, data: bytes) -> bool:
+        """sync_mode: deliver now in the caller's thread; False if this client cannot."""
+        return False
+
+    def _wake_locked(self) -> None:
+        raise NotImplementedError
+
+    def _start_worker(self) -> None:
+        raise NotImplementedError
+
+    def _exit_begin(self, deadline: float | None) -> None:
+        raise NotImplementedError
+
+    def _exit_finish(self, deadline: float | None) -> int:
+        raise NotImplementedError
+
+    def _after_fork_in_child(self) -> None:
+        self._init_state()
+
+    # --- drops, failures and callbacks
+
+    def _drop(
+        self, reason: DropReason, name: object, event_id: str | None, message: str, *, invalid: bool
+    ) -> None:
+        with self._lock:
+            self._dropped[reason.value] += 1
+            first = reason.value not in self._warned
+            self._warned.add(reason.value)
+        if first:
+            logger.warning(
+                "analytics.event_dropped reason=%s name=%r: %s (logged once per reason; "
+                "see stats().dropped_by_reason)",
+                reason.value,
+                name,
+                message,
+            )
+        if self._on_drop is not None:
+            try:
+                self._on_drop(DroppedEvent(reason.value, name, event_id, message))
+            except Exception:
+                logger.exception("analytics.on_drop_failed")
+        if invalid and self._strict:
+            raise InvalidEvent(reason.value, message)
+
+    def _report(self, error: DeliveryError) -> None:
+        logger.warning("analytics.delivery_failed %s", error.message)
+        if self._on_error is not None:
+            try:
+                self._on_error(error)
+            except Exception:
+                logger.exception("analytics.on_error_failed")
+
+    # --- DeliveryHooks (called by the delivery steps)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sent_at(self) -> str:
+        return format_unix_ns(time.time_ns())
+
+    def abort_at(self) -> float | None:
+        return self._abort_at
+
+    def delivered(self, events: Sequence[QueuedEvent]) -> None:
+        with self._lock:
+            self._sent += len(events)
+            self._batches += 1
+
+    def retrying(self, events: Sequence[QueuedEvent], delay: float, reason: str) -> None:
+        with self._lock:
+            self._retried += 1
+        logger.info(
+            "analytics.retrying events=%d delay_s=%.3f reason=%s", len(events), delay, reason
+        )
+
+    def failed(self, events: Sequence[QueuedEvent], error: DeliveryError) -> None:
+        with self._lock:
+            self._failed[_FAILURE_REASONS.get(type(error).__name__, "unexpected_error")] += len(
+                events
+            )
+        self._report(error)
+
+    # --- helpers for the subclasses
+
+    def _batch_done_locked(self, batch: Sequence[QueuedEvent]) -> None:
+        if batch:
+            self._done_seq = max(self._done_seq, batch[-1].seq)
+        self._in_flight = []
+
+    def _abandon_queue_locked(self) -> list[QueuedEvent]:
+        """At the close deadline: what is still queued is given up (reported after unlock)."""
+        left = self._queue.clear()
+        if left:
+            self._done_seq = max(self._done_seq, left[-1].seq)
+            self._failed["shutdown_timeout"] += len(left)
+        return left
+
+    def _report_abandoned(self, left: Sequence[QueuedEvent], in_flight: int = 0) -> None:
+        if left:
+            self._report(
+                ShutdownTimeout(
+                    f"{len(left)} events were still pending at the close deadline",
+                    event_ids=[event.event_id for event in left],
+                )
+            )
+        if in_flight:
+            # Sent, and no answer yet: the server may have them. Not counted as
+            # failed, since they may well be stored; stats() shows them in flight.
+            logger.warning(
+                "analytics.close_timeout in_flight=%d: a request was still unanswered "
+                "at the close deadline; its events may or may not have been stored",
+                in_flight,
+            )
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        """None: the client's shutdown_timeout; math.inf: no limit."""
+        if timeout is None:
+            timeout = self._shutdown_timeout
+        return None if math.isinf(timeout) else time.monotonic() + max(0.0, timeout)
+
+    def _sync_http(self, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+        # trust_env (httpx's default): HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE are honoured.
+        return httpx.Client(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=transport,
+            trust_env=True,
+        )
+
+    def _deliver_blocking(self, events: Sequence[QueuedEvent], http: httpx.Client) -> None:
+        """Deliver with blocking I/O in the calling thread (sync mode, exit fallbacks)."""
+
+        def send(action: Send) -> Reply | Exception:
+            try:
+                response = http.post("/v1/events", content=action.body, timeout=action.timeout)
+            except Exception as exc:
+                return exc
+            return Reply(
+                response.status_code, response.headers.get("retry-after"), response.content
+            )
+
+        def sleep(seconds: float) -> bool:
+            time.sleep(seconds)  # the steps never sleep past the close deadline
+            return True
+
+        drive(self._delivery.steps(events), send, sleep)
+
+
+# --- the process hooks ---------------------------------------------------------------------
+
+_clients: weakref.WeakSet[BaseClient] = weakref.WeakSet()
+_hooks_lock = threading.Lock()
+_hooks_installed = False
+
+
+class _Marker:
+    """A weak-referenceable object for multiprocessing's after-fork registry."""
+
+
+_MP_MARKER = _Marker()
+
+
+def _register(client: BaseClient) -> None:
+    global _hooks_installed
+    with _hooks_lock:
+        _clients.add(client)
+        if not _hooks_installed:
+            import atexit
+
+            atexit.register(close_all_at_exit)
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _hooks_installed = True
+
+
+def close_all_at_exit() -> None:
+    """Drain every open client with one bounded wait (the largest shutdown_timeout)."""
+    clients = [client for client in list(_clients) if not client._closed and client._enabled]
+    if not clients:
+        return
+    deadline = time.monotonic() + max(client._shutdown_timeout for client in clients)
+    for client in clients:  # first ask every worker to drain, so they drain in parallel
+        try:
+            client._exit_begin(deadline)
+        except Exception:
+            logger.exception("analytics.exit_failed")
+    for client in clients:
+        try:
+            client._exit_finish(deadline)
+        except Exception:
+            logger.exception("analytics.exit_failed")
+
+
+def _after_fork_in_child() -> None:
+    reseed_after_fork()
+    for client in list(_clients):
+        client._after_fork_in_child()
+    # multiprocessing's fork children end with os._exit, skipping atexit; its
+    # bootstrap clears finalizers right after the fork, so register once it ran.
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None and _clients:
+        mp_util.register_after_fork(_MP_MARKER, _register_mp_finalizer)
+
+
+def _register_mp_finalizer(_: object) -> None:
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.Finalize(None, close_all_at_exit, exitpriority=100)

@@ -1,0 +1,357 @@
+"""A light copy of the wire contract, and turning a ``track()`` call into JSON once.
+
+The server's contract lives in ``labs_analytics.events``; the SDK must not
+import it (it runs with only httpx installed), so the few rules it needs are
+copied here, and ``tests/unit/test_client_contract.py`` checks that the copy
+agrees with the original. Every rule the server would enforce with a 4xx is
+checked here, at ``track()`` time: one bad event must never turn a whole batch
+into a 422.
+
+An event is serialized exactly once, when it is tracked. A retry sends the same
+bytes, with the same ``event_id`` and ``timestamp``, which is what lets the
+server store it once (its primary key is ``(timestamp, event_id)``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import json
+import math
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# --- the contract (copied from labs_analytics.events and settings; a test keeps them equal)
+EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:/\-]{1,128}$"
+MAX_USER_LENGTH = 256
+MAX_JSON_DEPTH = 32
+MAX_PROPERTIES_BYTES = 32 * 1024  # properties, and context, serialized
+MAX_FUTURE_SKEW_SECONDS = 24 * 3600
+MAX_EVENTS_PER_REQUEST = 1000
+MAX_BODY_BYTES = 1024 * 1024  # after decompression
+# orjson, which the server parses with, represents integers exactly in this range;
+# beyond it a number silently becomes a float, or (past 1e308) the body is refused.
+MIN_INT = -(2**63)
+MAX_INT = 2**64 - 1
+
+# fullmatch, not match: with ``match`` the ``$`` would accept a trailing newline,
+# which the server's (Rust) regex refuses.
+_NAME = re.compile(EVENT_NAME_PATTERN)
+_LONG_DIGITS = re.compile(r"\d{19}")
+
+
+class DropReason(enum.StrEnum):
+    """Why ``track()`` refused an event (the keys of ``stats().dropped_by_reason``)."""
+
+    INVALID_NAME = "invalid_name"
+    INVALID_USER = "invalid_user"
+    INVALID_TIMESTAMP = "invalid_timestamp"
+    INVALID_EVENT_ID = "invalid_event_id"
+    INVALID_PROPERTIES = "invalid_properties"
+    INVALID_CONTEXT = "invalid_context"
+    NOT_SERIALIZABLE = "not_serializable"
+    TOO_LARGE = "too_large"
+    QUEUE_FULL = "queue_full"
+    CLOSED = "closed"
+
+
+class EventRejected(Exception):
+    """Internal: why an event cannot be encoded (becomes a drop, or InvalidEvent)."""
+
+    def __init__(self, reason: DropReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    event_id: str
+    data: bytes  # the event's JSON, UTF-8
+
+
+# --- UUIDv7 ------------------------------------------------------------------------------
+
+
+class UUIDv7Generator:
+    """RFC 9562 UUIDv7: 48-bit unix milliseconds, version 7, variant 0b10, random bits.
+
+    The 12 ``rand_a`` bits are a counter, seeded randomly in each new
+    millisecond (below 2048, leaving room to count up), so ids made by one
+    process are strictly increasing even within a millisecond. If the counter
+    overflows, or the clock steps back, the millisecond is advanced past the
+    last one used (RFC 9562 §6.2, method 1). The 62 ``rand_b`` bits come from
+    a private generator seeded by ``os.urandom``: an application calling
+    ``random.seed()`` cannot make two processes produce the same ids, and
+    ``reseed()`` runs in a forked child so it does not repeat its parent's.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rng = random.Random(os.urandom(32))
+        self._last_ms = -1
+        self._counter = 0
+
+    def reseed(self) -> None:
+        self._lock = threading.Lock()
+        self._rng = random.Random(os.urandom(32))
+
+    def new_int(self, unix_ms: int) -> int:
+        with self._lock:
+            if unix_ms > self._last_ms:
+                self._last_ms = unix_ms
+                self._counter = self._rng.getrandbits(11)
+            else:
+                self._counter += 1
+                if self._counter > 0xFFF:
+                    self._last_ms += 1
+                    self._counter = self._rng.getrandbits(11)
+            ms, counter = self._last_ms, self._counter
+            rand_b = self._rng.getrandbits(62)
+        return (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
+
+    def new(self, unix_ms: int | None = None) -> str:
+        if unix_ms is None:
+            unix_ms = time.time_ns() // 1_000_000
+        h = f"{self.new_int(unix_ms):032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_GENERATOR = UUIDv7Generator()
+
+
+def uuid7() -> uuid.UUID:
+    """A new UUIDv7 (time-ordered, unique across processes)."""
+    return uuid.UUID(int=_GENERATOR.new_int(time.time_ns() // 1_000_000))
+
+
+def reseed_after_fork() -> None:
+    _GENERATOR.reseed()
+
+
+# --- timestamps --------------------------------------------------------------------------
+
+_second_prefix: tuple[int, str] = (-1, "")
+
+
+def format_unix_ns(unix_ns: int) -> str:
+    """RFC 3339 UTC with microseconds, e.g. ``2026-11-27T16:20:00.123456Z``."""
+    global _second_prefix
+    seconds, rest = divmod(unix_ns, 1_000_000_000)
+    cached_second, prefix = _second_prefix
+    if cached_second != seconds:  # one strftime per second, not per event
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_prefix = (seconds, prefix)
+    return f"{prefix}.{rest // 1000:06d}Z"
+
+
+def _format_datetime(value: dt.datetime) -> str:
+    if value.tzinfo is None:  # like the server: no offset means UTC
+        value = value.replace(tzinfo=dt.UTC)
+    try:
+        value = value.astimezone(dt.UTC)
+    except OverflowError as exc:
+        raise EventRejected(DropReason.INVALID_TIMESTAMP, "timestamp is out of range") from exc
+    return (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:"
+        f"{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}Z"
+    )
+
+
+def _timestamp(value: object, now_ns: int) -> str:
+    """The event's timestamp as RFC 3339 UTC; refused if the server would refuse it."""
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+    elif isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise EventRejected(
+                DropReason.INVALID_TIMESTAMP, f"not an RFC 3339 timestamp: {value!r}"
+            ) from exc
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise EventRejected(DropReason.INVALID_TIMESTAMP, "timestamp must be finite")
+        try:
+            moment = dt.datetime.fromtimestamp(value, tz=dt.UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise EventRejected(DropReason.INVALID_TIMESTAMP, "timestamp is out of range") from exc
+    else:
+        raise EventRejected(
+            DropReason.INVALID_TIMESTAMP,
+            f"timestamp must be a datetime, an RFC 3339 string or unix seconds, "
+            f"not {type(value).__name__}",
+        )
+    try:
+        ahead = (moment - dt.datetime.fromtimestamp(now_ns / 1e9, tz=dt.UTC)).total_seconds()
+    except OverflowError as exc:
+        raise EventRejected(DropReason.INVALID_TIMESTAMP, "timestamp is out of range") from exc
+    if ahead > MAX_FUTURE_SKEW_SECONDS:
+        raise EventRejected(
+            DropReason.INVALID_TIMESTAMP, "timestamp is more than 24 h in the future"
+        )
+    return _format_datetime(moment)
+
+
+# --- JSON ----------------------------------------------------------------------------------
+
+
+def _to_json(value: object) -> object:
+    """The few non-JSON types that have one obvious JSON form."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, decimal.Decimal) and value.is_finite():
+        return float(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, set | frozenset):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# One encoder, built once: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_to_json
+)
+
+
+def _check_value(value: object, depth: int) -> None:
+    """The exact rules (the server's ``_check_json_value``, plus integer range)."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("strings must not contain the NUL character (\\u0000)")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and "\x00" in key:
+                raise ValueError("keys must not contain the NUL character (\\u0000)")
+            _check_value(item, depth + 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _check_value(item, depth + 1)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not MIN_INT <= value <= MAX_INT:
+            raise ValueError("integers must fit in 64 bits; send larger ones as strings")
+
+
+def encode_object(value: object, field: str) -> str:
+    """A properties/context object as compact JSON text, checked against the limits."""
+    invalid = DropReason.INVALID_PROPERTIES if field == "properties" else DropReason.INVALID_CONTEXT
+    if not isinstance(value, Mapping):
+        raise EventRejected(invalid, f"{field} must be a mapping, not {type(value).__name__}")
+    try:
+        text = _ENCODER.encode(value if isinstance(value, dict) else dict(value))
+    except ValueError as exc:  # NaN/infinity, or a circular reference
+        raise EventRejected(invalid, f"{field}: {exc}") from exc
+    except (TypeError, RecursionError) as exc:
+        raise EventRejected(DropReason.NOT_SERIALIZABLE, f"{field}: {exc}") from exc
+    # Fast path: the walk below is needed only when the text could hide a
+    # problem (a NUL escape, more brackets than the depth limit, a 19-digit run).
+    if (
+        "\\u0000" in text
+        or text.count("{") + text.count("[") > MAX_JSON_DEPTH
+        or _LONG_DIGITS.search(text)
+    ):
+        try:
+            _check_value(value, 0)
+        except ValueError as exc:
+            raise EventRejected(invalid, f"{field}: {exc}") from exc
+        except RecursionError as exc:
+            raise EventRejected(invalid, f"{field}: nested too deep") from exc
+    size = len(text) if text.isascii() else _utf8_length(text, field)
+    if size > MAX_PROPERTIES_BYTES:
+        raise EventRejected(
+            DropReason.TOO_LARGE,
+            f"{field} is {size} bytes serialized; the limit is {MAX_PROPERTIES_BYTES}",
+        )
+    return text
+
+
+def _utf8_length(text: str, field: str) -> int:
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError as exc:  # a lone surrogate: not valid UTF-8
+        raise EventRejected(DropReason.NOT_SERIALIZABLE, f"{field}: {exc}") from exc
+
+
+def _user(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise EventRejected(
+            DropReason.INVALID_USER, f"user must be a string, not {type(value).__name__}"
+        )
+    if not 1 <= len(value) <= MAX_USER_LENGTH or "\x00" in value:
+        raise EventRejected(
+            DropReason.INVALID_USER,
+            f"user must be 1 to {MAX_USER_LENGTH} characters, without NUL",
+        )
+    return _ENCODER.encode(value)
+
+
+def _event_id(value: object) -> str:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+    raise EventRejected(DropReason.INVALID_EVENT_ID, f"event_id must be a UUID, not {value!r}")
+
+
+def encode_event(
+    name: object,
+    *,
+    user: object = None,
+    properties: object = None,
+    timestamp: object = None,
+    event_id: object = None,
+    context: object = None,
+    default_context: Mapping[str, Any] | None = None,
+) -> EncodedEvent:
+    """One event as the JSON the server takes; raises ``EventRejected``."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise EventRejected(
+            DropReason.INVALID_NAME,
+            f"name must be 1 to 128 of letters, digits and _ . : / -, not {name!r}",
+        )
+    now_ns = time.time_ns()
+    eid = _GENERATOR.new(now_ns // 1_000_000) if event_id is None else _event_id(event_id)
+    ts = format_unix_ns(now_ns) if timestamp is None else _timestamp(timestamp, now_ns)
+    # The name matched the pattern, so it needs no escaping.
+    parts = ['{"event_id":"', eid, '","name":"', name, '","timestamp":"', ts, '"']
+    if user is not None:
+        parts += [',"user":', _user(user)]
+    if properties is not None:
+        text = encode_object(properties, "properties")
+        if text != "{}":
+            parts += [',"properties":', text]
+    if default_context:
+        if context is None:
+            context = default_context
+        elif isinstance(context, Mapping):
+            context = {**default_context, **context}
+    if context is not None:
+        parts += [',"context":', encode_object(context, "context")]
+    parts.append("}")
+    try:
+        data = "".join(parts).encode()
+    except UnicodeEncodeError as exc:
+        raise EventRejected(DropReason.NOT_SERIALIZABLE, str(exc)) from exc
+    return EncodedEvent(eid, data)
