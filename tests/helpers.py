@@ -144,6 +144,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         RECLAIM_IDLE_MS=str(settings.reclaim_idle_ms),
         RETRY_BACKOFF_INITIAL_MS=str(settings.retry_backoff_initial_ms),
         RETRY_BACKOFF_MAX_MS=str(settings.retry_backoff_max_ms),
+        SPOOL_DIR=settings.spool_dir,
     )
     env.update(extra)
     return env

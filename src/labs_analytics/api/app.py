@@ -28,6 +28,7 @@ from labs_analytics.auth.cache import KeyCache
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.events import EventBatchIn, EventIn
 from labs_analytics.flusher import Flusher
+from labs_analytics.flusher.flusher import default_consumer_name
 from labs_analytics.ingest.service import IngestService
 from labs_analytics.logs import get_logger
 from labs_analytics.queue.connection import create_redis
@@ -138,8 +139,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.redis_url,
             timeout_seconds=settings.redis_timeout_seconds + settings.flush_interval_ms / 1000,
         )
-        pool = await create_copy_pool(settings.database_url)
-        flusher = Flusher(redis=flusher_redis, pool=pool, settings=settings)
+        consumer = default_consumer_name()
+        pool = await create_copy_pool(
+            settings.database_url, application_name=f"labs-analytics serve {consumer}"
+        )
+        flusher = Flusher(redis=flusher_redis, pool=pool, settings=settings, consumer_name=consumer)
         tasks.append(asyncio.create_task(_supervise("flusher", flusher.run, stop)))
 
     app.state.labs = AppState(

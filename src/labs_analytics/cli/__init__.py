@@ -18,6 +18,7 @@ from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.cli import keys, operations
 from labs_analytics.cli.common import load_settings, require, with_engine
 from labs_analytics.flusher import Flusher
+from labs_analytics.flusher.flusher import default_consumer_name
 from labs_analytics.logs import configure_logging, get_logger, uvicorn_log_config
 from labs_analytics.queue.connection import create_redis
 from labs_analytics.settings import Settings
@@ -75,6 +76,9 @@ def _serve(*, host: str, port: int, workers: int, run_flusher: bool, access_log:
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker writes its samples here; /metrics sums them up.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="labs-analytics-metrics-")
+    # uvicorn re-raises the SIGTERM it has already handled gracefully; a stop
+    # we were asked for and completed is a success (exit 0, not 143).
+    signal.signal(signal.SIGTERM, _ignore_signal)
     uvicorn.run(
         "labs_analytics.api.app:create_app",
         factory=True,
@@ -106,9 +110,12 @@ async def _run_flusher(settings: Settings) -> None:
         settings.redis_url,
         timeout_seconds=settings.redis_timeout_seconds + settings.flush_interval_ms / 1000,
     )
-    pool = await create_copy_pool(settings.database_url)
+    consumer = default_consumer_name()
+    pool = await create_copy_pool(
+        settings.database_url, application_name=f"labs-analytics flusher {consumer}"
+    )
     try:
-        await Flusher(redis=redis, pool=pool, settings=settings).run(stop)
+        await Flusher(redis=redis, pool=pool, settings=settings, consumer_name=consumer).run(stop)
     finally:
         await pool.close()
         await redis.aclose()
@@ -196,17 +203,14 @@ def dev(
             database_url=database_url,
             redis_url=redis_url,
         )
-        # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an
-        # exception so the `finally` below still stops the embedded servers.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         _serve(host=host, port=port, workers=1, run_flusher=True, access_log=True)
     finally:
         for server in reversed(started):
             server.stop()
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+def _ignore_signal(_signum: int, _frame: object) -> None:
+    """The signal was handled already; nothing is left to do."""
 
 
 def _print_dev_banner(*, host: str, port: int, key: str, database_url: str, redis_url: str) -> None:

@@ -36,6 +36,8 @@ class AsyncAnalyticsClient(BaseClient):
     each event is sent at once, and ``await client.flush()`` waits for it.
     """
 
+    _http: httpx.AsyncClient | None
+
     def __init__(
         self,
         api_key: str | None = None,
@@ -45,6 +47,7 @@ class AsyncAnalyticsClient(BaseClient):
     ) -> None:
         self._transport = transport
         super().__init__(api_key, options)
+        self._http = self._async_http()  # now, not in the task: see AnalyticsClient
         if self._sync_mode:
             self._batch = BatchLimits(
                 max_events=1, max_bytes=self._batch.max_bytes, interval=self._batch.interval
@@ -56,7 +59,7 @@ class AsyncAnalyticsClient(BaseClient):
         self._loop_thread: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     # --- public
@@ -144,6 +147,15 @@ class AsyncAnalyticsClient(BaseClient):
                 source=self,
             )
 
+    def _async_http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=self._headers,
+            timeout=self._timeout,
+            transport=self._transport,
+            trust_env=True,  # HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE are honoured
+        )
+
     # --- binding to a loop, waking the task
 
     def _start_worker(self) -> None:
@@ -202,19 +214,16 @@ class AsyncAnalyticsClient(BaseClient):
         batch: list[QueuedEvent] = []
         try:
             http = self._http
-            if http is None:
-                http = self._http = httpx.AsyncClient(
-                    base_url=self.base_url,
-                    headers=self._headers,
-                    timeout=self._timeout,
-                    transport=self._transport,
-                    trust_env=True,
-                )
+            if http is None or http.is_closed:
+                http = self._http = self._async_http()
             while (next_batch := await self._next_batch()) is not None:
                 batch = next_batch
-                await adrive(
-                    self._delivery.steps(batch), lambda a: self._send(http, a), self._sleep
-                )
+                try:
+                    await adrive(
+                        self._delivery.steps(batch), lambda a: self._send(http, a), self._sleep
+                    )
+                except Exception as exc:  # a bug: report the batch, keep the worker
+                    self._crashed(batch, exc)
                 with self._lock:
                     self._batch_done_locked(batch)
                     self._resolve_waiters_locked()

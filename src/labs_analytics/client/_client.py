@@ -47,6 +47,10 @@ class AnalyticsClient(BaseClient):
         self._http: httpx.Client | None = None
         self._worker: threading.Thread | None = None
         super().__init__(api_key, options)
+        # Built here, not lazily in the worker: httpx imports httpcore on first
+        # use, and a fork() while the worker thread is halfway through that
+        # import would leave the child a half-initialized module.
+        self._http = self._sync_http(transport)
 
     def _init_state(self) -> None:
         super()._init_state()
@@ -174,11 +178,12 @@ class AnalyticsClient(BaseClient):
             while (batch := self._next_batch()) is not None:
                 try:
                     drive(self._delivery.steps(batch), lambda a: self._send(http, a), self._sleep)
-                finally:
-                    with self._cond:
-                        self._batch_done_locked(batch)
-                        self._cond.notify_all()
-        except Exception:  # a bug: say so loudly, and let close() drain inline
+                except Exception as exc:  # a bug: report the batch, keep the worker
+                    self._crashed(batch, exc)
+                with self._cond:
+                    self._batch_done_locked(batch)
+                    self._cond.notify_all()
+        except Exception:  # a bug outside any batch: say so; close() drains inline
             logger.exception("analytics.worker_crashed")
         finally:
             with self._cond:

@@ -41,7 +41,12 @@ from labs_analytics.client._events import (
     format_unix_ns,
     reseed_after_fork,
 )
-from labs_analytics.client._exceptions import DeliveryError, InvalidEvent, ShutdownTimeout
+from labs_analytics.client._exceptions import (
+    DeliveryError,
+    InvalidEvent,
+    ShutdownTimeout,
+    UnexpectedError,
+)
 from labs_analytics.client._instrument import Timed
 from labs_analytics.client._retry import RetryPolicy
 from labs_analytics.client._version import USER_AGENT
@@ -389,6 +394,15 @@ class BaseClient:
         self._report(error)
 
     # --- helpers for the subclasses
+
+    def _crashed(self, batch: Sequence[QueuedEvent], exc: Exception) -> None:
+        logger.error("analytics.delivery_crashed events=%d", len(batch), exc_info=exc)
+        error = UnexpectedError(
+            f"{type(exc).__name__}: {exc}; {len(batch)} events dropped",
+            event_ids=[event.event_id for event in batch],
+        )
+        error.__cause__ = exc
+        self.failed(batch, error)
 
     def _batch_done_locked(self, batch: Sequence[QueuedEvent]) -> None:
         if batch:

@@ -187,6 +187,10 @@ class Flusher:
         interval_ms = self.settings.flush_interval_ms
         entries = await self._reclaim_orphans()
         events = sum(entry.event_count for entry in entries)
+        if entries:
+            # Learn entry sizes from claims too: after a crash in a quiet
+            # period they are all there is, and a stale guess claims too few.
+            self._events_per_entry = max(1.0, events / len(entries))
         deadline = time.monotonic() + interval_ms / 1000 if entries else None
 
         while events < limit and not stop.is_set():
@@ -240,10 +244,10 @@ class Flusher:
             started_at = datetime.now(UTC)
             fields = self._log_fields(batch, batch_id, attempt, len(records))
             log.info("flush.started", status="started", **fields)
-            # Before every attempt, so that after an outage today's partition
-            # exists before today's rows arrive (else they stay in the default).
-            await self._maybe_ensure_partitions()
             try:
+                # Before every attempt, and as part of it: rows written before
+                # their day's partition exists would stay in the default one.
+                await self._maybe_ensure_partitions()
                 outcome = await self.writer.write_batch(
                     batch_id=batch_id,
                     consumer=self.name,
@@ -410,16 +414,10 @@ class Flusher:
             and time.monotonic() - checked[1] < PARTITION_CHECK_SECONDS
         ):
             return
-        try:
-            async with self._pool.acquire() as conn:
-                await ensure_partitions(
-                    conn, today=today, days_ahead=self.settings.partition_days_ahead
-                )
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            # Not fatal: the write that follows fails too and backs off, and
-            # the check is tried again before the next attempt.
-            log.warning("partition.check_failed", error=repr(exc))
-            return
+        async with self._pool.acquire() as conn:
+            await ensure_partitions(
+                conn, today=today, days_ahead=self.settings.partition_days_ahead
+            )
         self._partitions_checked = (today, time.monotonic())
 
     async def _record_failure(

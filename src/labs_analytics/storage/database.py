@@ -25,8 +25,14 @@ def create_engine(database_url: str) -> AsyncEngine:
     )
 
 
-def create_copy_pool(database_url: str, *, max_size: int = 2) -> asyncpg.Pool:
-    """A pool for the flusher; ``min_size=0`` so creating it never needs the server."""
+def create_copy_pool(
+    database_url: str, *, max_size: int = 2, application_name: str = "labs-analytics flusher"
+) -> asyncpg.Pool:
+    """A pool for the flusher; ``min_size=0`` so creating it never needs the server.
+
+    ``application_name`` shows in ``pg_stat_activity``: name the flusher, so an
+    operator can tell which process holds which backend.
+    """
     return asyncpg.create_pool(
         to_asyncpg_dsn(database_url),
         min_size=0,
@@ -34,4 +40,5 @@ def create_copy_pool(database_url: str, *, max_size: int = 2) -> asyncpg.Pool:
         timeout=CONNECT_TIMEOUT_SECONDS,
         command_timeout=60,
         init=prepare_connection,
+        server_settings={"application_name": application_name[:63]},
     )

@@ -1,0 +1,81 @@
+"""PostgreSQL restarted (``pg_ctl stop -m immediate``, then start) in the middle of a flush.
+
+A real `serve --no-flusher` first queues a backlog of 5 000 events of ~2 KB,
+so that a standalone flusher's batch (one transaction: COPY into staging,
+INSERT ... ON CONFLICT, the ``ingest_batches`` row) lasts long enough to be
+caught; steady load goes on meanwhile. The test polls ``pg_stat_activity``
+until the flusher's transaction is open, then stops PostgreSQL immediately
+(no shutdown checkpoint, backends killed: a crash as far as the flusher can
+tell) and starts it again.
+
+Asserted: the batch that was in flight failed (``flush.failed``), was kept
+and retried, and committed afterwards; the flusher never crashed; ingest
+never refused a request; and the oracle finds every acknowledged event stored
+once and intact, the stream drained, and a fresh event landing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from redis.asyncio import Redis
+
+from labs_analytics.embedded import EmbeddedPostgres
+from labs_analytics.settings import Settings
+from tests.faults.oracle import LoadGenerator, Oracle, connect
+from tests.faults.processes import Children, first_stream_id, wait_for_flush_transaction
+
+BACKLOG_EVENTS = 5_000
+
+
+async def test_postgres_restarted_mid_flush_transaction_loses_and_doubles_nothing(
+    settings: Settings,
+    db: asyncpg.Connection,
+    redis: Redis,
+    oracle: Oracle,
+    children: Children,
+    postgres_server: EmbeddedPostgres,
+) -> None:
+    server = await children.serve(settings, "--no-flusher")
+    backlog = LoadGenerator(
+        oracle,
+        [server.base_url],
+        rate=None,
+        max_requests=BACKLOG_EVENTS // 200,
+        events_per_request=200,
+        payload_bytes=2048,
+        duration=60,
+    )
+    await backlog.run()
+    assert oracle.acknowledged_count == BACKLOG_EVENTS, dict(backlog.statuses)
+    async with LoadGenerator(oracle, [server.base_url], rate=10, duration=30, payload_bytes=512):
+        flusher = children.flusher(
+            settings, FLUSH_BATCH_EVENTS=str(BACKLOG_EVENTS), FLUSH_INTERVAL_MS="1000"
+        )
+        in_flight = await wait_for_flush_transaction(db, timeout=20)
+        await db.close()  # it dies with the server
+        await asyncio.to_thread(postgres_server.stop, "immediate")
+        await asyncio.to_thread(postgres_server.start)
+        await asyncio.sleep(2)  # load goes on across the restart and after it
+    assert oracle.refused == {}, oracle.refusal_reasons
+
+    conn = await connect(settings)
+    try:
+        report = await oracle.check(conn, redis, settings, api_url=server.base_url)
+    finally:
+        await conn.close()
+
+    failed = flusher.log_events("flush.failed")
+    committed = flusher.log_events("flush.committed")
+    assert failed, f"no flush failed: the restart missed the transaction {dict(in_flight)}"
+    first_failure = failed[0]
+    retried = [
+        line
+        for line in committed
+        if first_stream_id(line) == first_stream_id(first_failure)
+        and line["attempt"] > first_failure["attempt"]
+    ]
+    assert retried, f"the interrupted batch {first_failure} was never committed on a retry"
+    assert flusher.crash_lines() == []
+    assert report.stored_rows == report.acknowledged
