@@ -6,8 +6,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+WORKERS ?= 2
+SUSTAIN ?= 60
+SOAK    ?= 60
 
-.PHONY: install run test test-unit test-integration test-faults lint format stress clean
+.PHONY: install run test test-unit test-integration test-faults lint format stress bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +42,13 @@ lint: install  ## ruff, ruff-format and mypy, as in pre-commit and CI
 
 stress: install  ## 30 s headless load test of a running server: LABS_API_KEY=… make stress [HOST=…]
 	$(BIN)/locust -f stress/locustfile.py --headless -u 20 -r 10 -t 30s --host $${HOST:-http://127.0.0.1:8000}
+
+bench: install  ## measure against the framework floor and the COPY ceiling; writes BENCHMARKS.md
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && \
+		(apt-get install -y -qq wrk >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1)); } || \
+		echo "bench: wrk is not installed; using the Python load generator"
+	$(BIN)/python stress/bench.py --workers $(WORKERS) --sustain $(SUSTAIN) --soak $(SOAK)
 
 format: install
 	$(BIN)/ruff check --fix .

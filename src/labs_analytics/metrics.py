@@ -33,6 +33,9 @@ REQUESTS_REJECTED = Counter(
     "Ingest requests refused, by reason (the error code of the response).",
     ["reason"],
 )
+# Children resolved once: `.labels()` on every request is measurable on the hot path.
+ACCEPTED_INTO_REDIS = EVENTS_ACCEPTED.labels("redis")
+ACCEPTED_INTO_SPOOL = EVENTS_ACCEPTED.labels("spool")
 EVENTS_SPOOLED = Counter("labs_events_spooled_total", "Events written to the local spool.")
 EVENTS_REPLAYED = Counter(
     "labs_events_replayed_total", "Spooled events replayed into the Redis stream."

@@ -92,7 +92,7 @@ class EventQueue:
                 self._mark_down(exc)
             else:
                 self.health.backlog_events = appended.backlog
-                metrics.EVENTS_ACCEPTED.labels("redis").inc(len(records))
+                metrics.ACCEPTED_INTO_REDIS.inc(len(records))
                 return "redis"
         return await self._append_to_spool(fields, len(records))
 
@@ -104,7 +104,7 @@ class EventQueue:
         except (SpoolFull, SpoolWriteFailed) as exc:
             raise QueueDown(f"Redis is unreachable and the spool refused: {exc}") from exc
         metrics.EVENTS_SPOOLED.inc(events)
-        metrics.EVENTS_ACCEPTED.labels("spool").inc(events)
+        metrics.ACCEPTED_INTO_SPOOL.inc(events)
         return "spool"
 
     def _mark_down(self, exc: Exception) -> None:
