@@ -530,3 +530,15 @@ def test_record_of_an_event_without_product_takes_the_product_given() -> None:
     assert record.product == "penn-mobile"
     assert record.context is None
     assert record.user is None
+
+
+def test_server_assigned_ids_are_valid_distinct_version_4_uuids() -> None:
+    from labs_analytics.events import new_uuid4
+
+    made = [new_uuid4() for _ in range(2000)]
+    assert len(set(made)) == 2000
+    for value in made[:200]:
+        assert value.version == 4
+        assert value.variant == uuid.RFC_4122
+        assert uuid.UUID(str(value)) == value
+        assert hash(uuid.UUID(str(value))) == hash(value)

@@ -75,6 +75,9 @@ class AsyncAnalyticsClient(BaseClient):
         deadline = self._deadline(timeout)
         self._bind_here()
         loop = asyncio.get_running_loop()
+        task = self._task
+        if task is not None and not task.done() and task.get_loop() is not loop:
+            raise RuntimeError("flush() must be awaited in the loop the client is bound to")
         with self._lock:
             target = self._next_seq
             if self._done_seq >= target:
@@ -115,7 +118,7 @@ class AsyncAnalyticsClient(BaseClient):
                 task.cancel()
                 await asyncio.wait({task}, timeout=1.0)
         with self._lock:
-            left = self._abandon_queue_locked()
+            left = self._abandon_queue_locked(worker_alive=self._worker_running)
             in_flight = len(self._in_flight)
             self._resolve_waiters_locked()
         self._report_abandoned(left, in_flight)
@@ -137,8 +140,12 @@ class AsyncAnalyticsClient(BaseClient):
         await self.aclose()
 
     def __del__(self) -> None:
-        pending = len(getattr(self, "_queue", ())) + len(getattr(self, "_in_flight", ()))
-        if pending and not getattr(self, "_closed", True):
+        try:
+            pending = len(self._queue) + len(self._in_flight)
+            closed = self._closed
+        except AttributeError:  # __init__ failed half-way
+            return
+        if pending and not closed:
             warnings.warn(
                 f"AsyncAnalyticsClient was garbage-collected with {pending} events pending; "
                 "use `async with` or `await client.aclose()`",
@@ -322,15 +329,10 @@ class AsyncAnalyticsClient(BaseClient):
                 return len(self._queue) + len(self._in_flight)
         # The loop has ended: deliver what is left (the batch of a task that
         # died with its loop too; resending it is safe) with blocking I/O.
+        if self._queue or self._in_flight:
+            with self._sync_http() as http:
+                self._drain_blocking(http)
         with self._lock:
-            events = self._in_flight + self._queue.clear()
-            self._in_flight = events
-        if events:
-            http = self._sync_http()
-            try:
-                self._deliver_blocking(events, http)
-            finally:
-                http.close()
-                with self._lock:
-                    self._batch_done_locked(events)
-        return 0
+            left = self._abandon_queue_locked(worker_alive=False)
+        self._report_abandoned(left)
+        return len(left)

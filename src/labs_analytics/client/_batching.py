@@ -38,12 +38,15 @@ class EventQueue:
     def __len__(self) -> int:
         return len(self.items)
 
-    def put(self, event: QueuedEvent) -> bool:
-        if len(self.items) >= self.max_events or self.bytes + len(event.data) > self.max_bytes:
-            return False
-        self.items.append(event)
-        self.bytes += len(event.data)
-        return True
+    def put(self, event: QueuedEvent) -> int:
+        """Append; the queue's new length, or 0 if it is full (the event is refused)."""
+        items = self.items
+        size = len(event.data)
+        if len(items) >= self.max_events or self.bytes + size > self.max_bytes:
+            return 0
+        items.append(event)
+        self.bytes += size
+        return len(items)
 
     def push_front(self, events: Sequence[QueuedEvent]) -> None:
         """Give back a batch taken but not delivered (it goes first, in order)."""

@@ -125,35 +125,28 @@ class AnalyticsClient(BaseClient):
 
     def _exit_finish(self, deadline: float | None) -> int:
         worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
+        if worker is not None and worker is threading.current_thread():
+            # close() from a callback: the worker drains once the callback returns.
+            with self._cond:
+                return len(self._queue) + len(self._in_flight)
+        if worker is not None:
             worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if worker is None or not worker.is_alive():
-            self._drain_inline()  # no thread (never started, or could not be): do it here
+            # No thread (never started, or could not be): drain from this one.
+            if self._http is None:
+                self._http = self._sync_http(self._transport)
+            self._drain_blocking(self._http)
+        alive = worker is not None and worker.is_alive()
         with self._cond:
-            left = self._abandon_queue_locked()
-            in_flight = len(self._in_flight) if worker is not None and worker.is_alive() else 0
+            left = self._abandon_queue_locked(worker_alive=alive)
+            in_flight = len(self._in_flight)
             self._cond.notify_all()
         self._report_abandoned(left, in_flight)
         pending = len(left) + in_flight
-        if (worker is None or not worker.is_alive()) and self._http is not None:
+        if not alive and self._http is not None:
             self._http.close()
             self._http = None
         return pending
-
-    def _drain_inline(self) -> None:
-        with self._cond:
-            events = self._queue.clear()
-            self._in_flight = events
-        if not events:
-            return
-        http = self._http or self._sync_http(self._transport)
-        self._http = http
-        try:
-            self._deliver_blocking(events, http)
-        finally:
-            with self._cond:
-                self._batch_done_locked(events)
-                self._cond.notify_all()
 
     # --- the worker
 

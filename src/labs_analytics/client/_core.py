@@ -261,18 +261,23 @@ class BaseClient:
             if self._closed:
                 reason: DropReason | None = DropReason.CLOSED
             else:
-                self._next_seq += 1
-                if self._queue.put(QueuedEvent(self._next_seq, event.event_id, event.data, now)):
+                seq = self._next_seq + 1
+                queue = self._queue
+                length = queue.put(QueuedEvent(seq, event.event_id, event.data, now))
+                if length:
+                    self._next_seq = seq
                     reason = None
-                    queue = self._queue
+                    # Wake the worker only when it has something new to decide:
+                    # a first event (it may be waiting with no deadline), or a
+                    # batch that is full; otherwise its timed wait will do.
+                    batch = self._batch
                     if (
-                        len(queue) == 1
-                        or len(queue) >= self._batch.max_events
-                        or queue.bytes + ENVELOPE_BYTES >= self._batch.max_bytes
+                        length == 1
+                        or length >= batch.max_events
+                        or queue.bytes + ENVELOPE_BYTES >= batch.max_bytes
                     ):
                         self._wake_locked()
                 else:
-                    self._next_seq -= 1
                     reason = DropReason.QUEUE_FULL
         if reason is not None:
             message = (
@@ -409,8 +414,15 @@ class BaseClient:
             self._done_seq = max(self._done_seq, batch[-1].seq)
         self._in_flight = []
 
-    def _abandon_queue_locked(self) -> list[QueuedEvent]:
-        """At the close deadline: what is still queued is given up (reported after unlock)."""
+    def _abandon_queue_locked(self, *, worker_alive: bool) -> list[QueuedEvent]:
+        """At the close deadline: what is still queued is given up (reported after unlock).
+
+        The batch of a worker that is gone is given up too; a live worker's
+        batch is its own to finish (or to leave unanswered, in flight).
+        """
+        if self._in_flight and not worker_alive:
+            self._queue.push_front(self._in_flight)
+            self._in_flight = []
         left = self._queue.clear()
         if left:
             self._done_seq = max(self._done_seq, left[-1].seq)
@@ -449,6 +461,22 @@ class BaseClient:
             transport=transport,
             trust_env=True,
         )
+
+    def _drain_blocking(self, http: httpx.Client) -> None:
+        """Deliver the queue, batch by batch, from the calling thread (exit paths)."""
+        while self._abort_at is None or time.monotonic() < self._abort_at:
+            with self._lock:
+                if self._in_flight:  # a worker that died with its batch: resend it first
+                    self._queue.push_front(self._in_flight)
+                batch = self._in_flight = self._queue.take(self._batch)
+            if not batch:
+                return
+            try:
+                self._deliver_blocking(batch, http)
+            except Exception as exc:
+                self._crashed(batch, exc)
+            with self._lock:
+                self._batch_done_locked(batch)
 
     def _deliver_blocking(self, events: Sequence[QueuedEvent], http: httpx.Client) -> None:
         """Deliver with blocking I/O in the calling thread (sync mode, exit fallbacks)."""

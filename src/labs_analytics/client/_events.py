@@ -25,9 +25,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 # --- the contract (copied from labs_analytics.events and settings; a test keeps them equal)
 EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:/\-]{1,128}$"
@@ -45,7 +44,8 @@ MAX_INT = 2**64 - 1
 # fullmatch, not match: with ``match`` the ``$`` would accept a trailing newline,
 # which the server's (Rust) regex refuses.
 _NAME = re.compile(EVENT_NAME_PATTERN)
-_LONG_DIGITS = re.compile(r"\d{19}")
+# In JSON text, a run of 19+ digits may be an integer that does not fit in 64 bits.
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
 
 
 class DropReason(enum.StrEnum):
@@ -72,8 +72,7 @@ class EventRejected(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedEvent:
+class EncodedEvent(NamedTuple):
     event_id: str
     data: bytes  # the event's JSON, UTF-8
 
@@ -99,6 +98,7 @@ class UUIDv7Generator:
         self._rng = random.Random(os.urandom(32))
         self._last_ms = -1
         self._counter = 0
+        self._prefix: tuple[int, str] = (-1, "")
 
     def reseed(self) -> None:
         self._lock = threading.Lock()
@@ -119,10 +119,17 @@ class UUIDv7Generator:
         return (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
 
     def new(self, unix_ms: int | None = None) -> str:
+        """The canonical string form, made without building a ``uuid.UUID`` (it is hot)."""
         if unix_ms is None:
             unix_ms = time.time_ns() // 1_000_000
-        h = f"{self.new_int(unix_ms):032x}"
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        value = self.new_int(unix_ms)
+        ms = value >> 80
+        cached_ms, prefix = self._prefix
+        if cached_ms != ms:  # "tttttttt-tttt-7": the same for every id of a millisecond
+            prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7"
+            self._prefix = (ms, prefix)
+        low = value & 0xFFFF_FFFF_FFFF_FFFF
+        return f"{prefix}{value >> 64 & 0xFFF:03x}-{low >> 48:04x}-{low & 0xFFFF_FFFF_FFFF:012x}"
 
 
 _GENERATOR = UUIDv7Generator()
@@ -227,6 +234,26 @@ def _to_json(value: object) -> object:
 _ENCODER = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_to_json
 )
+# And the C encoder under it, called directly (JSONEncoder.encode builds one per
+# call). No circular-reference markers: they are per call state, unsafe to share
+# between threads; a circular object ends in RecursionError instead, and is refused.
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODE: Callable[[object, int], list[str]] | None = (
+    _c_make_encoder(
+        None, _to_json, json.encoder.encode_basestring, None, ":", ",", False, False, False
+    )
+    if _c_make_encoder is not None
+    else None
+)
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring  # a JSON string literal
+
+
+def _dumps(value: object) -> str:
+    if _C_ENCODE is not None:
+        return "".join(_C_ENCODE(value, 0))
+    return _ENCODER.encode(value)
 
 
 def _check_value(value: object, depth: int) -> None:
@@ -252,10 +279,12 @@ def _check_value(value: object, depth: int) -> None:
 def encode_object(value: object, field: str) -> str:
     """A properties/context object as compact JSON text, checked against the limits."""
     invalid = DropReason.INVALID_PROPERTIES if field == "properties" else DropReason.INVALID_CONTEXT
-    if not isinstance(value, Mapping):
-        raise EventRejected(invalid, f"{field} must be a mapping, not {type(value).__name__}")
+    if type(value) is not dict:
+        if not isinstance(value, Mapping):
+            raise EventRejected(invalid, f"{field} must be a mapping, not {type(value).__name__}")
+        value = dict(value)
     try:
-        text = _ENCODER.encode(value if isinstance(value, dict) else dict(value))
+        text = _dumps(value)
     except ValueError as exc:  # NaN/infinity, or a circular reference
         raise EventRejected(invalid, f"{field}: {exc}") from exc
     except (TypeError, RecursionError) as exc:
@@ -290,6 +319,8 @@ def _utf8_length(text: str, field: str) -> int:
 
 
 def _user(value: object) -> str:
+    if type(value) is str and 0 < len(value) <= MAX_USER_LENGTH and "\x00" not in value:
+        return _quote(value)  # the common case, first
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
@@ -301,7 +332,7 @@ def _user(value: object) -> str:
             DropReason.INVALID_USER,
             f"user must be 1 to {MAX_USER_LENGTH} characters, without NUL",
         )
-    return _ENCODER.encode(value)
+    return _quote(value)
 
 
 def _event_id(value: object) -> str:
@@ -334,24 +365,23 @@ def encode_event(
     now_ns = time.time_ns()
     eid = _GENERATOR.new(now_ns // 1_000_000) if event_id is None else _event_id(event_id)
     ts = format_unix_ns(now_ns) if timestamp is None else _timestamp(timestamp, now_ns)
-    # The name matched the pattern, so it needs no escaping.
-    parts = ['{"event_id":"', eid, '","name":"', name, '","timestamp":"', ts, '"']
+    # The name matched the pattern and the id and time are ours: no escaping needed.
+    text = f'{{"event_id":"{eid}","name":"{name}","timestamp":"{ts}"'
     if user is not None:
-        parts += [',"user":', _user(user)]
+        text += ',"user":' + _user(user)
     if properties is not None:
-        text = encode_object(properties, "properties")
-        if text != "{}":
-            parts += [',"properties":', text]
+        encoded = encode_object(properties, "properties")
+        if encoded != "{}":
+            text += ',"properties":' + encoded
     if default_context:
         if context is None:
             context = default_context
         elif isinstance(context, Mapping):
             context = {**default_context, **context}
     if context is not None:
-        parts += [',"context":', encode_object(context, "context")]
-    parts.append("}")
+        text += ',"context":' + encode_object(context, "context")
     try:
-        data = "".join(parts).encode()
+        data = (text + "}").encode()
     except UnicodeEncodeError as exc:
         raise EventRejected(DropReason.NOT_SERIALIZABLE, str(exc)) from exc
     return EncodedEvent(eid, data)
