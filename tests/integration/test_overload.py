@@ -11,7 +11,14 @@ from labs_analytics.auth.keys import Scope
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.settings import Settings
 from labs_analytics.storage.database import create_engine
-from tests.helpers import ApiFactory, create_key, make_events, running_api, wait_for_events
+from tests.helpers import (
+    ApiFactory,
+    create_key,
+    make_events,
+    running_api,
+    wait_for,
+    wait_for_events,
+)
 
 
 async def create_limited_key(settings: Settings, rate: float, product: str = "clubs") -> str:
@@ -75,6 +82,11 @@ async def test_backlog_over_the_limit_is_503_and_nothing_acknowledged_is_lost(
 
     async with api(backlog_max_events=50) as app:  # a flusher drains the backlog
         await wait_for_events(db, 50)
+
+        async def backlog_drained() -> bool:  # acked after commit: a moment after the rows
+            return int(await redis.get(app.settings.backlog_key) or 0) == 0
+
+        await wait_for(backlog_drained, what="the backlog counter back to 0")
         events = make_events(10)
         assert (await app.post({"events": events}, key)).status_code == 202
         acknowledged.extend(events)

@@ -49,6 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Record product analytics events. Send them to `POST /v1/events` with an "
         "API key; they are acknowledged once durable and land in PostgreSQL exactly once.",
         lifespan=_lifespan,
+        # We export Prometheus metrics (/metrics), not OpenTelemetry; FastAPI's
+        # native telemetry would check for providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -60,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
             max_age=600,
         )
+    app.router.routes.append(ingest.lean_route)  # matched first: see api/ingest.py
     app.include_router(ingest.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)

@@ -47,7 +47,8 @@ class AsyncAnalyticsClient(BaseClient):
     ) -> None:
         self._transport = transport
         super().__init__(api_key, options)
-        self._http = self._async_http()  # now, not in the task: see AnalyticsClient
+        if self._enabled:
+            self._http = self._async_http()  # now, not in the task: see AnalyticsClient
         if self._sync_mode:
             self._batch = BatchLimits(
                 max_events=1, max_bytes=self._batch.max_bytes, interval=self._batch.interval

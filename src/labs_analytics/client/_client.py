@@ -50,7 +50,8 @@ class AnalyticsClient(BaseClient):
         # Built here, not lazily in the worker: httpx imports httpcore on first
         # use, and a fork() while the worker thread is halfway through that
         # import would leave the child a half-initialized module.
-        self._http = self._sync_http(transport)
+        if self._enabled:
+            self._http = self._sync_http(transport)
 
     def _init_state(self) -> None:
         super()._init_state()
