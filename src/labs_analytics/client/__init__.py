@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from labs_analytics.client._async_client import AsyncAnalyticsClient
 from labs_analytics.client._client import AnalyticsClient
-from labs_analytics.client._core import ClientOptions, ClientStats, DroppedEvent
 from labs_analytics.client._events import DropReason, uuid7
 from labs_analytics.client._exceptions import (
     AnalyticsError,
@@ -30,6 +29,7 @@ from labs_analytics.client._exceptions import (
     UnexpectedError,
 )
 from labs_analytics.client._instrument import Span, Timed
+from labs_analytics.client._options import ClientOptions, ClientStats, DroppedEvent
 from labs_analytics.client._retry import RetryPolicy
 from labs_analytics.client._version import __version__
 

@@ -12,8 +12,9 @@ from typing import Unpack
 import httpx
 
 from labs_analytics.client._batching import BatchLimits, QueuedEvent
-from labs_analytics.client._core import BaseClient, ClientOptions, logger
+from labs_analytics.client._core import BaseClient, logger
 from labs_analytics.client._delivery import Reply, Send, adrive
+from labs_analytics.client._options import ClientOptions
 
 
 class AsyncAnalyticsClient(BaseClient):

@@ -10,8 +10,9 @@ from typing import Unpack
 import httpx
 
 from labs_analytics.client._batching import QueuedEvent
-from labs_analytics.client._core import BaseClient, ClientOptions, logger
+from labs_analytics.client._core import BaseClient, logger
 from labs_analytics.client._delivery import Reply, Send, drive
+from labs_analytics.client._options import ClientOptions
 
 
 class AnalyticsClient(BaseClient):

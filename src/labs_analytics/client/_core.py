@@ -1,19 +1,9 @@
-"""What both clients share: options, ``track()``, the queue, stats, and the process hooks.
+"""What both clients share: options, ``track()``, the queue, stats, callbacks.
 
 ``AnalyticsClient`` (a thread) and ``AsyncAnalyticsClient`` (an asyncio task)
 differ only in how their worker waits and does I/O; everything an event goes
-through before and after that is here, once.
-
-Process hooks, installed when the first client is made (never at import):
-
-* ``atexit``: every open client is closed with one shared, bounded deadline
-  (the largest ``shutdown_timeout``), so queued events are delivered and a
-  process never hangs at exit, even with the server unreachable.
-* ``os.register_at_fork``: in a child, every client gets a fresh lock, queue,
-  stats, worker and connection pool; what it inherited is discarded (the
-  parent still owns and delivers those events). Under ``multiprocessing``'s
-  fork start method, whose children leave through ``os._exit`` and so skip
-  ``atexit``, a multiprocessing finalizer does the same drain.
+through before and after that is here, once. The process hooks (exit, fork)
+are in ``_process_hooks``.
 """
 
 from __future__ import annotations
@@ -21,14 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import threading
 import time
-import weakref
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -39,7 +26,6 @@ from labs_analytics.client._events import (
     EventRejected,
     encode_event,
     format_unix_ns,
-    reseed_after_fork,
 )
 from labs_analytics.client._exceptions import (
     DeliveryError,
@@ -48,6 +34,8 @@ from labs_analytics.client._exceptions import (
     UnexpectedError,
 )
 from labs_analytics.client._instrument import Timed
+from labs_analytics.client._options import ClientOptions, ClientStats, DroppedEvent
+from labs_analytics.client._process_hooks import register
 from labs_analytics.client._retry import RetryPolicy
 from labs_analytics.client._version import USER_AGENT
 
@@ -60,64 +48,6 @@ _FAILURE_REASONS: dict[str, str] = {
     "ShutdownTimeout": "shutdown_timeout",
     "UnexpectedError": "unexpected_error",
 }
-
-
-class ClientOptions(TypedDict, total=False):
-    """The options both clients take (see the README's "Python SDK" for each one)."""
-
-    base_url: str
-    batch_size: int
-    max_batch_bytes: int
-    flush_interval: float
-    max_queue_size: int
-    max_queue_bytes: int
-    timeout: float
-    max_retries: int | None
-    max_retry_time: float
-    retry_backoff_initial: float
-    retry_backoff_max: float
-    retry_after_max: float
-    gzip: bool
-    on_error: Callable[[DeliveryError], None] | None
-    on_drop: Callable[[DroppedEvent], None] | None
-    sync_mode: bool
-    enabled: bool
-    context: Mapping[str, Any] | None
-    shutdown_timeout: float
-    strict: bool
-    headers: Mapping[str, str] | None
-
-
-@dataclass(frozen=True, slots=True)
-class DroppedEvent:
-    """An event ``track()`` refused (given to ``on_drop``)."""
-
-    reason: str
-    name: object
-    event_id: str | None
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClientStats:
-    """Counters since the client was made (or since the fork that made this process).
-
-    ``queued``: waiting in the queue; ``in_flight``: in the batch being sent;
-    ``sent``: delivered (the server answered 2xx); ``dropped``: refused by
-    ``track()`` (never queued), by reason; ``failed``: queued but not delivered
-    (``on_error`` was called), by reason; ``retried``: requests sent again after
-    retryable trouble; ``batches``: requests the server accepted.
-    """
-
-    queued: int
-    in_flight: int
-    sent: int
-    dropped: int
-    failed: int
-    retried: int
-    batches: int
-    dropped_by_reason: dict[str, int] = field(default_factory=dict)
-    failed_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 def _positive(name: str, value: float) -> float:
@@ -181,7 +111,7 @@ class BaseClient:
         )
         self._closed = False
         self._init_state()
-        _register(self)
+        register(self)
 
     def _init_state(self) -> None:
         """Everything a forked child must not inherit."""
@@ -495,64 +425,3 @@ class BaseClient:
             return True
 
         drive(self._delivery.steps(events), send, sleep)
-
-
-# --- the process hooks ---------------------------------------------------------------------
-
-_clients: weakref.WeakSet[BaseClient] = weakref.WeakSet()
-_hooks_lock = threading.Lock()
-_hooks_installed = False
-
-
-class _Marker:
-    """A weak-referenceable object for multiprocessing's after-fork registry."""
-
-
-_MP_MARKER = _Marker()
-
-
-def _register(client: BaseClient) -> None:
-    global _hooks_installed
-    with _hooks_lock:
-        _clients.add(client)
-        if not _hooks_installed:
-            import atexit
-
-            atexit.register(close_all_at_exit)
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-            _hooks_installed = True
-
-
-def close_all_at_exit() -> None:
-    """Drain every open client with one bounded wait (the largest shutdown_timeout)."""
-    clients = [client for client in list(_clients) if not client._closed and client._enabled]
-    if not clients:
-        return
-    deadline = time.monotonic() + max(client._shutdown_timeout for client in clients)
-    for client in clients:  # first ask every worker to drain, so they drain in parallel
-        try:
-            client._exit_begin(deadline)
-        except Exception:
-            logger.exception("analytics.exit_failed")
-    for client in clients:
-        try:
-            client._exit_finish(deadline)
-        except Exception:
-            logger.exception("analytics.exit_failed")
-
-
-def _after_fork_in_child() -> None:
-    reseed_after_fork()
-    for client in list(_clients):
-        client._after_fork_in_child()
-    # multiprocessing's fork children end with os._exit, skipping atexit; its
-    # bootstrap clears finalizers right after the fork, so register once it ran.
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None and _clients:
-        mp_util.register_after_fork(_MP_MARKER, _register_mp_finalizer)
-
-
-def _register_mp_finalizer(_: object) -> None:
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        mp_util.Finalize(None, close_all_at_exit, exitpriority=100)
