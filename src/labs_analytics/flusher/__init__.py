@@ -1,5 +1,6 @@
 """The consumer loop that moves stream entries into PostgreSQL."""
 
-from labs_analytics.flusher.flusher import Batch, Flusher
+from labs_analytics.flusher.batch import Batch
+from labs_analytics.flusher.flusher import Flusher
 
 __all__ = ["Batch", "Flusher"]
