@@ -324,14 +324,28 @@ def _paced_worker(url: str, key: str, body: bytes, rate: float, seconds: float, 
 
 
 PACED_CONNECTIONS = 32
+CALIBRATION_SECONDS = 6
 
 
 def paced(url: str, key: str, body: bytes, rate: float, seconds: int, work: Path) -> LoadResult:
     """About ``rate`` requests/s for ``seconds``; what was really sent is in the result."""
     if shutil.which("wrk"):
-        # Each connection pauses between requests; the pause leaves room for
-        # the request's own latency, which the measured rate reports.
-        delay_ms = max(0.0, PACED_CONNECTIONS * 1000 / rate - 10)
+        # wrk paces by a pause per connection between requests, so the rate
+        # also depends on latency under this load: a short calibration run
+        # measures it, and the pause is set from there.
+        period_ms = PACED_CONNECTIONS * 1000 / rate
+        delay_ms = period_ms / 2
+        trial = run_wrk(
+            url,
+            key,
+            body,
+            CALIBRATION_SECONDS,
+            work,
+            connections=PACED_CONNECTIONS,
+            delay_ms=delay_ms,
+        )
+        latency_ms = PACED_CONNECTIONS * 1000 / max(trial.requests_per_second, 1e-6) - delay_ms
+        delay_ms = max(0.0, period_ms - max(0.0, latency_ms))
         return run_wrk(
             url, key, body, seconds, work, connections=PACED_CONNECTIONS, delay_ms=delay_ms
         )
