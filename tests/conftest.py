@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis
 from labs_analytics.settings import Settings, to_asyncpg_dsn
 from labs_analytics.storage import migrations
-from tests.helpers import ApiFactory, Servers, running_api
+from tests.helpers import ApiFactory, Servers, fast_settings, running_api
 
 TABLES = ("events", "api_keys", "ingest_batches", "dead_letters")
 
@@ -92,20 +92,7 @@ async def _drop_database(admin_url: str, name: str) -> None:
 @pytest.fixture
 def settings(servers: Servers, tmp_path: Path) -> Settings:
     """Fast timings so tests wait milliseconds, not seconds; a spool of the test's own."""
-    return Settings(
-        _env_file=None,
-        database_url=servers.database_url,
-        redis_url=servers.redis_url,
-        redis_key_prefix=f"test-{uuid.uuid4().hex[:8]}:",
-        flush_interval_ms=50,
-        key_cache_refresh_seconds=0.25,
-        reclaim_idle_ms=500,
-        retry_backoff_initial_ms=20,
-        retry_backoff_max_ms=300,
-        redis_timeout_seconds=1.0,
-        retry_after_seconds=2,
-        spool_dir=str(tmp_path / "spool"),
-    )
+    return fast_settings(servers, prefix="test", spool_dir=tmp_path / "spool")
 
 
 @pytest.fixture

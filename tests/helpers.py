@@ -35,6 +35,26 @@ class Servers:
     data_dir: Path
 
 
+def fast_settings(servers: Servers, *, prefix: str, spool_dir: Path, **overrides: Any) -> Settings:
+    """Settings for tests: the session's servers, a Redis key prefix of their own,
+    and timings in milliseconds rather than seconds."""
+    values: dict[str, Any] = {
+        "database_url": servers.database_url,
+        "redis_url": servers.redis_url,
+        "redis_key_prefix": f"{prefix}-{uuid.uuid4().hex[:8]}:",
+        "flush_interval_ms": 50,
+        "key_cache_refresh_seconds": 0.25,
+        "reclaim_idle_ms": 500,
+        "retry_backoff_initial_ms": 20,
+        "retry_backoff_max_ms": 300,
+        "redis_timeout_seconds": 1.0,
+        "retry_after_seconds": 2,
+        "spool_dir": str(spool_dir),
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)
+
+
 @dataclass
 class RunningApi:
     client: httpx.AsyncClient

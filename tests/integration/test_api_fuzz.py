@@ -37,7 +37,14 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.core.result import Err
 
 from labs_analytics.settings import Settings, to_asyncpg_dsn
-from tests.helpers import ServeProcess, Servers, create_key, serve_process, wait_for
+from tests.helpers import (
+    ServeProcess,
+    Servers,
+    create_key,
+    fast_settings,
+    serve_process,
+    wait_for,
+)
 from tests.unit.test_event_properties import valid_bodies
 
 CHECKS = [
@@ -128,15 +135,8 @@ class Service:
 @pytest.fixture(scope="module")
 def service(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """One real `serve` for the whole module: starting one per test would cost seconds each."""
-    settings_ = Settings(
-        _env_file=None,
-        database_url=servers.database_url,
-        redis_url=servers.redis_url,
-        redis_key_prefix=f"fuzz-{uuid.uuid4().hex[:8]}:",
-        flush_interval_ms=50,
-        key_cache_refresh_seconds=0.25,
-        retry_backoff_initial_ms=20,
-        retry_backoff_max_ms=300,
+    settings_ = fast_settings(
+        servers, prefix="fuzz", spool_dir=tmp_path_factory.mktemp("fuzz-spool")
     )
     key = asyncio.run(create_key(settings_, product="clubs"))
     dead_letters_before = asyncio.run(count_dead_letters(servers.database_url))
