@@ -1,9 +1,10 @@
-"""Request dependencies: the app state and the authenticated key.
+"""Request dependencies: the app state, and the check of an API key and its scope.
 
-Routes declare what they need with the ``Annotated`` aliases at the bottom
-(``ReadKey``), and stay free of auth logic. The ingest route, the hot path,
-calls ``authorize`` directly instead: FastAPI's dependency resolution cost
-more CPU per request than everything else the route does (see BENCHMARKS.md).
+Routes take the state through the ``State`` alias. The ingest route, the hot
+path, calls ``authorize`` directly rather than through a dependency: FastAPI's
+dependency resolution cost more CPU per request than everything else the route
+does (see BENCHMARKS.md). The read side will wrap ``authorize`` in an
+``Annotated`` dependency.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from labs_analytics.api.state import AppState
 from labs_analytics.auth.keys import ApiKey, Scope
 from labs_analytics.errors import Forbidden, Unauthenticated
-
-_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer lak_…`")
 
 
 async def get_state(request: Request) -> AppState:
@@ -41,18 +39,3 @@ async def authorize(state: AppState, authorization: str | None, scope: Scope) ->
     if not key.allows(scope):
         raise Forbidden(f"this key lacks the `{scope}` scope")
     return key
-
-
-def require_scope(scope: Scope) -> object:
-    async def check(
-        state: State,
-        request: Request,
-        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> ApiKey:
-        return await authorize(state, request.headers.get("authorization"), scope)
-
-    return Depends(check)
-
-
-IngestKey = Annotated[ApiKey, require_scope(Scope.INGEST)]
-ReadKey = Annotated[ApiKey, require_scope(Scope.READ)]
