@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
 from labs_analytics.settings import to_asyncpg_dsn  # noqa: E402
 from labs_analytics.storage import migrations  # noqa: E402
+from labs_analytics.storage.bulk_writer import STAGING_COLUMNS  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CONNECTIONS = 32
@@ -447,16 +448,7 @@ async def copy_ceiling(dsn: str, seconds: float) -> float:
     """Raw COPY of event-shaped rows straight into `events`, batches of 5000."""
     conn = await asyncpg.connect(dsn)
     props = json.dumps(BATCH_EVENT["properties"])
-    columns = (
-        "timestamp",
-        "event_id",
-        "product",
-        "name",
-        "user_id",
-        "properties",
-        "context",
-        "received_at",
-    )
+    columns = STAGING_COLUMNS  # the flusher's row shape, straight into `events`
     rows = 0
     start = time.monotonic()
     try:

@@ -176,10 +176,12 @@ def cli(*args: str) -> list[str]:
 
 @contextlib.contextmanager
 def serve_process(
-    settings: Settings, log_dir: Path, *args: str, **env: str
+    settings: Settings, log_dir: Path, *args: str, port: int | None = None, **env: str
 ) -> Iterator[ServeProcess]:
-    port = free_port()
-    log_path = log_dir / f"serve-{port}.log"
+    """A real `labs-analytics serve`, ready (it answered /healthz); on a free port
+    unless ``port`` is given (so a client can be pointed at it before it starts)."""
+    port = port or free_port()
+    log_path = log_dir / f"serve-{port}-{uuid.uuid4().hex[:6]}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             cli("serve", "--port", str(port), *args),
@@ -200,13 +202,20 @@ def serve_process(
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError(f"serve did not start:\n{running.logs()}")
-            time.sleep(0.1)
+            time.sleep(0.05)
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (after SIGCONT, in case a test left it stopped); SIGKILL if it hangs."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGCONT)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

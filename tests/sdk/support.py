@@ -5,14 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from labs_analytics.auth.keys import Scope
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.settings import Settings
 from labs_analytics.storage.database import create_engine
-from tests.helpers import ServeProcess, cli, cli_env
+from tests.helpers import ServeProcess, serve_process, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,52 +31,14 @@ def new_product() -> str:
     return f"sdk-{uuid.uuid4().hex[:10]}"
 
 
-@contextlib.contextmanager
 def serve_on(
     settings: Settings, log_dir: Path, port: int, *args: str, **env: str
-) -> Iterator[ServeProcess]:
+) -> contextlib.AbstractContextManager[ServeProcess]:
     """`labs-analytics serve` on a given port (so a client can be pointed at it first)."""
-    log_path = log_dir / f"serve-{port}-{uuid.uuid4().hex[:6]}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            cli("serve", "--port", str(port), *args),
-            env=cli_env(settings, **env),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    running = ServeProcess(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        wait_healthy(running)
-        yield running
-    finally:
-        stop(process)
+    return serve_process(settings, log_dir, *args, port=port, **env)
 
 
-def wait_healthy(running: ServeProcess, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if running.process.poll() is not None:
-            raise AssertionError(f"serve exited {running.process.returncode}:\n{running.logs()}")
-        try:
-            if httpx.get(f"{running.base_url}/healthz", timeout=0.5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"serve did not start:\n{running.logs()}")
-        time.sleep(0.05)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGCONT)  # in case a test left it stopped
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+stop = stop_process
 
 
 async def create_limited_key(settings: Settings, product: str, rate: float) -> str:
