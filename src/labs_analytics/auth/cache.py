@@ -72,8 +72,18 @@ class KeyCache:
         return key
 
     async def refresh(self) -> bool:
-        """Reload from PostgreSQL; on failure keep what we have (or load the Redis mirror)."""
-        return await asyncio.shield(self._start_reload())
+        """Reload from PostgreSQL; on failure keep what we have (or load the Redis mirror).
+
+        The reload this waits for started after the call: joining one already
+        in flight could return a set read before a key created a moment ago.
+        """
+        since = time.monotonic()
+        while True:
+            task = self._start_reload()
+            started = self._reload_started
+            ok = await asyncio.shield(task)
+            if started >= since:
+                return ok
 
     async def _reload_since(self, since: float) -> None:
         """Wait for a reload that started at or after ``since``.
