@@ -62,7 +62,8 @@ async def test_an_unknown_key_triggers_a_reload_so_a_new_key_works_at_once() -> 
 
     key = await cache.lookup(token)
 
-    assert key is not None and key.product == "demo"
+    assert key is not None
+    assert key.product == "demo"
     assert source.reads == 2
 
 
