@@ -8,10 +8,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
-from starlette.requests import Request
 
 from labs_analytics.errors import MalformedBody, PayloadTooLarge, UnsupportedEncoding
-from labs_analytics.ingest.body import gunzip, read_body
+from labs_analytics.ingest.body import IngestHeaders, gunzip, read_body
 
 MiB = 1024 * 1024
 
@@ -35,20 +34,36 @@ class Receiver:
         return self.messages.pop(0)
 
 
-def make_request(
-    receive: Callable[[], Awaitable[Message]], headers: dict[str, str] | None = None
-) -> Request:
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/v1/events",
-        "query_string": b"",
-        "headers": [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in (headers or {}).items()
-        ],
-    }
-    return Request(scope, receive)
+async def read(
+    receive: Callable[[], Awaitable[Message]],
+    headers: dict[str, str] | None = None,
+    *,
+    limit: int,
+) -> bytes:
+    raw_headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in (headers or {}).items()
+    ]
+    return await read_body(receive, IngestHeaders.from_scope(raw_headers), limit=limit)
+
+
+# --- headers -----------------------------------------------------------------
+
+
+def test_ingest_headers_are_read_from_the_scope_and_the_first_repeat_wins() -> None:
+    headers = IngestHeaders.from_scope(
+        [
+            (b"authorization", b"Bearer lak_first"),
+            (b"content-encoding", b"gzip"),
+            (b"authorization", b"Bearer lak_second"),
+            (b"x-other", b"ignored"),
+        ]
+    )
+    assert headers == IngestHeaders(authorization="Bearer lak_first", content_encoding="gzip")
+
+
+def test_missing_ingest_headers_are_none() -> None:
+    assert IngestHeaders.from_scope([]) == IngestHeaders()
 
 
 # --- gunzip -------------------------------------------------------------------
@@ -140,81 +155,74 @@ def test_gunzip_refuses_garbage_after_a_valid_member() -> None:
 
 async def test_body_is_read_across_chunks() -> None:
     receive = Receiver([b'{"name":', b' "a"}'])
-    assert await read_body(make_request(receive), limit=MiB) == b'{"name": "a"}'
+    assert await read(receive, limit=MiB) == b'{"name": "a"}'
 
 
 async def test_empty_body_is_read_as_empty_bytes() -> None:
-    assert await read_body(make_request(Receiver([b""])), limit=MiB) == b""
+    assert await read(Receiver([b""]), limit=MiB) == b""
 
 
 async def test_body_exactly_at_the_limit_is_accepted() -> None:
     receive = Receiver([b"x" * 50, b"x" * 50])
-    assert await read_body(make_request(receive), limit=100) == b"x" * 100
+    assert await read(receive, limit=100) == b"x" * 100
 
 
 async def test_declared_content_length_over_the_limit_is_refused_before_reading() -> None:
     receive = Receiver([b"x" * 10])
-    request = make_request(receive, {"Content-Length": "101"})
     with pytest.raises(PayloadTooLarge, match="body of 101 bytes exceeds the limit of 100 bytes"):
-        await read_body(request, limit=100)
+        await read(receive, {"Content-Length": "101"}, limit=100)
     assert receive.calls == 0
 
 
 async def test_streamed_body_over_the_limit_is_refused_without_reading_the_rest() -> None:
     receive = Receiver([b"x" * 400] * 5)
     with pytest.raises(PayloadTooLarge, match="body exceeds the limit of 1000 bytes"):
-        await read_body(make_request(receive), limit=1000)
+        await read(receive, limit=1000)
     assert receive.calls == 3
 
 
 async def test_body_longer_than_its_declared_content_length_is_still_limited() -> None:
     receive = Receiver([b"x" * 400] * 5)
-    request = make_request(receive, {"Content-Length": "10"})
     with pytest.raises(PayloadTooLarge):
-        await read_body(request, limit=1000)
+        await read(receive, {"Content-Length": "10"}, limit=1000)
 
 
 async def test_unparseable_content_length_is_ignored_and_the_stream_limit_applies() -> None:
-    request = make_request(Receiver([b"abc"]), {"Content-Length": "lots"})
-    assert await read_body(request, limit=100) == b"abc"
+    assert await read(Receiver([b"abc"]), {"Content-Length": "lots"}, limit=100) == b"abc"
 
 
 async def test_client_disconnecting_mid_body_is_a_malformed_body() -> None:
     receive = Receiver([b'{"name":'], disconnect=True)
     with pytest.raises(MalformedBody, match="disconnected"):
-        await read_body(make_request(receive), limit=MiB)
+        await read(receive, limit=MiB)
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "GZIP", " gzip "])
 async def test_gzip_content_encoding_is_decompressed(encoding: str) -> None:
     data = b'{"name": "post.click"}'
-    request = make_request(Receiver([gzip.compress(data)]), {"Content-Encoding": encoding})
-    assert await read_body(request, limit=MiB) == data
+    compressed = Receiver([gzip.compress(data)])
+    assert await read(compressed, {"Content-Encoding": encoding}, limit=MiB) == data
 
 
 @pytest.mark.parametrize("encoding", ["identity", "IDENTITY", ""])
 async def test_identity_content_encoding_returns_the_body_as_sent(encoding: str) -> None:
-    request = make_request(Receiver([b"raw"]), {"Content-Encoding": encoding})
-    assert await read_body(request, limit=MiB) == b"raw"
+    assert await read(Receiver([b"raw"]), {"Content-Encoding": encoding}, limit=MiB) == b"raw"
 
 
 @pytest.mark.parametrize("encoding", ["br", "deflate", "zstd", "gzip, br"])
 async def test_other_content_encodings_are_unsupported(encoding: str) -> None:
-    request = make_request(Receiver([b"data"]), {"Content-Encoding": encoding})
     with pytest.raises(UnsupportedEncoding, match="send gzip or no encoding") as info:
-        await read_body(request, limit=MiB)
+        await read(Receiver([b"data"]), {"Content-Encoding": encoding}, limit=MiB)
     assert repr(encoding) in info.value.message
 
 
 async def test_gzip_body_expanding_past_the_limit_is_refused() -> None:
     compressed = gzip.compress(bytes(MiB))
     assert len(compressed) < 10_000
-    request = make_request(Receiver([compressed]), {"Content-Encoding": "gzip"})
     with pytest.raises(PayloadTooLarge, match="decompressed"):
-        await read_body(request, limit=10_000)
+        await read(Receiver([compressed]), {"Content-Encoding": "gzip"}, limit=10_000)
 
 
 async def test_invalid_gzip_body_is_malformed() -> None:
-    request = make_request(Receiver([b"not gzip at all"]), {"Content-Encoding": "gzip"})
     with pytest.raises(MalformedBody):
-        await read_body(request, limit=MiB)
+        await read(Receiver([b"not gzip at all"]), {"Content-Encoding": "gzip"}, limit=MiB)

@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
 
 from labs_analytics import __version__
 from labs_analytics.api import health, ingest, metrics_route
@@ -42,9 +43,25 @@ from labs_analytics.storage.database import create_copy_pool, create_engine
 log = get_logger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class LabsAnalyticsApp(FastAPI):
+    """FastAPI, with server-to-server ingest answered before the framework's layers.
+
+    Every other request, and ingest from browsers (CORS), takes the full stack.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = ingest.takes_fast_path(scope)
+        if headers is not None:
+            labs: AppState | None = getattr(self.state, "labs", None)
+            if labs is not None:  # None only before the lifespan has run
+                await ingest.serve_ingest(labs, headers, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> LabsAnalyticsApp:
     settings = settings or Settings()
-    app = FastAPI(
+    app = LabsAnalyticsApp(
         title="Labs Analytics",
         version=__version__,
         description="Record product analytics events. Send them to `POST /v1/events` with an "
@@ -64,7 +81,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
             max_age=600,
         )
-    app.router.routes.append(ingest.lean_route)  # matched first: see api/ingest.py
     app.include_router(ingest.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)
@@ -188,6 +204,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if flusher_redis is not None:
             await flusher_redis.aclose()
         await engine.dispose()
+        await producer.aclose()
         await redis.aclose()
         log.info("service.stopped")
 

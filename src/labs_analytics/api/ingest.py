@@ -1,4 +1,9 @@
-"""POST /v1/events."""
+"""POST /v1/events.
+
+Two ways in, one behaviour: ``serve_ingest`` answers server-to-server requests
+straight from the ASGI app (see ``api.app.LabsAnalyticsApp``), and the
+documented FastAPI route answers the rest (browsers, through CORS).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,17 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from labs_analytics.api.dependencies import authorize
-from labs_analytics.api.errors import ErrorBody
+from labs_analytics.api.errors import ErrorBody, app_error_body, unexpected_error_body
 from labs_analytics.api.state import AppState
-from labs_analytics.auth.keys import Scope
+from labs_analytics.auth.keys import Scope as KeyScope
+from labs_analytics.errors import AppError
 from labs_analytics.events import IngestResponse
-from labs_analytics.ingest.body import read_body
+from labs_analytics.ingest.body import IngestHeaders, read_body
+
+INGEST_PATH = "/v1/events"
 
 router = APIRouter(tags=["ingest"])
 
@@ -75,7 +83,7 @@ _REQUEST_BODY = {
 
 
 @router.post(
-    "/v1/events",
+    INGEST_PATH,
     status_code=202,
     response_model=IngestResponse,
     responses=_ERRORS,
@@ -86,22 +94,57 @@ _REQUEST_BODY = {
     openapi_extra={"requestBody": _REQUEST_BODY, "security": [{"HTTPBearer": []}]},
 )
 async def ingest_events(request: Request) -> Response:
-    # The hot path: no FastAPI dependencies, a pre-rendered response, and
-    # served through `lean_route` below. FastAPI's per-request machinery cost
-    # more than the work itself (BENCHMARKS.md).
-    state: AppState = request.app.state.labs
-    key = await authorize(state, request.headers.get("authorization"), Scope.INGEST)
-    raw = await read_body(request, limit=state.settings.max_body_bytes)
+    # Serves the requests `serve_ingest` leaves to the framework: those from
+    # browsers, which need the CORS middleware.
+    headers = IngestHeaders.from_scope(request.scope["headers"])
+    body = await ingest(request.app.state.labs, headers, request.receive)
+    return Response(body, status_code=202, media_type="application/json")
+
+
+async def ingest(state: AppState, headers: IngestHeaders, receive: Receive) -> bytes:
+    """Authorize, read, validate and queue one request; the 202 body, or an AppError."""
+    key = await authorize(state, headers.authorization, KeyScope.INGEST)
+    raw = await read_body(receive, headers, limit=state.settings.max_body_bytes)
     ids = await state.ingest.accept(raw, key)
-    return Response(
-        orjson.dumps({"accepted": len(ids), "ids": ids}),
-        status_code=202,
-        media_type="application/json",
-    )
+    return orjson.dumps({"accepted": len(ids), "ids": ids})
 
 
-# The same endpoint as a plain Starlette route, placed before the documented
-# FastAPI one: it skips FastAPI's per-request parameter solving (cookies,
-# query, headers), which this endpoint does not use. The FastAPI route stays
-# for the OpenAPI document, which describes exactly this behaviour.
-lean_route = Route("/v1/events", ingest_events, methods=["POST"])
+def takes_fast_path(scope: Scope) -> IngestHeaders | None:
+    """The headers of a request ``serve_ingest`` answers; None for anything else.
+
+    Requests with an ``Origin`` come from browsers: they go through the
+    framework and its CORS middleware.
+    """
+    if (
+        scope["type"] != "http"
+        or scope["path"] != INGEST_PATH
+        or scope["method"] != "POST"
+        or scope.get("root_path")
+    ):
+        return None
+    headers = IngestHeaders.from_scope(scope["headers"])
+    return None if headers.origin is not None else headers
+
+
+async def serve_ingest(
+    state: AppState, headers: IngestHeaders, receive: Receive, send: Send
+) -> None:
+    """POST /v1/events as a bare ASGI handler: the hot path.
+
+    The framework's per-request layers (middleware, routing, exception
+    handlers, Request objects) cost more CPU than the work of ingest itself
+    (BENCHMARKS.md). This answers exactly as the documented route and the
+    error handlers would: the same bodies, status codes and headers.
+    """
+    response_headers = [(b"content-type", b"application/json")]
+    try:
+        body = await ingest(state, headers, receive)
+        status = 202
+    except AppError as exc:
+        body, status = app_error_body(exc), exc.status_code
+        response_headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    except Exception as exc:
+        body, status = unexpected_error_body(exc), 500
+    response_headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": response_headers})
+    await send({"type": "http.response.body", "body": body})

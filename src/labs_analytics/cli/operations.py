@@ -128,6 +128,7 @@ def deadletters_replay(
                     )
                     replayed += await store.remove([r.id])
         finally:
+            await producer.aclose()
             await redis.aclose()
         return replayed
 

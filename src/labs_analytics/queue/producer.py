@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from labs_analytics.events import EventRecord
@@ -88,6 +89,8 @@ return results
 # of requests becomes several calls in one pipeline.
 MAX_ENTRIES_PER_CALL = 128
 MAX_BYTES_PER_CALL = 4 * 1024 * 1024
+# Connections kept for the next send; more are opened while sends overlap.
+MAX_IDLE_CONNECTIONS = 4
 
 
 class QueueWriteFailed(Exception):
@@ -129,12 +132,12 @@ class StreamProducer:
         self, redis: Redis, *, stream_key: str, backlog_key: str, backlog_max_events: int = 0
     ) -> None:
         self._redis = redis
-        self._stream_key = stream_key
-        self._backlog_key = backlog_key
+        self._keys = (stream_key.encode(), backlog_key.encode())
         self._backlog_max = backlog_max_events
         self._sha: str | None = None
         self._waiting: list[_Waiting] = []
         self._sending: set[asyncio.Task[None]] = set()
+        self._idle: list[AbstractConnection] = []
 
     async def append(
         self,
@@ -171,14 +174,12 @@ class StreamProducer:
         header = (
             f"{events} {rate_limit.events_per_second!r} {rate_limit.burst!r} {backlog_limit} "
             f"{len(fields)} {rate_key or '-'}"
-        )
-        args: list[Any] = [header]
-        size = 0
+        ).encode()
+        args = [header]
         for name, value in fields.items():
-            args += [name, value]
-            size += len(name) + len(value)
+            args += (name, value)
         try:
-            reply = await self._call(args, size)
+            reply = await self._call(args)
         except ResponseError as exc:
             if "OOM" in str(exc):
                 # maxmemory reached under noeviction: overload, not an outage.
@@ -193,9 +194,10 @@ class StreamProducer:
             raise RateLimited(float(detail))
         return Appended(entry_id=detail, backlog=int(backlog))
 
-    async def _call(self, args: list[Any], size: int) -> Any:
+    async def _call(self, args: list[bytes]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(args, size, future))
+        # Packed here, once: the send only concatenates.
+        self._waiting.append(_Waiting(pack_bulk_strings(args), len(args), future))
         if len(self._waiting) == 1:
             # Sent on the next turn of the loop, with whatever else arrived by then.
             asyncio.get_running_loop().call_soon(self._send_waiting)
@@ -234,22 +236,51 @@ class StreamProducer:
     async def _evalsha_all(self, calls: list[list[_Waiting]]) -> list[Any]:
         if self._sha is None:
             self._sha = await self._redis.script_load(APPEND_SCRIPT)
-        keys = (self._stream_key, self._backlog_key)
-        # One round trip for all calls; no SCRIPT EXISTS check per send.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                args: list[Any] = [len(call)]
-                for waiting in call:
-                    args += waiting.args
-                pipe.evalsha(self._sha, len(keys), *keys, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        commands = []
+        for call in calls:
+            head = [b"EVALSHA", self._sha.encode(), b"2", *self._keys, b"%d" % len(call)]
+            commands.append(b"*%d\r\n" % (len(head) + sum(w.arg_count for w in call)))
+            commands.append(pack_bulk_strings(head))
+            commands += (waiting.packed for waiting in call)
+        # All calls in one write, one round trip, on a connection of our own:
+        # the client's pool and pipeline bookkeeping cost more per call than
+        # the call itself.
+        connection = self._idle.pop() if self._idle else self._new_connection()
+        try:
+            await connection.send_packed_command(commands)
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:  # this call failed; the others stand
+                    replies.append(exc)
+        except BaseException:
+            # Whatever was written or half read, the connection is out of step.
+            await connection.disconnect(nowait=True)
+            raise
+        if len(self._idle) < MAX_IDLE_CONNECTIONS:
+            self._idle.append(connection)
+        else:
+            await connection.disconnect()
         return replies
+
+    def _new_connection(self) -> AbstractConnection:
+        # Made by the client's pool (same address, timeouts, credentials), not taken from it.
+        pool = self._redis.connection_pool
+        made: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
+        return made
+
+    async def aclose(self) -> None:
+        """Close the connections this producer opened (the client's pool is the caller's)."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.disconnect()
 
 
 @dataclass(frozen=True, slots=True)
 class _Waiting:
-    args: list[Any]
-    size: int
+    packed: bytes  # the entry's script arguments, as RESP bulk strings
+    arg_count: int
     future: asyncio.Future[Any]
 
 
@@ -257,13 +288,20 @@ def _group(batch: list[_Waiting]) -> Iterator[list[_Waiting]]:
     call: list[_Waiting] = []
     size = 0
     for waiting in batch:
-        if call and (len(call) >= MAX_ENTRIES_PER_CALL or size + waiting.size > MAX_BYTES_PER_CALL):
+        if call and (
+            len(call) >= MAX_ENTRIES_PER_CALL or size + len(waiting.packed) > MAX_BYTES_PER_CALL
+        ):
             yield call
             call, size = [], 0
         call.append(waiting)
-        size += waiting.size
+        size += len(waiting.packed)
     if call:
         yield call
+
+
+def pack_bulk_strings(args: Iterable[bytes]) -> bytes:
+    """Arguments in the Redis protocol (RESP), as they follow a command's ``*<count>`` line."""
+    return b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args])
 
 
 def retry_after(seconds: float) -> int:
