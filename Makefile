@@ -9,6 +9,7 @@ PYTEST_ARGS ?=
 WORKERS ?= 2
 SUSTAIN ?= 60
 SOAK    ?= 60
+ROUNDS  ?= 3
 
 .PHONY: install run test test-unit test-integration test-faults lint format stress bench clean
 
@@ -48,7 +49,7 @@ bench: install  ## measure against the framework floor and the COPY ceiling; wri
 		(apt-get install -y -qq wrk >/dev/null 2>&1 || \
 		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1)); } || \
 		echo "bench: wrk is not installed; using the Python load generator"
-	$(BIN)/python stress/bench.py --workers $(WORKERS) --sustain $(SUSTAIN) --soak $(SOAK)
+	$(BIN)/python stress/bench.py --workers $(WORKERS) --sustain $(SUSTAIN) --soak $(SOAK) --rounds $(ROUNDS)
 
 format: install
 	$(BIN)/ruff check --fix .

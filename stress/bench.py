@@ -5,6 +5,7 @@ then measures and prints:
 
   (a) floor      bare FastAPI on uvicorn, one POST route answering 202: req/s, p50/p99
   (b) single     POST /v1/events, one event per request, same load: req/s, p50/p99, b/a
+                 ((a) and (b) alternate over ROUNDS rounds; medians are reported)
   (c) batch      POST /v1/events, 100 events per request: events/s acknowledged
   (d) end to end events/s landed in PostgreSQL over SUSTAIN seconds at a paced rate,
                  and freshness (202 → row visible) p50/p99
@@ -15,7 +16,7 @@ then measures and prints:
 Results, the machine and the git commit go to BENCHMARKS.md (the "Latest run"
 section is replaced; the history below it is kept).
 
-    make bench                    # defaults: WORKERS=2, SUSTAIN=60, SOAK=60
+    make bench                    # defaults: WORKERS=2, SUSTAIN=60, SOAK=60, ROUNDS=3
     make bench SOAK=600           # the 10-minute soak
     .venv/bin/python stress/bench.py --help
 
@@ -324,7 +325,9 @@ def _paced_worker(url: str, key: str, body: bytes, rate: float, seconds: float, 
     asyncio.run(main())
 
 
-PACED_CONNECTIONS = 32
+# Many connections, each pausing long between requests: the offered rate then
+# hardly depends on the latency under load, which the calibration can misjudge.
+PACED_CONNECTIONS = 128
 E2E_SHARE_OF_DRAIN = 0.7
 CALIBRATION_SECONDS = 6
 
@@ -479,6 +482,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "2")))
     parser.add_argument("--seconds", type=int, default=10, help="each load phase (a, b, c)")
+    parser.add_argument(
+        "--rounds", type=int, default=int(os.environ.get("ROUNDS", "3")), help="(a, b) rounds"
+    )
     parser.add_argument("--sustain", type=int, default=int(os.environ.get("SUSTAIN", "60")))
     parser.add_argument("--soak", type=int, default=int(os.environ.get("SOAK", "60")))
     parser.add_argument("--output", type=Path, default=ROOT / "BENCHMARKS.md")
@@ -511,27 +517,21 @@ async def run(
     results: dict[str, Any] = {"workers": args.workers}
     uvicorn_common = ["--workers", str(args.workers), "--log-level", "warning", "--no-access-log"]
 
-    # (a) the framework floor
-    port = free_port()
+    # (a) and (b), interleaved: a round is 10 s of the floor, then 10 s of
+    # single-event ingest. Both servers run throughout (the idle one costs
+    # nothing), so a machine that speeds up or slows down during the run
+    # (other tenants, frequency scaling) moves both alike; the ratio is the
+    # median of the rounds' ratios.
+    floor_port, port = free_port(), free_port()
     floor_cmd = [
         str(BIN / "uvicorn"),
         "--app-dir",
         str(ROOT / "stress"),
         "floor_app:app",
         "--port",
-        str(port),
+        str(floor_port),
         *uvicorn_common,
     ]
-    with process(floor_cmd, env, work / "floor.log"):
-        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/docs")
-        await asyncio.to_thread(load, f"http://127.0.0.1:{port}/v1/events", key, single, 2, work)
-        results["floor"] = await asyncio.to_thread(
-            load, f"http://127.0.0.1:{port}/v1/events", key, single, args.seconds, work
-        )
-    print_result("(a) floor", results["floor"])
-
-    # (b), (c): ingest only, flushers off, so the API has the machine
-    port = free_port()
     serve = [
         str(BIN / "labs-analytics"),
         "serve",
@@ -540,14 +540,36 @@ async def run(
         "--workers",
         str(args.workers),
     ]
+    floor_url = f"http://127.0.0.1:{floor_port}/v1/events"
     url = f"http://127.0.0.1:{port}/v1/events"
-    with process([*serve, "--no-flusher"], env, work / "serve-ingest.log") as api:
+    with (
+        process(floor_cmd, env, work / "floor.log"),
+        process([*serve, "--no-flusher"], env, work / "serve-ingest.log") as api,
+    ):
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{floor_port}/docs")
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz")
         sampler = RssSampler(api.pid)
         sampling = asyncio.create_task(sampler.run())
-        await asyncio.to_thread(load, url, key, single, 2, work)  # warm up
-        results["single"] = await asyncio.to_thread(load, url, key, single, args.seconds, work)
-        print_result("(b) single", results["single"])
+        for warm_up in (floor_url, url):
+            await asyncio.to_thread(load, warm_up, key, single, 2, work)
+        floor_runs: list[LoadResult] = []
+        single_runs: list[LoadResult] = []
+        for round_number in range(1, args.rounds + 1):
+            floor_runs.append(
+                await asyncio.to_thread(load, floor_url, key, single, args.seconds, work)
+            )
+            single_runs.append(await asyncio.to_thread(load, url, key, single, args.seconds, work))
+            print_result(f"(a) floor, round {round_number}", floor_runs[-1])
+            print_result(f"(b) single, round {round_number}", single_runs[-1])
+        results["floor"] = median_run(floor_runs)
+        results["single"] = median_run(single_runs)
+        results["round_ratios"] = [
+            s.requests_per_second / f.requests_per_second
+            for f, s in zip(floor_runs, single_runs, strict=True)
+        ]
+        results["single_p99_worst_ms"] = max(run.p99_ms for run in single_runs)
+        results["single_errors"] = sum(run.errors for run in single_runs)
+        # (c) on the same server: ingest only, flushers off, so the API has the machine
         results["batch"] = await asyncio.to_thread(load, url, key, batch, args.seconds, work)
         print_result("(c) batch x100", results["batch"])
         sampler.stop()
@@ -651,6 +673,11 @@ def backlog_of(base_url: str) -> int:
     return int(httpx.get(f"{base_url}/readyz").json()["backlog"]["events"])
 
 
+def median_run(runs: list[LoadResult]) -> LoadResult:
+    """The run with the median throughput (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda run: run.requests_per_second)[(len(runs) - 1) // 2]
+
+
 def print_result(label: str, result: LoadResult) -> None:
     print(
         f"{label}: {result.requests_per_second:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
@@ -675,14 +702,16 @@ def git_commit() -> str:
 
 def write_report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     floor, single, batch, e2e = r["floor"], r["single"], r["batch"], r["e2e"]
-    ratio_b = single.requests_per_second / floor.requests_per_second
+    ratio_b = statistics.median(r["round_ratios"])
+    rounds = ", ".join(f"{ratio:.0%}" for ratio in r["round_ratios"])
+    worst_p99 = r["single_p99_worst_ms"]
     ratio_d = e2e["landed_events_per_second"] / r["copy_ceiling"]
     checks = [
         ("single-event ingest ≥ 70% of the floor", ratio_b >= 0.70, f"{ratio_b:.0%}"),
         (
-            "single-event p99 ≤ 25 ms at 32 connections",
-            single.p99_ms <= 25,
-            f"{single.p99_ms:.1f} ms",
+            "single-event p99 ≤ 25 ms at 32 connections (worst round)",
+            worst_p99 <= 25,
+            f"{worst_p99:.1f} ms",
         ),
         ("end to end ≥ 50% of raw COPY", ratio_d >= 0.50, f"{ratio_d:.0%}"),
         ("freshness p99 ≤ 2 s", e2e["freshness_p99_s"] <= 2, f"{e2e['freshness_p99_s']:.2f} s"),
@@ -708,11 +737,13 @@ def write_report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         "",
         "| measure | result |",
         "|---|---|",
-        f"| (a) floor: bare FastAPI POST → 202 | {floor.requests_per_second:,.0f} req/s, "
+        f"| (a) floor: bare FastAPI POST → 202 (median of {len(r['round_ratios'])} rounds) | "
+        f"{floor.requests_per_second:,.0f} req/s, "
         f"p50 {floor.p50_ms:.2f} ms, p99 {floor.p99_ms:.2f} ms |",
-        f"| (b) `POST /v1/events`, 1 event | {single.requests_per_second:,.0f} req/s, "
-        f"p50 {single.p50_ms:.2f} ms, p99 {single.p99_ms:.2f} ms, **{ratio_b:.0%} of (a)**, "
-        f"{single.errors} errors |",
+        f"| (b) `POST /v1/events`, 1 event (median round) | "
+        f"{single.requests_per_second:,.0f} req/s, p50 {single.p50_ms:.2f} ms, "
+        f"p99 {single.p99_ms:.2f} ms (worst round {worst_p99:.1f} ms), "
+        f"**{ratio_b:.0%} of (a)** (rounds: {rounds}), {r['single_errors']} errors in all rounds |",
         f"| (c) `POST /v1/events`, 100 events | {batch.requests_per_second * 100:,.0f} events/s "
         f"({batch.requests_per_second:,.0f} req/s, p99 {batch.p99_ms:.1f} ms), "
         f"{batch.errors} errors |",

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from labs_analytics.events import EventRecord
+from labs_analytics.events import EventRecord, parse_uuid
 from labs_analytics.queue.entries import (
     ENTRY_FORMAT_VERSION,
     UndecodableEntry,
@@ -160,3 +160,27 @@ def test_item_with_an_unreadable_value_is_undecodable(field: str, value: Any) ->
 
 def test_undecodable_entry_is_a_value_error() -> None:
     assert issubclass(UndecodableEntry, ValueError)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0192f0c4-8c3a-7cc2-9a1e-3f6d2b1c4e5a",  # canonical: the fast path
+        "0192F0C4-8C3A-7CC2-9A1E-3F6D2B1C4E5A",  # the rest: uuid.UUID's own parser
+        "{0192f0c4-8c3a-7cc2-9a1e-3f6d2b1c4e5a}",
+        "0192f0c48c3a7cc29a1e3f6d2b1c4e5a",
+    ],
+)
+def test_parse_uuid_equals_the_standard_parser(text: str) -> None:
+    parsed, standard = parse_uuid(text), uuid.UUID(text)
+    assert parsed == standard
+    assert hash(parsed) == hash(standard)
+    assert (str(parsed), parsed.version) == (str(standard), standard.version)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "not-a-uuid", "0192f0c4-8c3a-7cc2-9a1e-3f6d2b1c4e5", "0x" * 16]
+)
+def test_parse_uuid_refuses_what_the_standard_parser_refuses(text: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 (the standard parser's messages vary)
+        parse_uuid(text)

@@ -6,14 +6,13 @@ The version field lets a later format coexist with entries still in the stream.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-from labs_analytics.events import EventRecord
+from labs_analytics.events import EventRecord, parse_uuid
 
 ENTRY_FORMAT_VERSION = b"1"
 
@@ -53,7 +52,7 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> list[EventRecord]:
 
 def _record_from_json(item: dict[str, Any]) -> EventRecord:
     return EventRecord(
-        event_id=uuid.UUID(item["event_id"]),
+        event_id=parse_uuid(item["event_id"]),
         product=str(item["product"]),
         name=str(item["name"]),
         user=item["user"],

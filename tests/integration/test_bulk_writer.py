@@ -1,0 +1,115 @@
+"""The bulk writer against real PostgreSQL: every way a batch can overlap what is stored."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from labs_analytics.events import EventRecord, new_uuid4
+from labs_analytics.settings import Settings
+from labs_analytics.storage.bulk_writer import STAGING_AFTER_CONFLICT, BatchOutcome, BulkWriter
+from labs_analytics.storage.database import create_copy_pool
+
+NOON = datetime(2026, 11, 27, 12, tzinfo=UTC)
+
+
+def records(n: int) -> list[EventRecord]:
+    return [
+        EventRecord(
+            event_id=new_uuid4(),
+            product="clubs",
+            name="post.click",
+            user=f"u_{i}",
+            timestamp=NOON + timedelta(seconds=i),
+            properties={"i": i},
+            context=None,
+            received_at=NOON,
+        )
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+async def writer(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[BulkWriter]:
+    pool = await create_copy_pool(settings.database_url)
+    try:
+        yield BulkWriter(pool)
+    finally:
+        await pool.close()
+
+
+async def write(writer: BulkWriter, batch: list[EventRecord]) -> BatchOutcome:
+    return await writer.write_batch(
+        batch_id=uuid.uuid4(), consumer="test", stream_ids=["1-0"], attempt=1, records=batch
+    )
+
+
+async def stored_ids(db: asyncpg.Connection) -> list[uuid.UUID]:
+    return [row["event_id"] for row in await db.fetch("SELECT event_id FROM events")]
+
+
+async def test_a_fresh_batch_is_stored_whole(writer: BulkWriter, db: asyncpg.Connection) -> None:
+    batch = records(50)
+    outcome = await write(writer, batch)
+    assert (outcome.inserted, outcome.duplicates) == (50, 0)
+    assert sorted(await stored_ids(db)) == sorted(r.event_id for r in batch)
+
+
+async def test_a_redelivered_batch_stores_nothing_and_counts_duplicates(
+    writer: BulkWriter, db: asyncpg.Connection
+) -> None:
+    batch = records(20)
+    await write(writer, batch)
+    again = await write(writer, batch)
+    assert (again.inserted, again.duplicates) == (0, 20)
+    assert len(await stored_ids(db)) == 20
+
+
+async def test_a_partly_stored_batch_adds_only_the_new_rows(
+    writer: BulkWriter, db: asyncpg.Connection
+) -> None:
+    old, new = records(10), records(15)
+    await write(writer, old)
+    outcome = await write(writer, [*old[:5], *new])
+    assert (outcome.inserted, outcome.duplicates) == (15, 5)
+    assert len(set(await stored_ids(db))) == len(await stored_ids(db)) == 25
+
+
+async def test_the_same_event_twice_in_one_batch_is_stored_once(
+    writer: BulkWriter, db: asyncpg.Connection
+) -> None:
+    batch = records(3)
+    outcome = await write(writer, [*batch, batch[0]])
+    assert (outcome.inserted, outcome.duplicates) == (3, 1)
+    assert len(await stored_ids(db)) == 3
+
+
+async def test_fresh_batches_after_a_conflict_are_all_stored(
+    writer: BulkWriter, db: asyncpg.Connection
+) -> None:
+    first = records(5)
+    await write(writer, first)
+    await write(writer, first)  # a conflict: the next batches skip the direct COPY
+    fresh = [records(4) for _ in range(STAGING_AFTER_CONFLICT + 2)]  # and then use it again
+    outcomes = [await write(writer, batch) for batch in fresh]
+    assert all((o.inserted, o.duplicates) == (4, 0) for o in outcomes)
+    assert len(await stored_ids(db)) == 5 + 4 * len(fresh)
+
+
+async def test_the_log_row_commits_with_the_rows(
+    writer: BulkWriter, db: asyncpg.Connection
+) -> None:
+    batch = records(7)
+    outcome = await write(writer, batch)
+    row = await db.fetchrow(
+        "SELECT status, events, inserted, duplicates FROM ingest_batches WHERE batch_id = $1",
+        outcome.batch_id,
+    )
+    assert row is not None
+    assert dict(row) == {"status": "committed", "events": 7, "inserted": 7, "duplicates": 0}
+    stored_batch_ids = {r["batch_id"] for r in await db.fetch("SELECT batch_id FROM events")}
+    assert stored_batch_ids == {outcome.batch_id}
