@@ -198,7 +198,9 @@ def run_wrk(
     body_file = work / f"body-{uuid.uuid4().hex[:6]}.json"
     body_file.write_bytes(body)
     script = work / f"post-{uuid.uuid4().hex[:6]}.lua"
-    delay = f"delay = function() return {delay_ms:.1f} end" if delay_ms else ""
+    # Random around the mean: the connections drift apart instead of firing together.
+    low, high = (round(delay_ms * 0.5), round(delay_ms * 1.5)) if delay_ms else (0, 0)
+    delay = f"delay = function() return math.random({low}, {high}) end" if delay_ms else ""
     script.write_text(
         WRK_SCRIPT.replace("{key}", key).replace("{body}", str(body_file)).replace("{delay}", delay)
     )
@@ -326,33 +328,43 @@ def _paced_worker(url: str, key: str, body: bytes, rate: float, seconds: float, 
 
 
 # Many connections, each pausing long between requests: the offered rate then
-# hardly depends on the latency under load, which the calibration can misjudge.
+# depends little on the latency under load.
 PACED_CONNECTIONS = 128
-E2E_SHARE_OF_DRAIN = 0.7
-CALIBRATION_SECONDS = 6
+E2E_SHARE_OF_DRAIN = 0.65
+PACE_SEGMENT_SECONDS = 10
 
 
 def paced(url: str, key: str, body: bytes, rate: float, seconds: int, work: Path) -> LoadResult:
     """About ``rate`` requests/s for ``seconds``; what was really sent is in the result."""
     if shutil.which("wrk"):
-        # wrk paces by a pause per connection between requests, so the rate
-        # also depends on latency under this load: a short calibration run
-        # measures it, and the pause is set from there.
+        # wrk paces by a pause before each request on each connection (random
+        # around its mean, so the connections do not fire together), and the
+        # rate then also depends on the latency under this load. So the run
+        # is cut into segments, and after each the pause is corrected from
+        # the rate it really gave.
         period_ms = PACED_CONNECTIONS * 1000 / rate
-        delay_ms = period_ms / 2
-        trial = run_wrk(
-            url,
-            key,
-            body,
-            CALIBRATION_SECONDS,
-            work,
-            connections=PACED_CONNECTIONS,
-            delay_ms=delay_ms,
-        )
-        latency_ms = PACED_CONNECTIONS * 1000 / max(trial.requests_per_second, 1e-6) - delay_ms
-        delay_ms = max(0.0, period_ms - max(0.0, latency_ms))
-        return run_wrk(
-            url, key, body, seconds, work, connections=PACED_CONNECTIONS, delay_ms=delay_ms
+        delay_ms = period_ms * 0.9
+        sent = cpu_seconds = 0.0
+        errors = 0
+        done = 0
+        while done < seconds:
+            segment = min(PACE_SEGMENT_SECONDS, seconds - done)
+            part = run_wrk(
+                url, key, body, segment, work, connections=PACED_CONNECTIONS, delay_ms=delay_ms
+            )
+            done += segment
+            sent += part.requests_per_second * segment
+            errors += part.errors
+            cpu_seconds += part.generator_cpu_percent / 100 * segment
+            latency_ms = PACED_CONNECTIONS * 1000 / max(part.requests_per_second, 1e-6) - delay_ms
+            delay_ms = max(1.0, period_ms - max(0.0, latency_ms))
+        return LoadResult(
+            sent / seconds,
+            float("nan"),
+            float("nan"),
+            errors,
+            100 * cpu_seconds / seconds,
+            f"wrk -t2 -c{PACED_CONNECTIONS}, paced",
         )
     workers, queue = paced_load(url, key, body, rate, seconds)
     sent = [queue.get() for _ in workers]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from starlette.types import Receive
 
@@ -22,9 +22,11 @@ _WANTED = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class IngestHeaders:
-    """The request headers ingest reads, taken straight from the ASGI scope."""
+class IngestHeaders(NamedTuple):
+    """The request headers ingest reads, taken straight from the ASGI scope.
+
+    A NamedTuple: built on every request, and cheaper to build than a frozen dataclass.
+    """
 
     authorization: str | None = None
     content_length: str | None = None

@@ -62,6 +62,7 @@ class IngestService:
         self._default_rate = settings.rate_limit_events_per_second
         self._burst_seconds = settings.rate_limit_burst_seconds
         self._rate_key = settings.rate_limit_key
+        self._rate_limits: dict[float | None, RateLimit] = {}
         self._context = {
             "limits": EventLimits(
                 max_properties_bytes=settings.max_properties_bytes,
@@ -118,13 +119,19 @@ class IngestService:
         return [record.event_id for record in records]
 
     def rate_limit_for(self, key: ApiKey) -> RateLimit:
-        rate = key.rate_limit_per_second
-        if rate is None:
-            rate = self._default_rate
-        if rate <= 0:
-            return RateLimit.unlimited()
-        # A bucket smaller than the largest request would refuse it forever.
-        return RateLimit(rate, max(rate * self._burst_seconds, float(self._max_events)))
+        # One RateLimit per distinct rate, made once: this runs on every request.
+        limit = self._rate_limits.get(key.rate_limit_per_second)
+        if limit is None:
+            rate = key.rate_limit_per_second
+            if rate is None:
+                rate = self._default_rate
+            if rate <= 0:
+                limit = RateLimit.unlimited()
+            else:
+                # A bucket smaller than the largest request would refuse it forever.
+                limit = RateLimit(rate, max(rate * self._burst_seconds, float(self._max_events)))
+            self._rate_limits[key.rate_limit_per_second] = limit
+        return limit
 
     def _check_envelope(self, data: dict[str, Any]) -> None:
         problems = [

@@ -16,7 +16,7 @@ import asyncio
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
@@ -277,8 +277,7 @@ class StreamProducer:
             await connection.disconnect()
 
 
-@dataclass(frozen=True, slots=True)
-class _Waiting:
+class _Waiting(NamedTuple):
     packed: bytes  # the entry's script arguments, as RESP bulk strings
     arg_count: int
     future: asyncio.Future[Any]

@@ -132,10 +132,12 @@ class EventQueue:
                 await self._check_memory()
             if self.spool is not None:
                 metrics.SPOOL_BYTES.set(self.spool.total_bytes())
+            metrics.flush_batched()
             try:
                 await asyncio.wait_for(stop.wait(), MAINTENANCE_INTERVAL_SECONDS)
             except TimeoutError:
                 pass
+        metrics.flush_batched()
 
     async def _probe_and_replay(self) -> None:
         try:
