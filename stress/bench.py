@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,12 +330,42 @@ def _paced_worker(url: str, key: str, body: bytes, rate: float, seconds: float, 
 # Many connections, each pausing long between requests: the offered rate then
 # depends little on the latency under load.
 PACED_CONNECTIONS = 128
-E2E_SHARE_OF_DRAIN = 0.65
+E2E_START_SHARE_OF_CAPACITY = 0.8
+
+
+class BacklogPacer:
+    """Between paced segments: slower if the backlog grew past a second of
+    events (the flushers are falling behind), a little faster while it stays
+    near empty. What (d) reports is the rate that was sustained."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+
+    def __call__(self, rate: float) -> float:
+        backlog_seconds = backlog_of(self.base_url) / (100 * rate)
+        if backlog_seconds > 1.0:
+            return rate * 0.85
+        if backlog_seconds < 0.25:
+            return rate * 1.05
+        return rate
+
+
 PACE_SEGMENT_SECONDS = 10
 
 
-def paced(url: str, key: str, body: bytes, rate: float, seconds: int, work: Path) -> LoadResult:
-    """About ``rate`` requests/s for ``seconds``; what was really sent is in the result."""
+def paced(
+    url: str,
+    key: str,
+    body: bytes,
+    rate: float,
+    seconds: int,
+    work: Path,
+    adjust: Callable[[float], float] | None = None,
+) -> LoadResult:
+    """About ``rate`` requests/s for ``seconds``; what was really sent is in the result.
+
+    ``adjust``, called between segments with the current rate, returns the next one.
+    """
     if shutil.which("wrk"):
         # wrk paces by a pause before each request on each connection (random
         # around its mean, so the connections do not fire together), and the
@@ -357,6 +387,9 @@ def paced(url: str, key: str, body: bytes, rate: float, seconds: int, work: Path
             errors += part.errors
             cpu_seconds += part.generator_cpu_percent / 100 * segment
             latency_ms = PACED_CONNECTIONS * 1000 / max(part.requests_per_second, 1e-6) - delay_ms
+            if adjust is not None:
+                rate = adjust(rate)
+                period_ms = PACED_CONNECTIONS * 1000 / rate
             delay_ms = max(1.0, period_ms - max(0.0, latency_ms))
         return LoadResult(
             sent / seconds,
@@ -604,16 +637,21 @@ async def run(
     # (d) end to end at a paced rate the flushers can sustain, with a freshness probe
     with process(serve, env, work / "serve-e2e.log") as api:
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz")
-        # Ingest and flushers share the cores: the pipeline is paced below what
-        # the flushers drain alone, leaving room for ingest.
-        rate_events = results["drain_rate"] * E2E_SHARE_OF_DRAIN
+        # Ingest and flushers share the cores, so each event costs the CPU of
+        # both stages: the pace starts below the capacity their measured rates
+        # imply together, and follows the backlog from there (see below).
+        capacity = 1 / (
+            1 / results["drain_rate"] + 1 / (100 * results["batch"].requests_per_second)
+        )
+        rate_events = capacity * E2E_START_SHARE_OF_CAPACITY
         rate_requests = max(1.0, rate_events / 100)
+        pace = BacklogPacer(f"http://127.0.0.1:{port}")
         sampler = RssSampler(api.pid)
         sampling = asyncio.create_task(sampler.run())
         # The landed rate is taken over the steady part: after a warm-up, until the load ends.
         warmup = min(10.0, args.sustain / 4)
         offered, probe, landed = await asyncio.gather(
-            asyncio.to_thread(paced, url, key, batch, rate_requests, args.sustain, work),
+            asyncio.to_thread(paced, url, key, batch, rate_requests, args.sustain, work, pace),
             freshness_probe(f"http://127.0.0.1:{port}", key, dsn, args.sustain),
             landed_rate(dsn, warmup, args.sustain),
         )
@@ -632,7 +670,7 @@ async def run(
     e2e = results["e2e"]
     print(
         f"(d) end to end: {e2e['landed_events_per_second']:,.0f} events/s landed "
-        f"(offered {e2e['offered_events_per_second']:,.0f}, target "
+        f"(offered {e2e['offered_events_per_second']:,.0f}, paced from "
         f"{e2e['target_events_per_second']:,.0f}), freshness p50 "
         f"{e2e['freshness_p50_s']:.2f} s p99 {e2e['freshness_p99_s']:.2f} s",
         flush=True,
@@ -648,7 +686,8 @@ async def run(
             await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz")
             sampler = RssSampler(api.pid, interval=2)
             sampling = asyncio.create_task(sampler.run())
-            await asyncio.to_thread(paced, url, key, batch, rate_requests / 2, args.soak, work)
+            half_rate = results["e2e"]["offered_events_per_second"] / 100 / 2
+            await asyncio.to_thread(paced, url, key, batch, half_rate, args.soak, work)
             sampler.stop()
             await sampling
         series = [rss for _, rss in sampler.samples]
