@@ -188,19 +188,13 @@ async def pg_backends_of(db: asyncpg.Connection, pid: int, pg_port: int) -> list
     )
 
 
-# A flush transaction, as pg_stat_activity shows it: asyncpg's COPY straight
-# into events, or the staging path's COPY and INSERT, inside an open transaction.
+# A flush transaction, as pg_stat_activity shows it: asyncpg's COPY into the
+# staging table, or the INSERT from it, inside an open transaction.
 FLUSH_TRANSACTION_SQL = """
 SELECT pid, state, query, xact_start FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS NOT NULL
-  AND (query LIKE 'COPY "events"%' OR query LIKE 'COPY%events_staging%'
-       OR query LIKE '%FROM events_staging%')
+  AND (query LIKE 'COPY%events_staging%' OR query LIKE '%FROM events_staging%')
 """
-
-
-def is_flush_statement(query: str) -> bool:
-    """The same test as ``FLUSH_TRANSACTION_SQL``, on a statement's text."""
-    return query.startswith('COPY "events"') or "events_staging" in query
 
 
 async def wait_for_flush_transaction(

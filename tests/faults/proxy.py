@@ -3,8 +3,8 @@
 ``CommitDroppingProxy`` listens on a free port of 127.0.0.1 and relays every
 connection to PostgreSQL byte for byte, in a thread with its own event loop
 (so nothing the test does on its own loop can delay the relay). It watches
-what clients send: on a connection that has started a flush transaction's
-``COPY`` (into ``events``, or into ``events_staging``), the first COMMIT message is forwarded to the
+what clients send: on a connection that has started a ``COPY`` into
+``events_staging`` (a flush transaction), the first COMMIT message is forwarded to the
 server, the server's reply is swallowed, and ~100 ms later (once the server
 has answered) both sides are closed. The transaction is committed; the
 client only knows its connection broke: the outcome is unknown to it. This
@@ -107,7 +107,7 @@ class CommitDroppingProxy:
 
         async def client_to_server() -> None:
             while data := await client_reader.read(CHUNK):
-                if b'COPY "events"' in data or (b"COPY" in data and b"events_staging" in data):
+                if b"COPY" in data and b"events_staging" in data:
                     relay.in_flush = True
                 commit = COMMIT_MESSAGE.search(data) is not None
                 if commit and relay.in_flush and self._armed:

@@ -30,7 +30,6 @@ from tests.faults.processes import (
     Child,
     Children,
     first_stream_id,
-    is_flush_statement,
     pg_backends_of,
     wait_for_flush_transaction,
 )
@@ -58,7 +57,7 @@ async def freeze_inside_its_transaction(
         mine = [
             row
             for row in await pg_backends_of(db, flusher.pid, pg_port)
-            if row["xact_start"] is not None and is_flush_statement(row["query"])
+            if row["xact_start"] is not None and "events_staging" in row["query"]
         ]
         if mine:
             flusher.freeze()

@@ -3,7 +3,7 @@
 The stream is filled through a real `serve --no-flusher` (10 000 events of
 about 2 KB each), then one `labs-analytics flusher` with one big batch starts.
 The test polls ``pg_stat_activity`` until that flusher's
-``COPY "events" ... FROM STDIN`` is running and SIGKILLs it there.
+``COPY "events_staging" ... FROM STDIN`` is running and SIGKILLs it there.
 
 Asserted: the kill hit the batch before its commit (no row and no
 ``ingest_batches`` row exists, and PostgreSQL ends the orphaned backend); a

@@ -11,7 +11,7 @@ import pytest
 
 from labs_analytics.events import EventRecord, new_uuid4
 from labs_analytics.settings import Settings
-from labs_analytics.storage.bulk_writer import STAGING_AFTER_CONFLICT, BatchOutcome, BulkWriter
+from labs_analytics.storage.bulk_writer import BatchOutcome, BulkWriter
 from labs_analytics.storage.database import create_copy_pool
 
 NOON = datetime(2026, 11, 27, 12, tzinfo=UTC)
@@ -86,18 +86,6 @@ async def test_the_same_event_twice_in_one_batch_is_stored_once(
     outcome = await write(writer, [*batch, batch[0]])
     assert (outcome.inserted, outcome.duplicates) == (3, 1)
     assert len(await stored_ids(db)) == 3
-
-
-async def test_fresh_batches_after_a_conflict_are_all_stored(
-    writer: BulkWriter, db: asyncpg.Connection
-) -> None:
-    first = records(5)
-    await write(writer, first)
-    await write(writer, first)  # a conflict: the next batches skip the direct COPY
-    fresh = [records(4) for _ in range(STAGING_AFTER_CONFLICT + 2)]  # and then use it again
-    outcomes = [await write(writer, batch) for batch in fresh]
-    assert all((o.inserted, o.duplicates) == (4, 0) for o in outcomes)
-    assert len(await stored_ids(db)) == 5 + 4 * len(fresh)
 
 
 async def test_the_log_row_commits_with_the_rows(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -73,23 +74,29 @@ def _serve(*, host: str, port: int, workers: int, run_flusher: bool, access_log:
     # CLI hands its choices down that way.
     if not run_flusher:
         os.environ["RUN_FLUSHER"] = "false"
+    metrics_dir = None
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker writes its samples here; /metrics sums them up.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="labs-analytics-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="labs-analytics-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     # uvicorn re-raises the SIGTERM it has already handled gracefully; a stop
     # we were asked for and completed is a success (exit 0, not 143).
     signal.signal(signal.SIGTERM, _ignore_signal)
-    uvicorn.run(
-        "labs_analytics.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=uvicorn_log_config(load_settings().log_level),
-        access_log=access_log,
-        server_header=False,
-        timeout_graceful_shutdown=round(load_settings().shutdown_timeout_seconds),
-    )
+    try:
+        uvicorn.run(
+            "labs_analytics.api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=uvicorn_log_config(load_settings().log_level),
+            access_log=access_log,
+            server_header=False,
+            timeout_graceful_shutdown=round(load_settings().shutdown_timeout_seconds),
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @app.command()

@@ -1,15 +1,4 @@
-"""Writing a batch of events in one transaction, idempotently.
-
-Two ways to write the rows, both inside the batch's one transaction:
-
-- **COPY straight into ``events``**, under a savepoint. The primary key
-  refuses any row already stored; then the savepoint is rolled back and the
-  batch takes the second way. A first delivery (nearly every batch) never
-  conflicts, so it pays for one COPY, about half the work of the second way.
-- **COPY → staging → ``INSERT … ON CONFLICT DO NOTHING``**, which skips what
-  is stored already: a redelivered batch, or one holding the same event twice.
-  After a conflict the next ``STAGING_AFTER_CONFLICT`` batches go this way
-  directly, so a stream of retries does not pay for both.
+"""Writing a batch of events in one transaction: COPY → staging → idempotent INSERT.
 
 The batch's ``ingest_batches`` row (the transaction log) commits with its
 rows, so the log never claims rows that are not there, nor misses rows that are.
@@ -39,9 +28,6 @@ STAGING_COLUMNS = (
     "context",
     "received_at",
 )
-
-EVENT_COLUMNS = (*STAGING_COLUMNS, "batch_id")
-STAGING_AFTER_CONFLICT = 16
 
 # Columns spelled out rather than LIKE events: a pool connection may be opened
 # before the migrations ran. ON COMMIT DELETE ROWS empties it after every batch.
@@ -176,7 +162,6 @@ def _elapsed_ms(since: float) -> int:
 class BulkWriter:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._staging_batches_left = 0
 
     async def write_batch(
         self,
@@ -192,16 +177,15 @@ class BulkWriter:
         started = time.perf_counter()
         async with self._pool.acquire() as conn, conn.transaction():
             copy_started = time.perf_counter()
-            inserted = await self._copy_into_events(conn, batch_id, records)
-            insert_started = time.perf_counter()
-            if inserted is None:  # some rows are stored already: skip them
+            if records:
                 await conn.copy_records_to_table(
                     STAGING_TABLE, records=map(_to_copy_row, records), columns=STAGING_COLUMNS
                 )
-                insert_started = time.perf_counter()
-                status = await conn.execute(INSERT_FROM_STAGING_SQL, batch_id)
-                inserted = int(status.rsplit(" ", 1)[-1])
-            copy_ms = round((insert_started - copy_started) * 1000)
+            copy_ms = _elapsed_ms(copy_started)
+
+            insert_started = time.perf_counter()
+            status = await conn.execute(INSERT_FROM_STAGING_SQL, batch_id)
+            inserted = int(status.rsplit(" ", 1)[-1])
             insert_ms = _elapsed_ms(insert_started)
 
             if dead_letters:
@@ -235,26 +219,6 @@ class BulkWriter:
             insert_ms=insert_ms,
             total_ms=total_ms,
         )
-
-    async def _copy_into_events(
-        self, conn: asyncpg.Connection, batch_id: uuid.UUID, records: Sequence[EventRecord]
-    ) -> int | None:
-        """COPY the rows straight into ``events``; None (and nothing written) on a conflict."""
-        if not records:
-            return 0
-        if self._staging_batches_left > 0:
-            self._staging_batches_left -= 1
-            return None
-        rows = ((*_to_copy_row(record), batch_id) for record in records)
-        try:
-            async with conn.transaction():  # a savepoint: a conflict undoes only this
-                status = await conn.copy_records_to_table(
-                    "events", records=rows, columns=EVENT_COLUMNS
-                )
-        except asyncpg.UniqueViolationError:
-            self._staging_batches_left = STAGING_AFTER_CONFLICT
-            return None
-        return int(status.rsplit(" ", 1)[-1])
 
     async def write_dead_letters(self, dead_letters: Sequence[DeadLetter]) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
