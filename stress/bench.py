@@ -334,18 +334,19 @@ E2E_START_SHARE_OF_CAPACITY = 0.8
 
 
 class BacklogPacer:
-    """Between paced segments: slower if the backlog grew past a second of
-    events (the flushers are falling behind), a little faster while it stays
-    near empty. What (d) reports is the rate that was sustained."""
+    """Between paced segments: slower if the backlog holds more than 1.2 s of
+    events (the flushers are falling behind), a little faster while it holds
+    less than 0.6 s (a flusher waits up to FLUSH_INTERVAL_MS, 0.5 s, to fill
+    a batch, so that much is always queued). (d) reports what was sustained."""
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
 
     def __call__(self, rate: float) -> float:
         backlog_seconds = backlog_of(self.base_url) / (100 * rate)
-        if backlog_seconds > 1.0:
+        if backlog_seconds > 1.2:
             return rate * 0.85
-        if backlog_seconds < 0.25:
+        if backlog_seconds < 0.6:
             return rate * 1.05
         return rate
 
