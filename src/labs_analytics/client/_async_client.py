@@ -121,7 +121,7 @@ class AsyncAnalyticsClient(BaseClient):
                 await asyncio.wait({task}, timeout=1.0)
         with self._lock:
             left = self._abandon_queue_locked(worker_alive=self._worker_running)
-            in_flight = len(self._in_flight)
+            in_flight = self._unsettled_locked()
             self._resolve_waiters_locked()
         self._report_abandoned(left, in_flight)
         pending = len(left) + in_flight
@@ -188,7 +188,7 @@ class AsyncAnalyticsClient(BaseClient):
                 return
             if self._in_flight:  # a task that died with its loop: its batch goes first
                 self._queue.push_front(self._in_flight)
-                self._in_flight = []
+                self._in_flight, self._in_flight_settled = [], 0
             self._loop = loop
             self._loop_thread = threading.get_ident()
             self._wake = asyncio.Event()
@@ -241,7 +241,7 @@ class AsyncAnalyticsClient(BaseClient):
             with self._lock:  # give the batch back: resent later, stored once
                 if batch and self._in_flight is batch:
                     self._queue.push_front(batch)
-                    self._in_flight = []
+                    self._in_flight, self._in_flight_settled = [], 0
             raise
         except Exception:
             logger.exception("analytics.worker_crashed")
@@ -262,8 +262,7 @@ class AsyncAnalyticsClient(BaseClient):
                     closing=self._closing,
                 )
                 if wait == 0:
-                    self._in_flight = self._queue.take(self._batch)
-                    return self._in_flight
+                    return self._take_batch_locked()
                 if wait is None and self._closing:
                     return None
                 wake.clear()

@@ -141,7 +141,7 @@ class AnalyticsClient(BaseClient):
         alive = worker is not None and worker.is_alive()
         with self._cond:
             left = self._abandon_queue_locked(worker_alive=alive)
-            in_flight = len(self._in_flight)
+            in_flight = self._unsettled_locked()
             self._cond.notify_all()
         self._report_abandoned(left, in_flight)
         pending = len(left) + in_flight
@@ -195,8 +195,7 @@ class AnalyticsClient(BaseClient):
                     closing=self._closing,
                 )
                 if wait == 0:
-                    self._in_flight = self._queue.take(self._batch)
-                    return self._in_flight
+                    return self._take_batch_locked()
                 if wait is None and self._closing:
                     return None
                 self._cond.wait(wait)

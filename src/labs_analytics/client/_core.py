@@ -118,6 +118,10 @@ class BaseClient:
         self._lock = threading.Lock()
         self._queue = EventQueue(max_events=self._max_queue_size, max_bytes=self._max_queue_bytes)
         self._in_flight: list[QueuedEvent] = []
+        # Events of the in-flight batch already counted as sent or failed: the
+        # batch stays in flight until the worker is done with it, and stats()
+        # must not count an event both ways meanwhile.
+        self._in_flight_settled = 0
         self._next_seq = 0  # last sequence number given
         self._done_seq = 0  # every event up to this one is delivered or given up
         self._flush_upto = 0  # a flush asked for everything up to this one, now
@@ -234,7 +238,7 @@ class BaseClient:
         with self._lock:
             return ClientStats(
                 queued=len(self._queue),
-                in_flight=len(self._in_flight),
+                in_flight=self._unsettled_locked(),
                 sent=self._sent,
                 dropped=sum(self._dropped.values()),
                 failed=sum(self._failed.values()),
@@ -313,6 +317,7 @@ class BaseClient:
         with self._lock:
             self._sent += len(events)
             self._batches += 1
+            self._settle_locked(events)
 
     def retrying(self, events: Sequence[QueuedEvent], delay: float, reason: str) -> None:
         with self._lock:
@@ -326,6 +331,7 @@ class BaseClient:
             self._failed[_FAILURE_REASONS.get(type(error).__name__, "unexpected_error")] += len(
                 events
             )
+            self._settle_locked(events)
         self._report(error)
 
     # --- helpers for the subclasses
@@ -339,10 +345,24 @@ class BaseClient:
         error.__cause__ = exc
         self.failed(batch, error)
 
+    def _settle_locked(self, events: Sequence[QueuedEvent]) -> None:
+        if self._in_flight:
+            self._in_flight_settled += len(events)
+
+    def _unsettled_locked(self) -> int:
+        """Events of the in-flight batch whose outcome is not recorded yet."""
+        return max(0, len(self._in_flight) - self._in_flight_settled)
+
+    def _take_batch_locked(self) -> list[QueuedEvent]:
+        self._in_flight = self._queue.take(self._batch)
+        self._in_flight_settled = 0
+        return self._in_flight
+
     def _batch_done_locked(self, batch: Sequence[QueuedEvent]) -> None:
         if batch:
             self._done_seq = max(self._done_seq, batch[-1].seq)
         self._in_flight = []
+        self._in_flight_settled = 0
 
     def _abandon_queue_locked(self, *, worker_alive: bool) -> list[QueuedEvent]:
         """At the close deadline: what is still queued is given up (reported after unlock).
@@ -352,7 +372,7 @@ class BaseClient:
         """
         if self._in_flight and not worker_alive:
             self._queue.push_front(self._in_flight)
-            self._in_flight = []
+            self._in_flight, self._in_flight_settled = [], 0
         left = self._queue.clear()
         if left:
             self._done_seq = max(self._done_seq, left[-1].seq)
@@ -398,7 +418,7 @@ class BaseClient:
             with self._lock:
                 if self._in_flight:  # a worker that died with its batch: resend it first
                     self._queue.push_front(self._in_flight)
-                batch = self._in_flight = self._queue.take(self._batch)
+                batch = self._take_batch_locked()
             if not batch:
                 return
             try:
