@@ -64,7 +64,11 @@ async def test_postgres_restarted_mid_flush_transaction_loses_and_doubles_nothin
 
     conn = await connect(settings)
     try:
-        report = await oracle.check(conn, redis, settings, api_url=server.base_url)
+        # A COPY cut by the crash can leave asyncpg waiting on the dead socket
+        # until the pool's command timeout; the batch is retried after that.
+        report = await oracle.check(
+            conn, redis, settings, api_url=server.base_url, drain_timeout=120
+        )
     finally:
         await conn.close()
 

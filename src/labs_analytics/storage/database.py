@@ -38,7 +38,9 @@ def create_copy_pool(
         min_size=0,
         max_size=max_size,
         timeout=CONNECT_TIMEOUT_SECONDS,
-        command_timeout=60,
+        # Bounds every statement, COPY included: a COPY cut by a server crash
+        # was seen to wait on the dead socket until this ran out.
+        command_timeout=30,
         init=prepare_connection,
         server_settings={"application_name": application_name[:63]},
     )
