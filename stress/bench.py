@@ -659,7 +659,7 @@ async def run(
         sampler.stop()
         await sampling
         results["e2e"] = {
-            "target_events_per_second": rate_events,
+            "paced_from_events_per_second": rate_events,
             "offered_events_per_second": 100 * offered.requests_per_second,
             "landed_events_per_second": landed,
             "errors": offered.errors,
@@ -672,7 +672,7 @@ async def run(
     print(
         f"(d) end to end: {e2e['landed_events_per_second']:,.0f} events/s landed "
         f"(offered {e2e['offered_events_per_second']:,.0f}, paced from "
-        f"{e2e['target_events_per_second']:,.0f}), freshness p50 "
+        f"{e2e['paced_from_events_per_second']:,.0f}), freshness p50 "
         f"{e2e['freshness_p50_s']:.2f} s p99 {e2e['freshness_p99_s']:.2f} s",
         flush=True,
     )

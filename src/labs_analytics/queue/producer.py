@@ -86,7 +86,7 @@ return results
 """
 
 # One script call carries at most this many entries or bytes; a larger burst
-# of requests becomes several calls in one pipeline.
+# of requests becomes several calls in one write.
 MAX_ENTRIES_PER_CALL = 128
 MAX_BYTES_PER_CALL = 4 * 1024 * 1024
 # Connections kept for the next send; more are opened while sends overlap.
