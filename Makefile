@@ -11,7 +11,7 @@ SUSTAIN ?= 60
 SOAK    ?= 60
 ROUNDS  ?= 3
 
-.PHONY: install run test test-unit test-integration test-faults lint format stress bench chaos clean
+.PHONY: install run test test-unit test-integration test-faults lint format stress bench attacks chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ bench: install  ## measure against the framework floor and the COPY ceiling; wri
 		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1)); } || \
 		echo "bench: wrk is not installed; using the Python load generator"
 	$(BIN)/python stress/bench.py --workers $(WORKERS) --sustain $(SUSTAIN) --soak $(SOAK) --rounds $(ROUNDS)
+
+attacks: install  ## a quiet client's p50 alone and under each attack (issue 8); writes BENCHMARKS.md
+	$(BIN)/python stress/attacks.py --seconds $${SECONDS_EACH:-10}
 
 chaos: install  ## random faults under load against its own stack; prints acked/lost/duplicated
 	$(BIN)/python stress/chaos.py --duration $${DURATION:-120}

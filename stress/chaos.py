@@ -151,7 +151,9 @@ async def recovery_seconds(stack: Stack, oracle: Oracle, *, limit: float = 60) -
             conn = await asyncpg.connect(dsn, timeout=2)
             try:
                 if await conn.fetchval(
-                    "SELECT count(*) FROM events WHERE event_id = $1", uuid.UUID(fresh[0].event_id)
+                    "SELECT count(*) FROM events WHERE product = $1 AND event_id = $2",
+                    oracle.product,
+                    uuid.UUID(fresh[0].event_id),
                 ):
                     return time.monotonic() - started
             finally:

@@ -17,12 +17,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+from alembic import command
 
 from labs_analytics.api.app import create_app
 from labs_analytics.auth.keys import Scope
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from labs_analytics.settings import Settings
+from labs_analytics.settings import Settings, to_asyncpg_dsn
+from labs_analytics.storage import migrations
 from labs_analytics.storage.database import create_engine
 
 
@@ -136,8 +138,57 @@ async def wait_for_events(
 
 
 async def duplicated_ids(db: asyncpg.Connection) -> list[uuid.UUID]:
-    rows = await db.fetch("SELECT event_id FROM events GROUP BY event_id HAVING count(*) > 1")
+    """Ids stored more than once for one product. Identity is per product: two
+    products' events with the same id are two events, not a duplicate. The
+    timestamp is left out on purpose: a retry that landed under another
+    timestamp is a duplicate too."""
+    rows = await db.fetch(
+        "SELECT event_id FROM events GROUP BY product, event_id HAVING count(*) > 1"
+    )
     return [row["event_id"] for row in rows]
+
+
+def upgrade_database(database_url: str, revision: str = "head") -> None:
+    """The real migrations, up to ``revision``. Alembic runs its own event loop:
+    from an async test, call this through ``asyncio.to_thread``."""
+    command.upgrade(migrations.alembic_config(database_url), revision)
+
+
+def downgrade_database(database_url: str, revision: str) -> None:
+    """The real migrations, down to ``revision`` (from an async test: ``asyncio.to_thread``)."""
+    command.downgrade(migrations.alembic_config(database_url), revision)
+
+
+@contextlib.contextmanager
+def scratch_database(servers: Servers, revision: str | None) -> Iterator[str]:
+    """A new database on the session's PostgreSQL, at ``revision`` (None: empty), dropped after.
+
+    The session's own database is at head already; a test of a migration
+    needs one built up to an older revision. Synchronous: use it from a
+    synchronous fixture.
+    """
+    name = f"labs_scratch_{uuid.uuid4().hex[:10]}"
+    admin_dsn = to_asyncpg_dsn(servers.database_url)
+
+    async def execute(statement: str) -> None:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute(f'CREATE DATABASE "{name}"'))
+    url = (
+        Settings(_env_file=None, database_url=servers.database_url)
+        .sqlalchemy_url.set(database=name)
+        .render_as_string(hide_password=False)
+    )
+    try:
+        if revision is not None:
+            upgrade_database(url, revision)
+        yield url
+    finally:
+        asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @dataclass

@@ -33,6 +33,11 @@ REQUESTS_REJECTED = Counter(
     "Ingest requests refused, by reason (the error code of the response).",
     ["reason"],
 )
+CONNECTIONS_REFUSED = Counter(
+    "labs_connections_refused_total",
+    "Connections cut off by the HTTP protocol's bounds, by reason.",
+    ["reason"],  # head_too_large | head_timeout | body_timeout | connection_cap | evicted
+)
 
 
 class BatchedCount:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from labs_analytics.auth.keys import MAX_RATE_LIMIT_PER_SECOND, check_default_rate_limit
 
 
 class Settings(BaseSettings):
@@ -56,6 +58,39 @@ class Settings(BaseSettings):
         default=5, ge=1, description="Retry-After sent with 503 when the queue is unavailable."
     )
 
+    # --- connections (every client may be hostile) ----------------------------
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Request line plus headers, at most; larger heads get 431 and are cut off.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10,
+        gt=0,
+        le=300,
+        description="A new connection must send a whole request head within this (else 408).",
+    )
+    body_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=600,
+        description="A request body must arrive whole within this after its head (else cut off).",
+    )
+    keep_alive_timeout_seconds: float = Field(
+        default=5, gt=0, le=300, description="Idle keep-alive connections are closed after this."
+    )
+    max_connections: int = Field(
+        default=2048,
+        ge=16,
+        description="Open connections per process, at most; capped below the descriptor limit. "
+        "At the cap, connections that never finished a request are closed first.",
+    )
+    metrics_token: str = Field(
+        default="",
+        description="If set, GET /metrics requires `Authorization: Bearer <token>`.",
+    )
+
     # --- overload and outages -------------------------------------------------
     backlog_max_events: int = Field(
         default=2_000_000,
@@ -68,15 +103,23 @@ class Settings(BaseSettings):
         le=1,
         description="Share of Redis maxmemory above which ingest answers 503.",
     )
-    rate_limit_events_per_second: float = Field(
-        default=5000,
-        ge=0,
-        description="Default per-key ingest rate (events/s), shared by all API workers; "
-        "a key may carry its own. 0: no limit.",
+    # Bounded like a key's own rate: the token bucket script fails on a rate
+    # it cannot use, for every key sharing the call.
+    rate_limit_events_per_second: Annotated[float, AfterValidator(check_default_rate_limit)] = (
+        Field(
+            default=5000,
+            ge=0,
+            le=MAX_RATE_LIMIT_PER_SECOND,
+            allow_inf_nan=False,
+            description="Default per-key ingest rate (events/s), shared by all API workers; "
+            "a key may carry its own. 0: no limit.",
+        )
     )
     rate_limit_burst_seconds: float = Field(
         default=10,
         gt=0,
+        le=3600,
+        allow_inf_nan=False,
         description="Bucket size as seconds of the key's rate (never below one full request).",
     )
     spool_dir: str = Field(

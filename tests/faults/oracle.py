@@ -16,9 +16,11 @@ it and died before answering); it is reported, never required.
 
 1. waits until the stream is drained (XLEN 0, nothing pending in the group);
 2. compares ``events`` with the obligations: **lost** (acknowledged, not
-   stored), **duplicated** (stored more than once), **unexpected** (stored,
-   never sent), **corrupted** (payload does not match its hash, the sent
-   payload, or the sent timestamp and product): all must be 0;
+   stored under the oracle's product), **duplicated** (stored more than once
+   for one product: identity is per product), **unexpected** (stored, never
+   sent), **corrupted** (payload does not match its hash, the sent payload,
+   or the sent timestamp and product: a sent id stored under another product
+   counts here): all must be 0;
 3. posts one fresh event now and requires it to land within a few seconds:
    the pipeline is not only consistent but alive.
 
@@ -205,7 +207,10 @@ class Oracle:
             "SELECT event_id::text AS id, timestamp, product, properties::text AS properties "
             "FROM events"
         )
-        counts = Counter(row["id"] for row in rows)
+        # An event's identity includes its product: count per (product, id),
+        # and only rows of our product keep our promises.
+        counts = Counter((row["product"], row["id"]) for row in rows)
+        ours = {row["id"] for row in rows if row["product"] == self.product}
         sent = {**self.refused, **self.acknowledged}
         corrupted: list[str] = []
         for row in rows:
@@ -233,11 +238,11 @@ class Oracle:
             refused=len(self.refused),
             refusal_reasons=dict(self.refusal_reasons),
             stored_rows=len(rows),
-            lost=[i for i in self.acknowledged if i not in counts],
-            duplicated=[i for i, n in counts.items() if n > 1],
-            unexpected=[i for i in counts if i not in sent],
+            lost=[i for i in self.acknowledged if i not in ours],
+            duplicated=[i for (_product, i), n in counts.items() if n > 1],
+            unexpected=[i for _product, i in counts if i not in sent],
             corrupted=corrupted,
-            refused_but_stored=sum(1 for i in self.refused if i in counts),
+            refused_but_stored=sum(1 for i in self.refused if i in ours),
             stream_length=length,
             pending=pending,
             drained=drained,
@@ -254,7 +259,9 @@ class Oracle:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if await db.fetchval(
-                "SELECT count(*) FROM events WHERE event_id = $1", uuid.UUID(fresh[0].event_id)
+                "SELECT count(*) FROM events WHERE product = $1 AND event_id = $2",
+                self.product,
+                uuid.UUID(fresh[0].event_id),
             ):
                 return
             await asyncio.sleep(0.05)

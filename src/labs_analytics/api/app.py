@@ -20,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 from redis.exceptions import RedisError
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labs_analytics import __version__
 from labs_analytics.api import health, ingest, metrics_route
@@ -42,6 +42,8 @@ from labs_analytics.storage.database import create_copy_pool, create_engine
 
 log = get_logger(__name__)
 
+CORS_PATH_PREFIX = "/v1/"
+
 
 class LabsAnalyticsApp(FastAPI):
     """FastAPI, with server-to-server ingest answered before the framework's layers.
@@ -59,9 +61,29 @@ class LabsAnalyticsApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+class ApiPathsCORSMiddleware:
+    """CORS for the public API (`/v1/…`) only.
+
+    Health, readiness and metrics describe the deployment, not a product: no
+    web page, whatever its origin, may read them from a visitor's browser.
+    """
+
+    def __init__(self, app: ASGIApp, /, **cors: Any) -> None:
+        self.app = app
+        self.cors = CORSMiddleware(app, **cors)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(CORS_PATH_PREFIX):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> LabsAnalyticsApp:
     settings = settings or Settings()
     app = LabsAnalyticsApp(
+        # No redirects: a 307 to `/v1/events` would be built from the client's Host header.
+        redirect_slashes=False,
         title="Labs Analytics",
         version=__version__,
         description="Record product analytics events. Send them to `POST /v1/events` with an "
@@ -75,7 +97,7 @@ def create_app(settings: Settings | None = None) -> LabsAnalyticsApp:
     install_error_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            ApiPathsCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["POST", "GET", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", "Content-Encoding"],

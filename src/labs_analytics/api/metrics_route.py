@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
 from labs_analytics import metrics
 from labs_analytics.api.dependencies import State
+from labs_analytics.api.errors import ErrorBody
 from labs_analytics.api.health import check_postgres
+from labs_analytics.errors import Unauthenticated
 
 router = APIRouter(tags=["health"])
 
@@ -23,12 +26,27 @@ STATE_TIMEOUT_SECONDS = 1.0
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    description="Open unless `METRICS_TOKEN` is set; then send it as a bearer token.",
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+        401: {"model": ErrorBody, "description": "METRICS_TOKEN is set and was not sent."},
+    },
 )
-async def get_metrics(state: State) -> Response:
+async def get_metrics(state: State, request: Request) -> Response:
+    _check_metrics_token(state.settings.metrics_token, request.headers.get("authorization"))
     await _refresh_shared_gauges(state)
     body, content_type = metrics.render()
     return Response(content=body, media_type=content_type)
+
+
+def _check_metrics_token(expected: str, authorization: str | None) -> None:
+    """With METRICS_TOKEN set, only a scraper presenting it may read the metrics."""
+    if not expected:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    given = token.strip().encode() if scheme.lower() == "bearer" else b""
+    if not hmac.compare_digest(given, expected.encode()):
+        raise Unauthenticated("GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`")
 
 
 async def _refresh_shared_gauges(state: State) -> None:

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from labs_analytics.auth.keys import ApiKey, Scope, key_id_of, matches
+from labs_analytics.auth.keys import ApiKey, Scope, is_valid_rate_limit, key_id_of, matches
 from labs_analytics.logs import get_logger
 
 log = get_logger(__name__)
@@ -48,6 +49,7 @@ class KeyCache:
         self._keys: dict[str, ApiKey] = {}
         self._reloading: asyncio.Task[bool] | None = None
         self._reload_started = -ON_MISS_MIN_GAP_SECONDS
+        self._reported_bad_rates: set[str] = set()  # key ids already logged
         self.last_success: float | None = None
         self.source: str = "empty"
 
@@ -125,11 +127,36 @@ class KeyCache:
             if not self._keys:
                 await self._load_mirror()
             return False
-        self._keys = {key.key_id: key for key in keys}
+        self._keys = self._usable(keys)
         self.last_success = time.monotonic()
         self.source = "postgresql"
-        await self._write_mirror(keys)
+        await self._write_mirror(list(self._keys.values()))
         return True
+
+    def _usable(self, keys: Iterable[ApiKey]) -> dict[str, ApiKey]:
+        """The keys by id, each with a rate the token bucket can use.
+
+        A rate stored before the database checked it (or edited by hand) made
+        the shared rate-limit script fail for every key in the same call. Such
+        a key gets the deployment's default instead, and is reported once per
+        process, by its public id only: never the key or its hash.
+        """
+        usable: dict[str, ApiKey] = {}
+        for key in keys:
+            rate = key.rate_limit_per_second
+            if rate is not None and not is_valid_rate_limit(rate):
+                if key.key_id not in self._reported_bad_rates:
+                    self._reported_bad_rates.add(key.key_id)
+                    log.error(
+                        "keys.invalid_rate_limit",
+                        key_id=key.key_id,
+                        product=key.product,
+                        rate_limit_per_second=repr(rate),
+                        using="the deployment's default rate",
+                    )
+                key = dataclasses.replace(key, rate_limit_per_second=None)
+            usable[key.key_id] = key
+        return usable
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -178,6 +205,6 @@ class KeyCache:
         except (ValueError, TypeError, IndexError) as exc:
             log.error("keys.mirror_unreadable", error=repr(exc))
             return
-        self._keys = {key.key_id: key for key in keys}
+        self._keys = self._usable(keys)
         self.source = "redis-mirror"
         log.warning("keys.loaded_from_mirror", cached_keys=len(keys))

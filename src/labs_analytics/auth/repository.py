@@ -9,7 +9,15 @@ from datetime import UTC, datetime
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from labs_analytics.auth.keys import ApiKey, NewKey, Scope, generate_key
+from labs_analytics.auth.keys import (
+    ApiKey,
+    NewKey,
+    Scope,
+    check_label,
+    check_product,
+    check_rate_limit,
+    generate_key,
+)
 from labs_analytics.storage.tables import api_keys
 
 
@@ -36,6 +44,15 @@ class KeyRepository:
         label: str = "",
         rate_limit_per_second: float | None = None,
     ) -> NewKey:
+        """Create a key; raise ``InvalidKeyField`` for a product, label or rate it may not have.
+
+        Checked here and not only in the CLI: every caller (``dev``, tests,
+        scripts) must get the same refusal, and PostgreSQL's CHECK on the rate
+        is the last line, not the first.
+        """
+        check_product(product)
+        check_label(label)
+        check_rate_limit(rate_limit_per_second)
         new_key = generate_key()
         async with self._engine.begin() as conn:
             await conn.execute(

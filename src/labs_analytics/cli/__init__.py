@@ -14,6 +14,11 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from labs_analytics.api.protocol import (
+    BoundedHttpToolsProtocol,
+    connection_cap,
+    raise_descriptor_limit,
+)
 from labs_analytics.auth.keys import Scope
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.cli import keys, operations
@@ -79,6 +84,17 @@ def _serve(*, host: str, port: int, workers: int, run_flusher: bool, access_log:
         # Each worker writes its samples here; /metrics sums them up.
         metrics_dir = tempfile.mkdtemp(prefix="labs-analytics-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    settings = load_settings()
+    # Workers inherit the limit; each caps its connections below it.
+    soft, hard = raise_descriptor_limit(settings.max_connections)
+    if connection_cap(settings.max_connections) < settings.max_connections:
+        log.warning(
+            "serve.descriptor_limit_low",
+            nofile_soft=soft,
+            nofile_hard=hard,
+            max_connections=connection_cap(settings.max_connections),
+            hint=f"raise the limit (ulimit -n) to {settings.max_connections + 128} or more",
+        )
     # uvicorn re-raises the SIGTERM it has already handled gracefully; a stop
     # we were asked for and completed is a success (exit 0, not 143).
     signal.signal(signal.SIGTERM, _ignore_signal)
@@ -89,10 +105,14 @@ def _serve(*, host: str, port: int, workers: int, run_flusher: bool, access_log:
             host=host,
             port=port,
             workers=workers,
-            log_config=uvicorn_log_config(load_settings().log_level),
+            # httptools with bounds on head size, head and body time and
+            # connections (api/protocol.py): every client may be hostile.
+            http=BoundedHttpToolsProtocol,
+            timeout_keep_alive=settings.keep_alive_timeout_seconds,  # type: ignore[arg-type]
+            log_config=uvicorn_log_config(settings.log_level),
             access_log=access_log,
             server_header=False,
-            timeout_graceful_shutdown=round(load_settings().shutdown_timeout_seconds),
+            timeout_graceful_shutdown=round(settings.shutdown_timeout_seconds),
         )
     finally:
         if metrics_dir is not None:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 import typer
 
-from labs_analytics.auth.keys import Scope
+from labs_analytics.auth.keys import (
+    MAX_LABEL_LENGTH,
+    MAX_RATE_LIMIT_PER_SECOND,
+    MIN_RATE_LIMIT_PER_SECOND,
+    InvalidKeyField,
+    Scope,
+    check_label,
+    check_product,
+    check_rate_limit,
+)
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.cli.common import T, load_settings, require, with_engine
-from labs_analytics.events import PRODUCT_PATTERN
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
@@ -20,21 +27,54 @@ def _with_keys(url: str, action: Callable[[KeyRepository], Awaitable[T]]) -> T:
     return with_engine(url, lambda engine: action(KeyRepository(engine)))
 
 
+def _checked(check: Callable[[T], T]) -> Callable[[T], T]:
+    """An option callback: the repository's own check, as a usage error (exit 2)."""
+
+    def callback(value: T) -> T:
+        if value is None:
+            return value
+        try:
+            return check(value)
+        except InvalidKeyField as exc:
+            raise typer.BadParameter(exc.message) from None
+
+    return callback
+
+
+def _shown(text: str) -> str:
+    """A stored value as is when every character prints, else its escaped repr:
+    a label or product written before they were checked (or by hand) cannot
+    forge a line of the listing, and the escaping shows."""
+    return text if text.isprintable() else repr(text)
+
+
 @app.command("create")
 def keys_create(
-    product: Annotated[str, typer.Option(help="The product the key writes and reads.")],
+    product: Annotated[
+        str,
+        typer.Option(
+            help="The product the key writes and reads.", callback=_checked(check_product)
+        ),
+    ],
     scope: Annotated[list[Scope], typer.Option(help="ingest, read or admin; repeat for several.")],
-    label: Annotated[str, typer.Option(help="A note: who or what uses the key.")] = "",
+    label: Annotated[
+        str,
+        typer.Option(
+            help=f"A note: who or what uses the key (one line, at most {MAX_LABEL_LENGTH} "
+            "characters).",
+            callback=_checked(check_label),
+        ),
+    ] = "",
     rate_limit: Annotated[
         float | None,
-        typer.Option(min=0, help="Events per second for this key (default: the deployment's)."),
+        typer.Option(
+            help=f"Events per second for this key, {MIN_RATE_LIMIT_PER_SECOND:g} to "
+            f"{MAX_RATE_LIMIT_PER_SECOND:.0f} (default: the deployment's).",
+            callback=_checked(check_rate_limit),
+        ),
     ] = None,
 ) -> None:
     """Create a key. The key is printed once, alone on the last line, and never again."""
-    if not re.match(PRODUCT_PATTERN, product):
-        raise typer.BadParameter(
-            "lowercase letters, digits, _ and -, at most 64", param_hint="--product"
-        )
     database_url = require(load_settings().database_url, "DATABASE_URL")
     new_key = _with_keys(
         database_url,
@@ -50,7 +90,10 @@ def keys_create(
 
 @app.command("list")
 def keys_list(
-    product: Annotated[str | None, typer.Option(help="Only this product's keys.")] = None,
+    product: Annotated[
+        str | None,
+        typer.Option(help="Only this product's keys.", callback=_checked(check_product)),
+    ] = None,
 ) -> None:
     """List keys (ids and metadata; the keys themselves are never stored)."""
     database_url = require(load_settings().database_url, "DATABASE_URL")
@@ -59,9 +102,10 @@ def keys_list(
     for row in rows:
         status = "revoked" if row.revoked_at else "active"
         created = f"{row.created_at:%Y-%m-%d %H:%M:%S}"
+        scopes = _shown(",".join(row.scopes))
         typer.echo(
-            f"{row.key_id:<14} {row.product:<16} {','.join(row.scopes):<20} "
-            f"{created:<20} {status:<8} {row.label}"
+            f"{_shown(row.key_id):<14} {_shown(row.product):<16} {scopes:<20} "
+            f"{created:<20} {status:<8} {_shown(row.label)}"
         )
 
 

@@ -19,7 +19,9 @@ deadletters_app = typer.Typer(
     no_args_is_help=True,
 )
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+# fullmatch, ASCII digits: `$` would match before a trailing newline, and `\d`
+# takes any script's digits.
+_DURATION = re.compile(r"([0-9]+)([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -27,9 +29,12 @@ def parse_since(value: str | None) -> datetime | None:
     """``30m``, ``2h``, ``1d`` ago, or an ISO 8601 time (UTC if no offset)."""
     if value is None:
         return None
-    match = _DURATION.match(value.strip())
+    match = _DURATION.fullmatch(value.strip())
     if match:
-        return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            return datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError as exc:
+            raise typer.BadParameter("too far back", param_hint="--since") from exc
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:

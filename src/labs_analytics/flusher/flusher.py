@@ -6,8 +6,9 @@ Semantics, in order of importance:
   only after the transaction holding their rows committed. A crash anywhere
   before that leaves them pending, to be redelivered.
 - **Exactly-once rows.** Delivery is at-least-once; the insert is
-  ``ON CONFLICT DO NOTHING`` on (timestamp, event_id), so a redelivered batch
-  adds nothing, and the transaction log records how many were duplicates.
+  ``ON CONFLICT DO NOTHING`` on the event's identity (timestamp, product,
+  event_id), so a redelivered batch adds nothing, and the transaction log
+  records how many were duplicates.
 - **Failure keeps the batch.** When the write fails (PostgreSQL down, a
   restart mid-transaction), the flusher keeps the same entries, logs the
   failed attempt, and retries with capped exponential backoff, refreshing its

@@ -44,14 +44,17 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
 ) ON COMMIT DELETE ROWS
 """
 
-# ON CONFLICT DO NOTHING makes a redelivered batch a no-op, and also folds
-# duplicates inside one batch (the same event sent twice in quick succession).
+# ON CONFLICT DO NOTHING on the event's identity (the primary key) makes a
+# redelivered batch a no-op, and also folds duplicates inside one batch (the
+# same event sent twice in quick succession). The product is part of the
+# identity: another product's event with the same id and timestamp is a row
+# of its own, never a duplicate of this one.
 INSERT_FROM_STAGING_SQL = f"""
 INSERT INTO events ("timestamp", event_id, product, name, user_id, properties, context,
                     received_at, batch_id)
 SELECT "timestamp", event_id, product, name, user_id, properties, context, received_at, $1
 FROM {STAGING_TABLE}
-ON CONFLICT ("timestamp", event_id) DO NOTHING
+ON CONFLICT ("timestamp", product, event_id) DO NOTHING
 """
 
 INSERT_BATCH_LOG_SQL = """

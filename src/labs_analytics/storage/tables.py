@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     Double,
@@ -23,6 +24,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from labs_analytics.auth.keys import MAX_RATE_LIMIT_PER_SECOND, MIN_RATE_LIMIT_PER_SECOND
 
 metadata = MetaData(
     naming_convention={
@@ -48,8 +51,10 @@ events = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("batch_id", UUID(as_uuid=True)),
-    # Dedup key: the timestamp is in it because it is the partition key.
-    PrimaryKeyConstraint("timestamp", "event_id"),
+    # The event's identity, and so the dedup key: an id is unique within its
+    # product only (two products may send the same one); the timestamp is in
+    # it because it is the partition key.
+    PrimaryKeyConstraint("timestamp", "product", "event_id"),
     Index(None, "product", "name", "timestamp"),
     Index(None, "product", "user_id", "timestamp"),
 )
@@ -68,6 +73,13 @@ api_keys = Table(
     # Events per second; NULL means the deployment's default.
     Column("rate_limit_per_second", Double),
     Index(None, "product"),
+    # NaN sorts above every number in PostgreSQL, so the range excludes it
+    # and both infinities: the token bucket could use none of them.
+    CheckConstraint(
+        f"rate_limit_per_second IS NULL OR (rate_limit_per_second >= {MIN_RATE_LIMIT_PER_SECOND} "
+        f"AND rate_limit_per_second <= {MAX_RATE_LIMIT_PER_SECOND:.0f})",
+        name="rate_limit_per_second_valid",
+    ),
 )
 
 ingest_batches = Table(

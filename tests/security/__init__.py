@@ -1,0 +1,1 @@
+"""Attacks a hostile client would try, each performed against the real service."""
