@@ -12,7 +12,10 @@ AppError
 ├── PayloadTooLarge        413  body or batch over the limit
 ├── UnsupportedEncoding    415  a Content-Encoding other than gzip or identity
 ├── InvalidEvents          422  events failed validation (details name index and field)
-├── RateLimitExceeded      429  the key sent more events than its rate (Retry-After set)
+├── RateLimitExceeded      429  the key sent more events, or more refused work, than its
+│                               rate allows (Retry-After set)
+├── QueueError             500  Redis refused this request's events with an error that is
+│                               not an outage (a script error, a misconfigured key)
 └── QueueUnavailable       503  the events cannot be made durable, or the backlog is
                                 too long (Retry-After set)
 """
@@ -85,6 +88,11 @@ class RateLimitExceeded(AppError):
             details=[{"limit_events_per_second": limit_per_second}],
             headers={"Retry-After": str(retry_after_seconds)},
         )
+
+
+class QueueError(AppError):
+    status_code = 500
+    code = "queue_error"
 
 
 class QueueUnavailable(AppError):

@@ -10,6 +10,7 @@ defaults below apply.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -47,7 +48,30 @@ class EventLimits:
 DEFAULT_LIMITS = EventLimits()
 
 
-_UNIX_SECONDS_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
+# --- timestamps ------------------------------------------------------------------
+#
+# One rule, here and in the SDK (client/_events.py, kept equal by a test). A
+# timestamp is one of:
+#   - a JSON number of unix seconds (fraction allowed), never milliseconds;
+#   - a string of decimal unix seconds matching UNIX_SECONDS_PATTERN;
+#   - an RFC 3339 date-time string matching RFC3339_PATTERN:
+#     YYYY-MM-DD, `T` or a space, HH:MM:SS, an optional fraction (digits past
+#     microseconds are dropped), and `Z` or ±HH:MM; without an offset it is
+#     taken as UTC.
+# Anything else is refused (no ISO 8601 week dates, no compact forms, no
+# milliseconds read from large numbers), and so is any time before
+# 1970-01-01T00:00:00Z (unix 0) or more than the allowed skew ahead of now.
+UNIX_SECONDS_PATTERN = r"-?[0-9]+(\.[0-9]+)?"
+RFC3339_PATTERN = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+_UNIX_SECONDS_TEXT = re.compile(UNIX_SECONDS_PATTERN, re.ASCII)
+_RFC3339_TEXT = re.compile(RFC3339_PATTERN, re.ASCII)
+_TIMESTAMP_FORMS = (
+    "unix seconds (a number, or a string of decimal digits) or an RFC 3339 date-time "
+    "such as 2026-11-27T16:20:00Z"
+)
 
 
 def _describe(span: timedelta) -> str:
@@ -64,33 +88,140 @@ def _limits(info: ValidationInfo) -> EventLimits:
     return DEFAULT_LIMITS
 
 
-def _unix_seconds_to_datetime(value: Any) -> Any:
-    # Pydantic reads large numbers as milliseconds; our contract says seconds,
-    # so numbers are converted here and only strings reach Pydantic's parser.
+def _to_datetime(value: Any) -> datetime:
+    """A timestamp as a client may send it, as a datetime; ValueError for any other form."""
     if isinstance(value, str):
+        if _RFC3339_TEXT.fullmatch(value):
+            # fromisoformat, as the SDK does: within this shape both read the
+            # same instant, and refuse the same impossible ones (Feb 30, 24:00).
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError as exc:
+                raise ValueError(f"timestamp is not a valid date-time: {exc}") from None
         if not _UNIX_SECONDS_TEXT.fullmatch(value):
-            return value  # an RFC 3339 string: Pydantic parses it
+            raise ValueError(f"timestamp must be {_TIMESTAMP_FORMS}")
         value = float(value)  # "1700000000" is unix seconds too, never milliseconds
-    if isinstance(value, bool):
-        raise ValueError("timestamp must be an RFC 3339 string or unix seconds, not a boolean")
-    if isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("timestamp must be a finite number of unix seconds")
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        kind = "a boolean" if isinstance(value, bool) else type(value).__name__
+        raise ValueError(f"timestamp must be {_TIMESTAMP_FORMS}, not {kind}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("timestamp must be a finite number of unix seconds")
+    if value < 0:
+        raise ValueError("timestamp is before 1970-01-01T00:00:00Z (unix 0)")
+    try:
+        return datetime.fromtimestamp(value, tz=UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise ValueError("timestamp is out of range") from exc
+
+
+def timestamp_problem(moment: datetime, max_future_skew: timedelta) -> str | None:
+    """Why an aware datetime is outside [1970-01-01T00:00:00Z, now + skew], or None."""
+    if moment < EARLIEST_TIMESTAMP:
+        return "is before 1970-01-01T00:00:00Z (unix 0)"
+    if moment > datetime.now(UTC) + max_future_skew:
+        return f"is more than {_describe(max_future_skew)} in the future"
+    return None
+
+
+def _in_utc_and_in_range(value: datetime, info: ValidationInfo) -> datetime:
+    # RFC 3339 requires an offset; a timestamp without one is taken as UTC.
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    elif value.tzinfo is not UTC:
         try:
-            return datetime.fromtimestamp(value, tz=UTC)
-        except (OverflowError, OSError, ValueError) as exc:
-            raise ValueError("timestamp is out of range") from exc
+            value = value.astimezone(UTC)
+        except OverflowError as exc:  # e.g. year 1 with a positive offset
+            raise ValueError("timestamp is before 1970-01-01T00:00:00Z (unix 0)") from exc
+    problem = timestamp_problem(value, _limits(info).max_future_skew)
+    if problem is not None:
+        raise ValueError(f"timestamp {problem}")
     return value
 
 
-def _as_utc(value: datetime) -> datetime:
-    # RFC 3339 requires an offset; a timestamp without one is taken as UTC.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
+# --- integers --------------------------------------------------------------------
+#
+# JSON integers must lie in [-2^63, 2^64 - 1], the signed and unsigned 64-bit
+# range: orjson, which parses request bodies, turns a larger literal into a
+# float (18446744073709551616 would be stored as 18446744073709552000), so
+# such a literal is refused at the door. Send larger numbers as strings. The
+# SDK refuses the same values (client/_events.py, kept equal by a test).
+MIN_JSON_INT = -(2**63)
+MAX_JSON_INT = 2**64 - 1
+# Any integer literal outside the range has at least 19 digits; a run of 19
+# digits anywhere (in a string too) only sends a body to the exact check.
+_LONG_DIGIT_RUN = b"0" * 19
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+
+
+@dataclass(frozen=True, slots=True)
+class IntegerOutOfRange:
+    """An integer literal outside the 64-bit range, and where it is in the document."""
+
+    path: tuple[str | int, ...]
+    literal: str
+
+    def describe(self) -> str:
+        text = self.literal
+        if len(text) > 40:
+            text = f"{text[:20]}…{text[-6:]} ({len(text.lstrip('-'))} digits)"
+        return (
+            f"integer {text} is outside the 64-bit range [{MIN_JSON_INT}, {MAX_JSON_INT}]; "
+            "send larger numbers as strings"
+        )
+
+
+class _LargeInteger(str):
+    """An integer literal out of range, kept as its text while the document is searched."""
+
+
+def may_hold_large_integers(raw: bytes) -> bool:
+    """False when no integer in this JSON text can be out of range (the fast, common case)."""
+    return raw.translate(_DIGITS_AS_ZERO).find(_LONG_DIGIT_RUN) != -1
+
+
+def out_of_range_integers(raw: bytes) -> list[IntegerOutOfRange]:
+    """The integer literals of a valid JSON document outside [MIN_JSON_INT, MAX_JSON_INT].
+
+    The standard library's parser hands over each integer literal as text,
+    which is the exact check orjson cannot make once it has made a float.
+    """
+    found = False
+
+    def parse_int(text: str) -> object:
+        nonlocal found
+        if len(text) < 19:
+            return 0  # the value itself is never used
+        digits = len(text) - text.startswith("-")
+        if digits <= 20 and MIN_JSON_INT <= int(text) <= MAX_JSON_INT:
+            return 0
+        found = True
+        return _LargeInteger(text)
+
     try:
-        return value.astimezone(UTC)
-    except OverflowError as exc:  # e.g. year 1 with a positive offset
-        raise ValueError("timestamp is out of range") from exc
+        document = json.loads(raw, parse_int=parse_int, parse_float=len, parse_constant=len)
+    except (ValueError, RecursionError):
+        # Nesting deeper than the stdlib parser follows: far past MAX_JSON_DEPTH,
+        # which validation refuses anyway.
+        return []
+    out: list[IntegerOutOfRange] = []
+    if found:
+        _collect_large_integers(document, (), out)
+    return out
+
+
+def _collect_large_integers(
+    value: object, path: tuple[str | int, ...], out: list[IntegerOutOfRange]
+) -> None:
+    if isinstance(value, _LargeInteger):
+        out.append(IntegerOutOfRange(path, str.__str__(value)))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _collect_large_integers(item, (*path, key), out)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _collect_large_integers(item, (*path, index), out)
 
 
 def _check_json_value(value: Any, depth: int = 0) -> None:
@@ -154,8 +285,8 @@ ProductName = Annotated[str, StringConstraints(pattern=PRODUCT_PATTERN)]
 Timestamp = Annotated[
     datetime,
     # The schema says what clients may send: an RFC 3339 string or unix seconds.
-    BeforeValidator(_unix_seconds_to_datetime, json_schema_input_type=datetime | float),
-    AfterValidator(_as_utc),
+    BeforeValidator(_to_datetime, json_schema_input_type=datetime | float),
+    AfterValidator(_in_utc_and_in_range),
 ]
 
 
@@ -178,28 +309,26 @@ class EventIn(BaseModel):
     )
     timestamp: Timestamp | None = Field(
         default=None,
-        description="When it happened: RFC 3339 (UTC if no offset) or unix seconds. Missing: "
-        "taken from a UUIDv7 event_id, else the time we received it. At most 24 h ahead.",
+        description="When it happened: unix seconds (a JSON number, or a string of decimal "
+        "digits; never milliseconds), or an RFC 3339 date-time `YYYY-MM-DDTHH:MM:SS[.frac]` "
+        "with `Z` or `±HH:MM` (`T` may be a space; no offset: UTC). From 1970-01-01T00:00:00Z "
+        "to 24 h ahead of now. Missing: taken from a UUIDv7 event_id, else the time we "
+        "received it.",
     )
     properties: dict[str, Any] = Field(
-        default_factory=dict, description="Free-form JSON object, at most 32 KiB serialized."
+        default_factory=dict,
+        description="Free-form JSON object, at most 32 KiB serialized and 32 levels deep, no "
+        "NUL characters; integers in [-2^63, 2^64-1] (send larger ones as strings).",
     )
     context: dict[str, Any] | None = Field(
-        default=None, description="Optional JSON object: session id, app version, device, …"
+        default=None,
+        description="Optional JSON object (session id, app version, device, …); the same "
+        "limits as `properties`.",
     )
     product: ProductName | None = Field(
         default=None,
         description="Optional; if present it must equal the product of the API key (else 403).",
     )
-
-    @field_validator("timestamp")
-    @classmethod
-    def _not_in_the_future(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
-        if value is not None:
-            skew = _limits(info).max_future_skew
-            if value > datetime.now(UTC) + skew:
-                raise ValueError(f"timestamp is more than {_describe(skew)} in the future")
-        return value
 
     @model_validator(mode="after")
     def _uuid7_time_is_plausible(self, info: ValidationInfo) -> EventIn:
@@ -208,7 +337,7 @@ class EventIn(BaseModel):
         if self.timestamp is None and self.event_id is not None and self.event_id.version == 7:
             derived = timestamp_from_uuid7(self.event_id)
             skew = _limits(info).max_future_skew
-            if derived is None or derived > datetime.now(UTC) + skew:
+            if derived is None or timestamp_problem(derived, skew) is not None:
                 raise ValueError(
                     "event_id is a UUIDv7 whose time is invalid or more than "
                     f"{_describe(skew)} in the future; send a timestamp or a valid id"
@@ -232,7 +361,9 @@ class EventBatchIn(BaseModel):
 
     events: list[EventIn] = Field(min_length=1)
     sent_at: Timestamp | None = Field(
-        default=None, description="When the client sent this request (informational)."
+        default=None,
+        description="When the client sent this request (informational); the same forms and "
+        "range as an event's `timestamp`.",
     )
 
 

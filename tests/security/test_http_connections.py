@@ -370,3 +370,27 @@ def test_an_endless_chunked_body_is_cut_at_the_body_limit(server: ServeProcess, 
         assert response.status == 413
     finally:
         close(sock)
+
+
+def test_the_bounds_hold_in_every_worker_process(
+    settings: Settings, key: str, tmp_path: Path
+) -> None:
+    # uvicorn hands the protocol class to worker processes it spawns.
+    with serve_process(
+        settings, tmp_path, "--workers", "2", MAX_HEADER_BYTES=str(HEADER_LIMIT)
+    ) as running:
+        for _ in range(6):  # the kernel spreads connections over both workers
+            sock = connect(running.base_url)
+            try:
+                sock.sendall(post_head(key, content_length=2, extra=f"X: {'b' * HEADER_LIMIT}\r\n"))
+                response = read_response(sock)
+                assert response is not None
+                assert response.status == 431
+            finally:
+                close(sock)
+        response = httpx.post(
+            f"{running.base_url}/v1/events",
+            content=body_of(),
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert response.status_code == 202

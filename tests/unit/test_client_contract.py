@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import json
 import re
-from datetime import timedelta
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -14,8 +16,15 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from labs_analytics import events as server
+from labs_analytics.auth.keys import ApiKey, Scope
 from labs_analytics.client import _batching, _events
+from labs_analytics.errors import AppError
+from labs_analytics.ingest.service import IngestService
 from labs_analytics.settings import Settings
+
+KEY = ApiKey(key_id="0123456789ab", product="clubs", scopes=frozenset({Scope.INGEST}), key_hash="x")
+# parse() never touches the queue.
+SERVICE = IngestService(None, Settings(_env_file=None))  # type: ignore[arg-type]
 
 
 def _default(field: str) -> Any:
@@ -33,6 +42,146 @@ def test_the_limits_are_the_servers() -> None:
     assert _events.MAX_FUTURE_SKEW_SECONDS == _default("max_future_skew_seconds")
     assert _events.MAX_EVENTS_PER_REQUEST == _default("max_events_per_request") == 1000
     assert _events.MAX_BODY_BYTES == _default("max_body_bytes") == 1024 * 1024
+    assert (_events.MIN_INT, _events.MAX_INT) == (server.MIN_JSON_INT, server.MAX_JSON_INT)
+    assert _events.UNIX_SECONDS_PATTERN == server.UNIX_SECONDS_PATTERN
+    assert _events.RFC3339_PATTERN == server.RFC3339_PATTERN
+    assert _events.EARLIEST_TIMESTAMP == server.EARLIEST_TIMESTAMP
+
+
+def _server_parses(raw: bytes) -> bool:
+    """The server's verdict on a body, from its bytes (where integers are judged)."""
+    try:
+        SERVICE.parse(raw, KEY)
+    except AppError:
+        return False
+    return True
+
+
+BOUNDARY_INTEGERS = [
+    (2**63 - 1, True),
+    (2**63, True),
+    (2**64 - 1, True),
+    (2**64, False),
+    (-(2**63), True),
+    (-(2**63) - 1, False),
+]
+
+
+@pytest.mark.parametrize(("value", "accepted"), BOUNDARY_INTEGERS)
+@pytest.mark.parametrize("field", ["properties", "context"])
+def test_the_sdk_and_the_server_accept_the_same_integers(
+    value: int, accepted: bool, field: str
+) -> None:
+    # What the SDK sends, or would have sent had it not refused: the same JSON text.
+    raw = b'{"name":"check","%s":{"n":[%d]}}' % (field.encode(), value)
+    if not accepted:
+        with pytest.raises(_events.EventRejected, match="64 bits"):
+            _events.encode_event("check", **{field: {"n": [value]}})
+        assert not _server_parses(raw)
+        return
+    encoded = _events.encode_event("check", **{field: {"n": [value]}})
+    assert b'"n":[%d]' % value in encoded.data
+    assert _server_parses(raw)
+    # And what is accepted is stored exactly as sent.
+    [record] = SERVICE.parse(gzip.decompress(_body(encoded)), KEY)
+    assert getattr(record, field) == {"n": [value]}
+
+
+def _server_timestamp_ok(value: object) -> bool:
+    try:
+        server.EventIn(name="check", timestamp=value)
+    except ValidationError:
+        return False
+    return True
+
+
+def _client_timestamp_ok(value: object) -> bool:
+    try:
+        encoded = _events.encode_event("check", timestamp=value)
+    except _events.EventRejected as exc:
+        reason = exc.reason
+    else:
+        reason = None
+    if reason is not None:
+        assert reason is _events.DropReason.INVALID_TIMESTAMP
+        return False
+    # The SDK's normalised form reads back, at the server, as the same instant.
+    sent = orjson.loads(encoded.data)["timestamp"]
+    assert server.EventIn(name="check", timestamp=sent).timestamp is not None
+    return True
+
+
+TIMESTAMP_EDGES = [
+    0,
+    0.0,
+    -1,
+    -0.5,
+    "0",
+    "-1",
+    "1700000000",
+    "1700000000.5",
+    "+1700000000",
+    "1.0e9",
+    "1e9",
+    "1764547200000",
+    "+1764547200000",
+    "1970-01-01T00:00:00Z",
+    "1969-12-31T23:59:59.999999Z",
+    "1970-01-01T01:00:00+01:00",
+    "1970-01-01T00:59:59+01:00",
+    "0001-01-01T00:00:00Z",
+    "2026-01-02 03:04:05",
+    "2026-01-02T03:04:05.123456789Z",
+    "2026-01-02T03:04:05-00:00",
+    "2026-01-02t03:04:05z",
+    "2026-01-02T03:04Z",
+    "2026-01-02",
+    "20260102T030405Z",
+    "2026-W01-1T00:00:00Z",
+    "2026-02-29T00:00:00Z",
+    "2026-01-02T24:00:00Z",
+    "2026-01-02T23:59:60Z",
+    "2026-01-02T03:04:05+24:00",
+    "2026-01-02T03:04:05+0100",
+    "9999-12-31T23:59:59Z",
+    float("inf"),
+    float("nan"),
+    True,
+]
+
+
+@pytest.mark.parametrize("value", TIMESTAMP_EDGES, ids=repr)
+def test_the_sdk_and_the_server_accept_the_same_timestamps(value: object) -> None:
+    assert _client_timestamp_ok(value) == _server_timestamp_ok(value)
+
+
+def test_the_sdk_and_the_server_agree_at_the_future_limit() -> None:
+    skew = _events.MAX_FUTURE_SKEW_SECONDS
+    for offset, accepted in [(skew - 60, True), (skew + 60, False)]:
+        moment = time.time() + offset
+        text = datetime.fromtimestamp(moment, UTC).isoformat()
+        for value in (moment, text, f"{moment:.3f}"):
+            assert _client_timestamp_ok(value) == _server_timestamp_ok(value) == accepted
+
+
+RFC3339_LIKE = st.builds(
+    lambda y, mo, d, sep, h, mi, s, frac, off: f"{y}-{mo}-{d}{sep}{h}:{mi}:{s}{frac}{off}",
+    st.sampled_from(["0000", "0001", "1969", "1970", "2024", "2026", "9999"]),
+    st.integers(0, 13).map("{:02d}".format),
+    st.integers(0, 32).map("{:02d}".format),
+    st.sampled_from(["T", " ", "t", "_"]),
+    st.integers(0, 25).map("{:02d}".format),
+    st.integers(0, 61).map("{:02d}".format),
+    st.integers(0, 61).map("{:02d}".format),
+    st.sampled_from(["", ".5", ".123456", ".1234567890", "."]),
+    st.sampled_from(["", "Z", "z", "+00:00", "-00:00", "+05:30", "-23:59", "+24:00", "+0530"]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(RFC3339_LIKE | st.from_regex(r"-?[0-9]{1,11}(\.[0-9]{1,7})?", fullmatch=True))
+def test_the_sdk_and_the_server_accept_the_same_timestamp_strings(value: str) -> None:
+    assert _client_timestamp_ok(value) == _server_timestamp_ok(value), value
 
 
 def _server_accepts(body: bytes) -> bool:
@@ -113,14 +262,18 @@ def test_what_the_sdk_accepts_the_server_accepts(properties: dict[str, Any], dep
     try:
         encoded = _events.encode_event("check", properties=properties)
     except _events.EventRejected as exc:
-        # The SDK refuses a little more than the server: integers past 64 bits,
-        # which the server's parser would silently turn into floats.
         if exc.reason is _events.DropReason.INVALID_PROPERTIES and "64 bits" in exc.message:
+            # Integers past 64 bits: the server refuses them too, from the JSON text
+            # (its parser would otherwise have silently made floats of them).
+            assert not _server_parses(
+                json.dumps({"name": "check", "properties": properties}).encode()
+            )
             return
         with pytest.raises(ValidationError):
             server.EventIn(name="check", properties=properties)
         return
     assert _server_accepts(_body(encoded))
+    assert _server_parses(gzip.decompress(_body(encoded)))
 
 
 @pytest.mark.parametrize("extra", [0, 1])

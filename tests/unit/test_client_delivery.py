@@ -285,6 +285,40 @@ def test_a_422_naming_events_drops_them_and_sends_the_rest_at_once() -> None:
     assert clock.delivered_batches == [["id-0", "id-2", "id-4"]]
 
 
+def test_a_422_with_more_problems_than_listed_drops_every_event_it_names() -> None:
+    # The server lists the first problems, then one item with the totals and
+    # every invalid index: all of those are dropped in one round trip.
+    clock = FakeClock()
+    details = [{"index": 0, "field": f"x{i}", "message": "unknown field"} for i in range(20)]
+    details.append(
+        {
+            "index": None,
+            "field": None,
+            "type": "too_many_problems",
+            "message": "60 problems in 3 events; the first 20 are listed",
+            "problems": 60,
+            "invalid_events": 3,
+            "invalid_indexes": [0, 2, 4],
+        }
+    )
+    answers = iter([reply(422, {"error": "invalid_events", "details": details}), reply(202)])
+    actions = run(clock, queued(6), lambda send: next(answers))
+    sends = [a for a in actions if isinstance(a, Send)]
+    assert [events_in(s) for s in sends][1] == ["id-1", "id-3", "id-5"]
+    ((ids, error),) = clock.failures
+    assert ids == ["id-0", "id-2", "id-4"]
+    assert isinstance(error, RequestRejected)
+    assert clock.delivered_batches == [["id-1", "id-3", "id-5"]]
+
+
+def test_a_422_summary_without_indexes_drops_the_batch() -> None:
+    clock = FakeClock()
+    details = [{"index": None, "field": None, "type": "too_many_problems", "problems": 50}]
+    run(clock, queued(3), lambda send: reply(422, {"details": details}))
+    ((ids, _),) = clock.failures
+    assert ids == ["id-0", "id-1", "id-2"]
+
+
 def test_a_422_without_usable_indices_drops_the_batch() -> None:
     clock = FakeClock()
     details = [{"index": None, "field": "sent_at", "message": "bad"}]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import decimal
 import enum
 import json
+import os
+import random
+import threading
 import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
@@ -19,6 +22,7 @@ from labs_analytics.client import (
     uuid7,
 )
 from labs_analytics.client._events import (
+    RANDOM_POOL_BYTES,
     DropReason,
     EventRejected,
     UUIDv7Generator,
@@ -62,6 +66,86 @@ def test_uuid7_is_strictly_increasing_within_a_millisecond_and_past_the_counter(
     assert later > ids[-1]
 
 
+def test_uuid7_random_bits_do_not_come_from_the_random_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Whatever the application does to `random` (seeding it, or a generator
+    # as predictable as possible), ids stay unpredictable and never repeat.
+    class Predictable(random.Random):
+        def getrandbits(self, k: int) -> int:
+            return 0
+
+        def random(self) -> float:
+            return 0.0
+
+    monkeypatch.setattr(random, "Random", Predictable)
+    made = []
+    for _ in range(3):
+        random.seed(1234)
+        generator = UUIDv7Generator()
+        made += [generator.new_int(1_700_000_000_000) for _ in range(50)]
+    assert len(set(made)) == len(made)
+    rand_b = [value & (2**62 - 1) for value in made]
+    assert len(set(rand_b)) == len(rand_b)
+    # The 62 random bits are about half ones, as random bits are (not zero).
+    ones = sum(bin(bits).count("1") for bits in rand_b) / (62 * len(rand_b))
+    assert 0.4 < ones < 0.6
+
+
+def test_uuid7_random_bits_come_from_the_os(monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[int] = []
+    real = os.urandom
+
+    def urandom(n: int) -> bytes:
+        drawn.append(n)
+        return real(n)
+
+    monkeypatch.setattr(os, "urandom", urandom)
+    generator = UUIDv7Generator()
+    values = [generator.new_int(1_700_000_000_000 + i) for i in range(1000)]
+    assert drawn  # a pool of the kernel's random bytes, drawn a few times for 1000 ids
+    assert sum(drawn) < 1000 * 16 + 2 * RANDOM_POOL_BYTES
+    assert all(uuid.UUID(int=v).version == 7 for v in values)
+
+
+def test_uuid7_ids_of_a_forked_child_never_repeat_its_parents() -> None:
+    generator = UUIDv7Generator()
+    generator.new_int(1_700_000_000_000)  # a pool is drawn, partly used
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            value = generator.new_int(1_800_000_000_000)
+            os.write(write_end, value.to_bytes(16))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child = int.from_bytes(os.read(read_end, 16))
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    parent = generator.new_int(1_800_000_000_000)
+    assert child & (2**62 - 1) != parent & (2**62 - 1)
+
+
+def test_uuid7_ids_are_monotonic_from_many_threads() -> None:
+    generator = UUIDv7Generator()
+    out: list[list[str]] = [[] for _ in range(4)]
+
+    def make(slot: list[str]) -> None:
+        slot.extend(generator.new() for _ in range(2000))
+
+    threads = [threading.Thread(target=make, args=(slot,)) for slot in out]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for ids in out:
+        assert ids == sorted(ids)  # each thread sees them increase
+        assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    everything = [i for ids in out for i in ids]
+    assert len(set(everything)) == len(everything)
+
+
 def test_event_ids_and_timestamps_are_set_at_track_time() -> None:
     decoded = event()
     assert uuid.UUID(decoded["event_id"]).version == 7
@@ -83,6 +167,9 @@ def test_event_ids_and_timestamps_are_set_at_track_time() -> None:
         ("2026-01-02T03:04:05+01:00", "2026-01-02T02:04:05.000000Z"),
         (1_767_323_045, "2026-01-02T03:04:05.000000Z"),
         (1_767_323_045.5, "2026-01-02T03:04:05.500000Z"),
+        ("1767323045", "2026-01-02T03:04:05.000000Z"),  # the server reads it as seconds too
+        ("2026-01-02 03:04:05", "2026-01-02T03:04:05.000000Z"),
+        (0, "1970-01-01T00:00:00.000000Z"),
     ],
 )
 def test_timestamps_are_normalised_to_rfc3339_utc(given: object, stored: str) -> None:
@@ -90,7 +177,22 @@ def test_timestamps_are_normalised_to_rfc3339_utc(given: object, stored: str) ->
 
 
 @pytest.mark.parametrize(
-    "given", [datetime.now(UTC) + timedelta(hours=25), "yesterday", True, float("nan"), [1]]
+    "given",
+    [
+        datetime.now(UTC) + timedelta(hours=25),
+        "yesterday",
+        True,
+        float("nan"),
+        [1],
+        -1,
+        "1969-12-31T23:59:59Z",
+        datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC),
+        "1e9",
+        "+1764547200000",
+        "2026-01-02",
+        "2026-01-02T03:04Z",
+        "2026-02-30T00:00:00Z",
+    ],
 )
 def test_timestamps_the_server_would_refuse_are_refused(given: object) -> None:
     assert reason(timestamp=given) is DropReason.INVALID_TIMESTAMP

@@ -12,9 +12,13 @@ from pydantic import ValidationError
 from labs_analytics.events import (
     EVENT_LIST_ADAPTER,
     MAX_JSON_DEPTH,
+    MAX_JSON_INT,
     MAX_USER_LENGTH,
+    MIN_JSON_INT,
     EventIn,
     EventLimits,
+    may_hold_large_integers,
+    out_of_range_integers,
     timestamp_from_uuid7,
     to_record,
 )
@@ -192,7 +196,101 @@ def test_timestamp_that_cannot_be_expressed_in_utc_is_refused() -> None:
     # Year 1 at +01:00 is before the first representable UTC instant.
     error = only_error({"name": "a", "timestamp": "0001-01-01T00:00:00+01:00"})
     assert error["loc"] == ("timestamp",)
-    assert "out of range" in error["msg"]
+    assert "before 1970-01-01T00:00:00Z" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("0001-01-01T00:00:00Z", id="year-1-stored-as-minus-infinity-before"),
+        pytest.param("1969-12-31T23:59:59.999999Z", id="a-microsecond-before"),
+        pytest.param("1970-01-01T00:59:59+01:00", id="before-once-in-utc"),
+        pytest.param(-1, id="negative-seconds"),
+        pytest.param(-0.000001, id="negative-fraction"),
+        pytest.param("-1", id="negative-seconds-text"),
+        pytest.param("-1700000000", id="negative-large-text"),
+    ],
+)
+def test_timestamp_before_unix_zero_is_refused(value: object) -> None:
+    error = only_error({"name": "a", "timestamp": value})
+    assert error["loc"] == ("timestamp",)
+    assert "before 1970-01-01T00:00:00Z (unix 0)" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    "value", [0, 0.0, "0", "0.0", "1970-01-01T00:00:00Z", "1970-01-01T01:00:00+01:00"]
+)
+def test_timestamp_at_unix_zero_is_accepted(value: object) -> None:
+    assert EventIn(name="a", timestamp=value).timestamp == datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-01-01 12:00:00Z", datetime(2024, 1, 1, 12, tzinfo=UTC)),
+        ("2024-01-01T12:00:00-00:00", datetime(2024, 1, 1, 12, tzinfo=UTC)),
+        ("2024-01-01T12:00:00.5+01:00", datetime(2024, 1, 1, 11, 0, 0, 500000, tzinfo=UTC)),
+        # Digits past the microsecond are dropped, not rounded (as the SDK does).
+        ("2024-01-01T12:00:00.123456789Z", datetime(2024, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)),
+        ("1700000000.25", datetime(2023, 11, 14, 22, 13, 20, 250000, tzinfo=UTC)),
+    ],
+)
+def test_timestamp_forms_of_the_rule_are_read_as_documented(value: str, expected: datetime) -> None:
+    assert EventIn(name="a", timestamp=value).timestamp == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("+1764547200000", id="plus-sign-digits-once-read-as-milliseconds"),
+        pytest.param("1.0e9", id="exponent-once-accepted"),
+        pytest.param("1e9", id="exponent"),
+        pytest.param("+1700000000", id="plus-sign"),
+        pytest.param("1700000000.", id="trailing-dot"),
+        pytest.param(".5", id="leading-dot"),
+        pytest.param("2024-01-01", id="date-only"),
+        pytest.param("2024-01-01T12:00Z", id="no-seconds"),
+        pytest.param("20240101T120000Z", id="compact-iso-8601"),
+        pytest.param("2024-W01-1T12:00:00Z", id="week-date"),
+        pytest.param("2024-01-01T12:00:00+0100", id="offset-without-colon"),
+        pytest.param("2024-01-01T12:00:00+01", id="offset-hours-only"),
+        pytest.param("2024-01-01T12:00:00.Z", id="empty-fraction"),
+        pytest.param("2024-01-01T12:00:00,5Z", id="comma-fraction"),
+        pytest.param("2024-01-01t12:00:00z", id="lowercase"),
+        pytest.param("2024-01-01T12:00:00Z ", id="trailing-space"),
+        pytest.param("2024-01-01T12:00:00Z\n", id="trailing-newline"),
+        pytest.param("\uff12024-01-01T12:00:00Z", id="fullwidth-digit"),
+    ],
+)
+def test_timestamp_text_in_neither_form_is_refused_naming_the_field(value: str) -> None:
+    error = only_error({"name": "a", "timestamp": value})
+    assert error["loc"] == ("timestamp",)
+    assert "unix seconds" in error["msg"]
+    assert "RFC 3339" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2024-02-30T00:00:00Z",
+        "2023-02-29T00:00:00Z",
+        "2024-13-01T00:00:00Z",
+        "2024-01-01T24:00:00Z",
+        "2024-01-01T23:60:00Z",
+        "2024-01-01T23:59:60Z",
+        "2024-01-01T00:00:00+24:00",
+        "0000-01-01T00:00:00Z",
+    ],
+)
+def test_timestamp_in_the_rfc3339_shape_but_impossible_is_refused(value: str) -> None:
+    error = only_error({"name": "a", "timestamp": value})
+    assert error["loc"] == ("timestamp",)
+    assert "not a valid date-time" in error["msg"]
+
+
+@pytest.mark.parametrize("value", [[], {}, [1700000000], {"seconds": 1}])
+def test_timestamp_of_another_json_type_is_refused(value: object) -> None:
+    assert only_error({"name": "a", "timestamp": value})["loc"] == ("timestamp",)
 
 
 @pytest.mark.parametrize("value", [True, False])
@@ -350,6 +448,46 @@ def test_properties_must_be_an_object() -> None:
     assert only_error({"name": "a", "properties": [1, 2]})["loc"] == ("properties",)
 
 
+# --- integers in the JSON text -----------------------------------------------------
+
+
+def test_the_integer_range_is_signed_and_unsigned_64_bits() -> None:
+    assert (MIN_JSON_INT, MAX_JSON_INT) == (-(2**63), 2**64 - 1)
+
+
+@pytest.mark.parametrize("value", [2**63 - 1, 2**63, 2**64 - 1, -(2**63), 0, -1])
+def test_integers_within_64_bits_are_not_reported(value: int) -> None:
+    assert out_of_range_integers(f'{{"x": {value}}}'.encode()) == []
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 10**30, -(10**400)])
+def test_integers_beyond_64_bits_are_reported_with_where_they_are(value: int) -> None:
+    raw = f'{{"events": [{{"properties": {{"ok": 1, "big": [0, {value}]}}}}]}}'.encode()
+    assert may_hold_large_integers(raw)
+    [found] = out_of_range_integers(raw)
+    assert found.path == ("events", 0, "properties", "big", 1)
+    assert found.literal == str(value)
+    assert "64-bit range" in found.describe()
+    assert "as strings" in found.describe()
+
+
+def test_a_long_literal_is_shortened_in_the_message() -> None:
+    [found] = out_of_range_integers(b'{"x": ' + b"7" * 100_000 + b"}")
+    assert len(found.describe()) < 200
+    assert "100000 digits" in found.describe()
+
+
+def test_long_digit_runs_in_strings_and_floats_are_not_integers() -> None:
+    raw = b'{"id": "123456789012345678901234", "f": 123456789012345678901234.5, "e": 1e300}'
+    assert may_hold_large_integers(raw)  # the fast scan only says: look closer
+    assert out_of_range_integers(raw) == []
+
+
+def test_bodies_without_19_digit_runs_skip_the_exact_check() -> None:
+    assert not may_hold_large_integers(b'{"x": 922337203685477580, "id": "0192f0c4-8c3a"}')
+    assert may_hold_large_integers(b'{"x": -9223372036854775809}')
+
+
 # --- product and extra fields -------------------------------------------------
 
 
@@ -420,6 +558,12 @@ def test_uuid7_event_id_with_a_time_more_than_24_hours_ahead_is_refused() -> Non
     error = only_error({"name": "a", "event_id": str(future_id)})
     assert "UUIDv7" in error["msg"]
     assert "send a timestamp" in error["msg"]
+
+
+def test_uuid7_event_id_at_unix_zero_is_accepted_as_1970() -> None:
+    event = EventIn(name="a", event_id=uuid7_from_ms(0))
+    record = to_record(event, product="clubs", received_at=RECEIVED_AT)
+    assert record.timestamp == datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def test_uuid7_event_id_with_the_largest_48_bit_time_is_refused() -> None:

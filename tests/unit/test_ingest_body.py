@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import gzip
+import time
 import tracemalloc
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 
 from labs_analytics.errors import MalformedBody, PayloadTooLarge, UnsupportedEncoding
-from labs_analytics.ingest.body import IngestHeaders, gunzip, read_body
+from labs_analytics.ingest import body as body_module
+from labs_analytics.ingest.body import (
+    GZIP_INPUT_CHUNK,
+    MAX_GZIP_MEMBERS,
+    IngestHeaders,
+    gunzip,
+    read_body,
+)
+from labs_analytics.ingest.limits import RequestMeter
 
 MiB = 1024 * 1024
 
@@ -150,6 +160,99 @@ def test_gunzip_refuses_garbage_after_a_valid_member() -> None:
         gunzip(gzip.compress(b"ok") + b"trailing garbage", limit=MiB)
 
 
+# --- gzip members: linear, bounded ----------------------------------------------
+
+
+class FeedLog:
+    """Wraps zlib's decompressors to record how gunzip feeds them."""
+
+    def __init__(self) -> None:
+        self.decompressors = 0
+        self.fed: list[int] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real = zlib.decompressobj
+        log = self
+
+        class Recording:
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                log.decompressors += 1
+                self._inner = real(*args, **kwargs)
+
+            def decompress(self, data: Any, max_length: int = 0) -> bytes:
+                log.fed.append(len(data))
+                return self._inner.decompress(data, max_length)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._inner, name)
+
+        monkeypatch.setattr(body_module.zlib, "decompressobj", Recording)
+
+
+def member_bomb(members: int = 52_000) -> bytes:
+    """One tiny event, then empty gzip members: 1 MB that once cost 0.7 s of CPU."""
+    return gzip.compress(b'{"name": "tiny"}') + gzip.compress(b"") * members
+
+
+def test_a_body_of_52000_gzip_members_is_refused_after_the_cap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    feeds = FeedLog()
+    feeds.install(monkeypatch)
+    bomb = member_bomb()
+    with pytest.raises(MalformedBody, match=f"more than {MAX_GZIP_MEMBERS} members"):
+        gunzip(bomb, limit=MiB)
+    # The mechanism, not a timing: one decompressor per member up to the cap,
+    # each fed chunks of bounded size, so the work stops long before the end.
+    assert feeds.decompressors == MAX_GZIP_MEMBERS
+    assert max(feeds.fed) <= GZIP_INPUT_CHUNK
+    assert sum(feeds.fed) <= MAX_GZIP_MEMBERS * GZIP_INPUT_CHUNK
+
+
+def test_each_input_byte_is_fed_once_plus_at_most_a_chunk_per_member(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    feeds = FeedLog()
+    feeds.install(monkeypatch)
+    # Members larger than a chunk, so ends fall inside chunks: the rest of the
+    # chunk is handed back and fed again, never the rest of the body.
+    members = [gzip.compress(bytes(range(256)) * 400, compresslevel=0) for _ in range(8)]
+    data = b"".join(members)
+    assert gunzip(data, limit=10 * MiB) == (bytes(range(256)) * 400) * 8
+    assert feeds.decompressors == 8
+    assert max(feeds.fed) <= GZIP_INPUT_CHUNK
+    assert sum(feeds.fed) <= len(data) + 8 * GZIP_INPUT_CHUNK
+
+
+def test_the_member_bomb_costs_little_cpu() -> None:
+    bomb = member_bomb()
+    started = time.process_time()
+    with pytest.raises(MalformedBody):
+        gunzip(bomb, limit=MiB)
+    # Was 0.7 s; now a handful of members. Generous for a shared machine.
+    assert time.process_time() - started < 0.05
+
+
+def test_up_to_the_member_cap_every_member_is_read() -> None:
+    parts = [f"part{i},".encode() for i in range(MAX_GZIP_MEMBERS)]
+    data = b"".join(gzip.compress(part) for part in parts)
+    assert gunzip(data, limit=MiB) == b"".join(parts)
+    with pytest.raises(MalformedBody):
+        gunzip(data + gzip.compress(b"one more"), limit=MiB)
+
+
+def test_a_large_single_member_is_read_across_many_chunks() -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB, 64 chunks of input at level 0
+    assert gunzip(gzip.compress(data, compresslevel=0), limit=MiB) == data
+
+
+def test_gunzip_records_how_much_it_produced_even_when_refusing() -> None:
+    meter = RequestMeter()
+    with pytest.raises(PayloadTooLarge):
+        gunzip(gzip.compress(bytes(10 * MiB)), limit=MiB, meter=meter)
+    assert meter.decompressed == MiB + 1
+
+
 # --- read_body ----------------------------------------------------------------
 
 
@@ -210,10 +313,21 @@ async def test_identity_content_encoding_returns_the_body_as_sent(encoding: str)
 
 
 @pytest.mark.parametrize("encoding", ["br", "deflate", "zstd", "gzip, br"])
-async def test_other_content_encodings_are_unsupported(encoding: str) -> None:
+async def test_other_content_encodings_are_unsupported_before_reading(encoding: str) -> None:
+    receive = Receiver([b"data"])
     with pytest.raises(UnsupportedEncoding, match="send gzip or no encoding") as info:
-        await read(Receiver([b"data"]), {"Content-Encoding": encoding}, limit=MiB)
+        await read(receive, {"Content-Encoding": encoding}, limit=MiB)
     assert repr(encoding) in info.value.message
+    assert receive.calls == 0
+
+
+async def test_the_meter_counts_what_was_read_before_a_refusal() -> None:
+    meter = RequestMeter()
+    receive = Receiver([b"x" * 400] * 5)
+    with pytest.raises(PayloadTooLarge):
+        await read_body(receive, IngestHeaders(), limit=1000, meter=meter)
+    assert meter.received == 1200
+    assert meter.rejected_cost() == 2  # KiB, rounded up
 
 
 async def test_gzip_body_expanding_past_the_limit_is_refused() -> None:

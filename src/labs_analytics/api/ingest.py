@@ -19,14 +19,19 @@ from labs_analytics.api.state import AppState
 from labs_analytics.auth.keys import Scope as KeyScope
 from labs_analytics.errors import AppError
 from labs_analytics.events import IngestResponse
-from labs_analytics.ingest.body import IngestHeaders, read_body
+from labs_analytics.ingest.body import MAX_GZIP_MEMBERS, IngestHeaders
+from labs_analytics.ingest.problems import MAX_LISTED_PROBLEMS
 
 INGEST_PATH = "/v1/events"
 
 router = APIRouter(tags=["ingest"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "Body is not valid JSON or not valid gzip."},
+    400: {
+        "model": ErrorBody,
+        "description": "Body is not valid JSON, not valid gzip, or gzip of more than "
+        f"{MAX_GZIP_MEMBERS} members.",
+    },
     401: {"model": ErrorBody, "description": "Missing, unknown or revoked API key."},
     403: {
         "model": ErrorBody,
@@ -39,8 +44,24 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorBody, "description": "Content-Encoding other than gzip."},
     422: {
         "model": ErrorBody,
-        "description": "Invalid events; `details` names the index and "
-        "field of each problem. Nothing of the request was queued.",
+        "description": "Invalid events; nothing of the request was queued. `details` names "
+        f"the index and field of the first {MAX_LISTED_PROBLEMS} problems; when there are more, "
+        "a last item of type `too_many_problems` gives the totals (`problems`, "
+        "`invalid_events`) and the index of every invalid event (`invalid_indexes`). Integers "
+        "must lie in [-2^63, 2^64-1] (send larger ones as strings); timestamps are unix seconds "
+        "or RFC 3339, from 1970-01-01T00:00:00Z to 24 h ahead.",
+    },
+    429: {
+        "model": ErrorBody,
+        "description": "The key sent more events per second than its rate, or more refused "
+        "work: a refused request (400, 403 for another product, 413, 415, 422) costs "
+        "max(1, its events, its KiB). Retry after `Retry-After` seconds; until then the key is "
+        "refused without its body being read.",
+    },
+    500: {
+        "model": ErrorBody,
+        "description": "An error of ours (`internal_error`), or the queue refused these events "
+        "with an error that is not an outage (`queue_error`); nothing was acknowledged.",
     },
     503: {
         "model": ErrorBody,
@@ -104,8 +125,7 @@ async def ingest_events(request: Request) -> Response:
 async def ingest(state: AppState, headers: IngestHeaders, receive: Receive) -> bytes:
     """Authorize, read, validate and queue one request; the 202 body, or an AppError."""
     key = await authorize(state, headers.authorization, KeyScope.INGEST)
-    raw = await read_body(receive, headers, limit=state.settings.max_body_bytes)
-    ids = await state.ingest.accept(raw, key)
+    ids = await state.ingest.accept(key, headers, receive)
     return orjson.dumps({"accepted": len(ids), "ids": ids})
 
 

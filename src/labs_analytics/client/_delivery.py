@@ -150,16 +150,28 @@ def _rejected(reply: Reply, events: Sequence[QueuedEvent]) -> RequestRejected:
 
 
 def _invalid_indices(reply: Reply, count: int) -> set[int] | None:
-    """The indices a 422 names, if it names every problem by a valid index."""
+    """The indices a 422 names, if it names every invalid event by a valid index.
+
+    The server lists the first problems in detail; when there are more, a last
+    item of type ``too_many_problems`` carries ``invalid_indexes``, every
+    invalid event's index.
+    """
     details = _error_body(reply.content).get("details")
     if not isinstance(details, list) or not details:
         return None
     indices: set[int] = set()
     for detail in details:
-        index = detail.get("index") if isinstance(detail, dict) else None
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
-            return None
-        indices.add(index)
+        if isinstance(detail, dict) and detail.get("type") == "too_many_problems":
+            named = detail.get("invalid_indexes")
+            if not isinstance(named, list) or not named:
+                return None
+            candidates = named
+        else:
+            candidates = [detail.get("index") if isinstance(detail, dict) else None]
+        for index in candidates:
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < count:
+                return None
+            indices.add(index)
     return indices
 
 

@@ -9,7 +9,7 @@ into a 422.
 
 An event is serialized exactly once, when it is tracked. A retry sends the same
 bytes, with the same ``event_id`` and ``timestamp``, which is what lets the
-server store it once (its primary key is ``(timestamp, event_id)``).
+server store it once (its primary key is ``(timestamp, product, event_id)``).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import enum
 import json
 import math
 import os
-import random
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 # --- the contract (copied from labs_analytics.events and settings; a test keeps them equal)
@@ -36,16 +36,28 @@ MAX_PROPERTIES_BYTES = 32 * 1024  # properties, and context, serialized
 MAX_FUTURE_SKEW_SECONDS = 24 * 3600
 MAX_EVENTS_PER_REQUEST = 1000
 MAX_BODY_BYTES = 1024 * 1024  # after decompression
-# orjson, which the server parses with, represents integers exactly in this range;
-# beyond it a number silently becomes a float, or (past 1e308) the body is refused.
+# JSON integers must lie in the signed/unsigned 64-bit range (the server's
+# MIN_JSON_INT, MAX_JSON_INT): orjson, which it parses with, would turn a larger
+# literal into a float, so the server refuses one; send larger numbers as strings.
 MIN_INT = -(2**63)
 MAX_INT = 2**64 - 1
+# Timestamps (the server's rule, see labs_analytics.events): unix seconds, as a
+# number or a string of decimal digits, or an RFC 3339 date-time (`T` or a
+# space; no offset: UTC), from 1970-01-01T00:00:00Z to MAX_FUTURE_SKEW_SECONDS
+# ahead; read with datetime.fromisoformat, as the server does.
+UNIX_SECONDS_PATTERN = r"-?[0-9]+(\.[0-9]+)?"
+RFC3339_PATTERN = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})?"
+)
+EARLIEST_TIMESTAMP = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 # fullmatch, not match: with ``match`` the ``$`` would accept a trailing newline,
 # which the server's (Rust) regex refuses.
 _NAME = re.compile(EVENT_NAME_PATTERN)
 # In JSON text, a run of 19+ digits may be an integer that does not fit in 64 bits.
 _LONG_DIGITS = re.compile(r"[0-9]{19}")
+_UNIX_SECONDS = re.compile(UNIX_SECONDS_PATTERN, re.ASCII)
+_RFC3339 = re.compile(RFC3339_PATTERN, re.ASCII)
 
 
 class DropReason(enum.StrEnum):
@@ -80,6 +92,11 @@ class EncodedEvent(NamedTuple):
 # --- UUIDv7 ------------------------------------------------------------------------------
 
 
+# Random bits are drawn from the OS this many bytes at a time: one getrandom()
+# call per ~500 ids rather than one per id.
+RANDOM_POOL_BYTES = 4096
+
+
 class UUIDv7Generator:
     """RFC 9562 UUIDv7: 48-bit unix milliseconds, version 7, variant 0b10, random bits.
 
@@ -87,35 +104,49 @@ class UUIDv7Generator:
     millisecond (below 2048, leaving room to count up), so ids made by one
     process are strictly increasing even within a millisecond. If the counter
     overflows, or the clock steps back, the millisecond is advanced past the
-    last one used (RFC 9562 §6.2, method 1). The 62 ``rand_b`` bits come from
-    a private generator seeded by ``os.urandom``: an application calling
-    ``random.seed()`` cannot make two processes produce the same ids, and
-    ``reseed()`` runs in a forked child so it does not repeat its parent's.
+    last one used (RFC 9562 §6.2, method 1). The 62 ``rand_b`` bits, and the
+    counter's seeds, come from ``os.urandom`` (the kernel's CSPRNG), read in
+    pools of ``RANDOM_POOL_BYTES``: ids seen from outside reveal nothing about
+    the next ones (``random.Random`` can be predicted from 624 outputs), and
+    ``random.seed()`` in the application cannot touch them. A forked child
+    drops the pool it inherited (``reseed()``, registered with
+    ``os.register_at_fork``), so parent and child never make the same id.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._rng = random.Random(os.urandom(32))
+        self._pool: Sequence[int] = ()
+        self._pos = 0
         self._last_ms = -1
         self._counter = 0
         self._prefix: tuple[int, str] = (-1, "")
+        # Weakly: a generator that is gone needs no reseeding.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reseed(ref))
 
     def reseed(self) -> None:
         self._lock = threading.Lock()
-        self._rng = random.Random(os.urandom(32))
+        self._pool, self._pos = (), 0
 
     def new_int(self, unix_ms: int) -> int:
         with self._lock:
+            pool, i = self._pool, self._pos
+            if i + 2 > len(pool):  # an id takes at most two 64-bit words
+                pool = self._pool = memoryview(os.urandom(RANDOM_POOL_BYTES)).cast("Q")
+                i = 0
             if unix_ms > self._last_ms:
                 self._last_ms = unix_ms
-                self._counter = self._rng.getrandbits(11)
+                self._counter = pool[i] >> 53  # 11 bits
+                i += 1
             else:
                 self._counter += 1
                 if self._counter > 0xFFF:
                     self._last_ms += 1
-                    self._counter = self._rng.getrandbits(11)
+                    self._counter = pool[i] >> 53
+                    i += 1
+            rand_b = pool[i] >> 2  # 62 bits
+            self._pos = i + 1
             ms, counter = self._last_ms, self._counter
-            rand_b = self._rng.getrandbits(62)
         return (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
 
     def new(self, unix_ms: int | None = None) -> str:
@@ -130,6 +161,12 @@ class UUIDv7Generator:
             self._prefix = (ms, prefix)
         low = value & 0xFFFF_FFFF_FFFF_FFFF
         return f"{prefix}{value >> 64 & 0xFFF:03x}-{low >> 48:04x}-{low & 0xFFFF_FFFF_FFFF:012x}"
+
+
+def _reseed(ref: weakref.ref[UUIDv7Generator]) -> None:
+    generator = ref()
+    if generator is not None:
+        generator.reseed()
 
 
 _GENERATOR = UUIDv7Generator()
@@ -175,38 +212,47 @@ def _format_datetime(value: dt.datetime) -> str:
 
 def _timestamp(value: object, now_ns: int) -> str:
     """The event's timestamp as RFC 3339 UTC; refused if the server would refuse it."""
+    invalid = DropReason.INVALID_TIMESTAMP
+    if isinstance(value, str):
+        if _UNIX_SECONDS.fullmatch(value):
+            value = float(value)  # unix seconds, never milliseconds
+        elif _RFC3339.fullmatch(value):
+            try:
+                value = dt.datetime.fromisoformat(value)
+            except ValueError as exc:
+                raise EventRejected(invalid, f"timestamp is not a valid date-time: {exc}") from exc
+        else:
+            raise EventRejected(
+                invalid,
+                f"not a timestamp: {value[:64]!r}; send unix seconds or an RFC 3339 "
+                "date-time such as 2026-11-27T16:20:00Z",
+            )
     if isinstance(value, dt.datetime):
         moment = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-    elif isinstance(value, str):
         try:
-            moment = dt.datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise EventRejected(
-                DropReason.INVALID_TIMESTAMP, f"not an RFC 3339 timestamp: {value!r}"
-            ) from exc
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.UTC)
+            moment = moment.astimezone(dt.UTC)
+        except OverflowError as exc:  # year 1 at a positive offset: before 1970 anyway
+            raise EventRejected(invalid, "timestamp is before 1970-01-01T00:00:00Z") from exc
     elif isinstance(value, int | float) and not isinstance(value, bool):
         if not math.isfinite(value):
-            raise EventRejected(DropReason.INVALID_TIMESTAMP, "timestamp must be finite")
+            raise EventRejected(invalid, "timestamp must be finite")
+        if value < 0:
+            raise EventRejected(invalid, "timestamp is before 1970-01-01T00:00:00Z")
         try:
             moment = dt.datetime.fromtimestamp(value, tz=dt.UTC)
         except (OverflowError, OSError, ValueError) as exc:
-            raise EventRejected(DropReason.INVALID_TIMESTAMP, "timestamp is out of range") from exc
+            raise EventRejected(invalid, "timestamp is out of range") from exc
     else:
         raise EventRejected(
-            DropReason.INVALID_TIMESTAMP,
+            invalid,
             f"timestamp must be a datetime, an RFC 3339 string or unix seconds, "
             f"not {type(value).__name__}",
         )
-    try:
-        ahead = (moment - dt.datetime.fromtimestamp(now_ns / 1e9, tz=dt.UTC)).total_seconds()
-    except OverflowError as exc:
-        raise EventRejected(DropReason.INVALID_TIMESTAMP, "timestamp is out of range") from exc
+    if moment < EARLIEST_TIMESTAMP:
+        raise EventRejected(invalid, "timestamp is before 1970-01-01T00:00:00Z")
+    ahead = (moment - dt.datetime.fromtimestamp(now_ns / 1e9, tz=dt.UTC)).total_seconds()
     if ahead > MAX_FUTURE_SKEW_SECONDS:
-        raise EventRejected(
-            DropReason.INVALID_TIMESTAMP, "timestamp is more than 24 h in the future"
-        )
+        raise EventRejected(invalid, "timestamp is more than 24 h in the future")
     return _format_datetime(moment)
 
 

@@ -8,6 +8,18 @@ Concurrent requests share the call: appends made while the event loop is busy
 go to Redis together, as one script call, and each request still waits for
 its own verdict before answering (nothing is acknowledged before Redis
 confirmed it).
+
+**Errors are classified, not all taken for an outage.** What Redis answers
+when it cannot serve anyone for now — connection errors, timeouts, and the
+error replies ``LOADING``, ``BUSY``, ``READONLY``, ``MISCONF``,
+``MASTERDOWN``, ``TRYAGAIN``, ``CLUSTERDOWN``, ``NOREPLICAS`` — raises
+``QueueWriteFailed`` (the caller spools). ``OOM`` is overload
+(``BacklogFull``). Any other error reply (``WRONGTYPE``, a script error) is
+that request's own failure, ``AppendRefused``: Redis is up, other requests
+go on, nothing is spooled. Inside the script each entry's commands run under
+``redis.pcall``, so one entry's error is its own verdict and never aborts the
+entries sharing its call. A rate limit the script cannot use (not finite,
+not positive) never reaches it: ``InvalidRateLimit``.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from labs_analytics.events import EventRecord
@@ -31,12 +44,18 @@ from labs_analytics.queue.entries import encode_entry
 #   backlog_limit 0 = none; one argument rather than six, as packing arguments
 #   is a measurable share of the hot path), then the fields as name, value pairs.
 # Returns three values per entry: 'ok', entry id, backlog | 'rate', seconds to
-#   wait, '' | 'backlog', backlog, ''.
+#   wait, '' | 'backlog', backlog, '' | 'error', the error reply, ''.
 # The bucket keys are passed as arguments, not KEYS, because one call serves
 # many API keys; that is fine on a single Redis (not on Redis Cluster).
+# The bucket is written only once the XADD succeeded: a failed entry costs no tokens.
 APPEND_SCRIPT = """
 local results = {}
 local backlog = tonumber(redis.call('GET', KEYS[2]) or '0')
+if backlog == nil or backlog ~= math.floor(backlog) then
+  -- Checked before any XADD: a failing INCRBY at the end would fail the
+  -- whole call after its entries were added.
+  return redis.error_reply('ERR the backlog counter is not an integer')
+end
 local added = 0
 local now = nil
 local i = 2
@@ -49,6 +68,7 @@ for _ = 1, tonumber(ARGV[1]) do
   i = last + 1
   local verdict = 'ok'
   local detail = ''
+  local tokens = nil
   if max_backlog > 0 and backlog + added + n > max_backlog then
     verdict, detail = 'backlog', tostring(backlog + added)
   elseif rate > 0 then
@@ -56,24 +76,34 @@ for _ = 1, tonumber(ARGV[1]) do
       local t = redis.call('TIME')
       now = tonumber(t[1]) + tonumber(t[2]) / 1000000
     end
-    local bucket = redis.call('HMGET', bucket_key, 'tokens', 'ts')
-    local tokens = tonumber(bucket[1]) or burst
-    local ts = tonumber(bucket[2]) or now
-    tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-    if tokens < n then
-      verdict, detail = 'rate', tostring((n - tokens) / rate)
+    local bucket = redis.pcall('HMGET', bucket_key, 'tokens', 'ts')
+    if bucket.err then
+      verdict, detail = 'error', bucket.err
     else
-      redis.call('HSET', bucket_key, 'tokens', tostring(tokens - n), 'ts', tostring(now))
-      redis.call('PEXPIRE', bucket_key, math.ceil(burst / rate * 1000) + 1000)
+      tokens = tonumber(bucket[1]) or burst
+      local ts = tonumber(bucket[2]) or now
+      tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+      if tokens < n then
+        verdict, detail = 'rate', tostring((n - tokens) / rate)
+      end
     end
   end
   if verdict == 'ok' then
-    local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
-    added = added + n
-    results[#results + 1] = 'ok'
-    results[#results + 1] = id
-    results[#results + 1] = tostring(backlog + added)
-  else
+    local id = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, first, last))
+    if type(id) == 'table' and id.err then
+      verdict, detail = 'error', id.err
+    else
+      if tokens ~= nil then
+        redis.pcall('HSET', bucket_key, 'tokens', tostring(tokens - n), 'ts', tostring(now))
+        redis.pcall('PEXPIRE', bucket_key, math.ceil(burst / rate * 1000) + 1000)
+      end
+      added = added + n
+      results[#results + 1] = 'ok'
+      results[#results + 1] = id
+      results[#results + 1] = tostring(backlog + added)
+    end
+  end
+  if verdict ~= 'ok' then
     results[#results + 1] = verdict
     results[#results + 1] = detail
     results[#results + 1] = ''
@@ -85,6 +115,41 @@ end
 return results
 """
 
+# KEYS: the key's bucket. ARGV: cost, rate, burst.
+# Takes ``cost`` tokens whatever the bucket holds (refused work was done
+# already), down to at most -burst, and returns the tokens left. The bucket
+# expires only once it would have refilled, so a debt is never forgotten early.
+DEBIT_SCRIPT = """
+local cost, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(bucket[1]) or burst
+local ts = tonumber(bucket[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+tokens = math.max(-burst, tokens - cost)
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return tostring(tokens)
+"""
+
+# Error replies that mean Redis cannot serve anyone for now (the caller spools).
+OUTAGE_ERROR_CODES = frozenset(
+    {
+        "LOADING",
+        "BUSY",
+        "READONLY",
+        "MISCONF",
+        "MASTERDOWN",
+        "TRYAGAIN",
+        "CLUSTERDOWN",
+        "NOREPLICAS",
+    }
+)
+# The longest a bucket may take to refill, in seconds: beyond it the script's
+# expiry (in ms) would no longer be an integer Redis accepts.
+MAX_BUCKET_SECONDS = 10**8
+
 # One script call carries at most this many entries or bytes; a larger burst
 # of requests becomes several calls in one write.
 MAX_ENTRIES_PER_CALL = 128
@@ -94,7 +159,16 @@ MAX_IDLE_CONNECTIONS = 4
 
 
 class QueueWriteFailed(Exception):
-    """Redis did not confirm the append: the events are not durable there."""
+    """Redis did not confirm the append and looks unavailable: spool the events."""
+
+
+class AppendRefused(Exception):
+    """Redis answered this append with an error that is not an outage (a script or
+    command error): this request fails, Redis is not down, nothing is spooled."""
+
+
+class InvalidRateLimit(ValueError):
+    """A rate limit the token bucket cannot use (not finite, not positive)."""
 
 
 class BacklogFull(Exception):
@@ -120,6 +194,56 @@ class RateLimit:
     def unlimited(cls) -> RateLimit:
         return cls(0, 0)
 
+    @property
+    def is_unlimited(self) -> bool:
+        return self.events_per_second == 0 and self.burst == 0
+
+    def check(self) -> None:
+        """Raise ``InvalidRateLimit`` unless this is ``unlimited()`` or a usable bucket.
+
+        Defence in depth: keys are validated when created, but a rate the
+        script cannot compute with would fail every entry sharing its call.
+        """
+        if self.is_unlimited:
+            return
+        rate, burst = self.events_per_second, self.burst
+        if not (
+            isinstance(rate, int | float)
+            and isinstance(burst, int | float)
+            and math.isfinite(rate)
+            and math.isfinite(burst)
+            and rate > 0
+            and burst > 0
+            and burst / rate <= MAX_BUCKET_SECONDS
+        ):
+            raise InvalidRateLimit(f"unusable rate limit: {rate!r} events/s, burst {burst!r}")
+
+
+def classify_error(exc: BaseException) -> type[Exception]:
+    """What a failed Redis call means: ``QueueWriteFailed`` (an outage: spool),
+    ``BacklogFull`` (out of memory: overload) or ``AppendRefused`` (this request's error)."""
+    if isinstance(exc, ResponseError):
+        return classify_error_reply(_error_code(exc))
+    return QueueWriteFailed  # connection errors, timeouts: Redis is away
+
+
+def classify_error_reply(code: str) -> type[Exception]:
+    """The same, for an error reply's code (its first word: ``WRONGTYPE``, ``LOADING``…)."""
+    if code in OUTAGE_ERROR_CODES:
+        return QueueWriteFailed
+    if code == "OOM":
+        return BacklogFull
+    return AppendRefused
+
+
+def _error_code(exc: ResponseError) -> str:
+    # redis-py strips the code of the replies it maps to a class and keeps it
+    # as ``status_code``; other replies keep it as their first word.
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code
+    return str(exc).split(" ", 1)[0]
+
 
 @dataclass(frozen=True, slots=True)
 class Appended:
@@ -135,6 +259,7 @@ class StreamProducer:
         self._keys = (stream_key.encode(), backlog_key.encode())
         self._backlog_max = backlog_max_events
         self._sha: str | None = None
+        self._debit_script: AsyncScript | None = None
         self._waiting: list[_Waiting] = []
         self._sending: set[asyncio.Task[None]] = set()
         self._idle: list[AbstractConnection] = []
@@ -170,6 +295,7 @@ class StreamProducer:
         rate_key: str = "",
         enforce_backlog: bool = True,
     ) -> Appended:
+        rate_limit.check()
         backlog_limit = self._backlog_max if enforce_backlog else 0
         header = (
             f"{events} {rate_limit.events_per_second!r} {rate_limit.burst!r} {backlog_limit} "
@@ -180,19 +306,37 @@ class StreamProducer:
             args += (name, value)
         try:
             reply = await self._call(args)
-        except ResponseError as exc:
-            if "OOM" in str(exc):
-                # maxmemory reached under noeviction: overload, not an outage.
-                raise BacklogFull(-1) from exc
-            raise QueueWriteFailed(f"{type(exc).__name__}: {exc}") from exc
         except (RedisError, OSError, TimeoutError) as exc:
-            raise QueueWriteFailed(f"{type(exc).__name__}: {exc}") from exc
+            raise _failure(classify_error(exc), f"{type(exc).__name__}: {exc}") from exc
         status, detail, backlog = (_text(part) for part in reply)
-        if status == "backlog":
-            raise BacklogFull(int(float(detail)))
+        if status == "ok":
+            return Appended(entry_id=detail, backlog=int(backlog))
         if status == "rate":
             raise RateLimited(float(detail))
-        return Appended(entry_id=detail, backlog=int(backlog))
+        if status == "backlog":
+            raise BacklogFull(int(float(detail)))
+        # 'error': this entry's command failed inside the script.
+        raise _failure(classify_error_reply(detail.split(" ", 1)[0]), detail)
+
+    async def debit(self, rate_key: str, cost: int, rate_limit: RateLimit) -> float | None:
+        """Take ``cost`` tokens from a key's bucket for refused work; the tokens left.
+
+        None for an unlimited key (it has no bucket). Raises the classified
+        error (see ``classify_error``) if Redis did not answer.
+        """
+        rate_limit.check()
+        if rate_limit.is_unlimited:
+            return None
+        if self._debit_script is None:
+            self._debit_script = self._redis.register_script(DEBIT_SCRIPT)
+        try:
+            left = await self._debit_script(
+                keys=[rate_key],
+                args=[cost, repr(rate_limit.events_per_second), repr(rate_limit.burst)],
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _failure(classify_error(exc), f"{type(exc).__name__}: {exc}") from exc
+        return float(_text(left))
 
     async def _call(self, args: list[bytes]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -310,3 +454,9 @@ def retry_after(seconds: float) -> int:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _failure(kind: type[Exception], message: str) -> Exception:
+    if kind is BacklogFull:
+        return BacklogFull(-1)  # maxmemory reached under noeviction: overload, not an outage
+    return kind(message)

@@ -7,6 +7,13 @@
 - **Overload is not an outage.** A full backlog, Redis near its maxmemory, or
   a key over its rate are refused (503, 429) and not spooled: the spool is for
   keeping promises through failures, not for absorbing more than we can flush.
+- **A request's own error is not an outage either.** An error reply that is
+  not outage-like (a script error, ``WRONGTYPE``) fails that request
+  (``AppendRefused``); Redis is not marked down and nothing is spooled, so one
+  broken key or entry cannot send everyone's traffic around the limits.
+- **The spool keeps the limits.** While Redis is away, each key's rate is held
+  by a token bucket in this process (``LocalBuckets``: same rate and burst),
+  and the spool by its own size bound (``SPOOL_MAX_BYTES``, then 503).
 - **Maintenance** (``run``): probe Redis while it is down, replay the spool
   once it answers, watch Redis memory.
 """
@@ -25,11 +32,14 @@ from redis.exceptions import RedisError
 from labs_analytics import metrics
 from labs_analytics.events import EventRecord
 from labs_analytics.logs import get_logger
+from labs_analytics.queue.buckets import LocalBuckets
 from labs_analytics.queue.entries import encode_entry
 from labs_analytics.queue.producer import (
+    AppendRefused,
     BacklogFull,
     QueueWriteFailed,
     RateLimit,
+    RateLimited,
     StreamProducer,
 )
 from labs_analytics.queue.spool import Spool, SpooledEntry, SpoolFull, SpoolWriteFailed
@@ -72,12 +82,17 @@ class EventQueue:
         self.spool = spool
         self._memory_max_ratio = memory_max_ratio
         self._down_until = 0.0
+        self._local_buckets = LocalBuckets()
         self.health = QueueHealth()
 
     async def append(
         self, records: Sequence[EventRecord], *, rate_limit: RateLimit, rate_key: str
     ) -> Destination:
-        """Make the events durable; raise RateLimited, Overloaded or QueueDown otherwise."""
+        """Make the events durable; raise RateLimited, Overloaded or QueueDown otherwise.
+
+        Also ``AppendRefused`` (Redis refused this request with an error that is
+        not an outage) and ``InvalidRateLimit``: this request fails, no other.
+        """
         if self._memory_pressure():
             raise Overloaded(f"Redis memory is above {self._memory_max_ratio:.0%} of maxmemory")
         fields = encode_entry(records)
@@ -94,18 +109,40 @@ class EventQueue:
                 self.health.backlog_events = appended.backlog
                 metrics.ACCEPTED_INTO_REDIS.inc(len(records))
                 return "redis"
-        return await self._append_to_spool(fields, len(records))
+        return await self._append_to_spool(fields, len(records), rate_limit, rate_key)
 
-    async def _append_to_spool(self, fields: dict[bytes, bytes], events: int) -> Destination:
+    async def _append_to_spool(
+        self, fields: dict[bytes, bytes], events: int, rate_limit: RateLimit, rate_key: str
+    ) -> Destination:
         if self.spool is None:
             raise QueueDown("Redis is unreachable and no spool is configured")
+        wait = self._local_buckets.take(rate_key, events, rate_limit)
+        if wait is not None:
+            raise RateLimited(wait)
         try:
             await self.spool.append(fields, events)
         except (SpoolFull, SpoolWriteFailed) as exc:
+            self._local_buckets.give_back(rate_key, events, rate_limit)
             raise QueueDown(f"Redis is unreachable and the spool refused: {exc}") from exc
         metrics.EVENTS_SPOOLED.inc(events)
         metrics.ACCEPTED_INTO_SPOOL.inc(events)
         return "spool"
+
+    async def debit(self, rate_key: str, cost: int, rate_limit: RateLimit) -> float | None:
+        """Charge refused work to a key's bucket; the tokens left (None: unlimited key).
+
+        The shared bucket in Redis while Redis answers, this process's own
+        otherwise. Never raises for Redis trouble: the request is refused
+        anyway, and an outage must not turn refusals into errors.
+        """
+        if time.monotonic() >= self._down_until:
+            try:
+                return await self._producer.debit(rate_key, cost, rate_limit)
+            except QueueWriteFailed as exc:
+                self._mark_down(exc)  # as an append would: the next ones do not wait
+            except (BacklogFull, AppendRefused) as exc:
+                log.warning("queue.debit_failed", error=str(exc))
+        return self._local_buckets.debit(rate_key, cost, rate_limit)
 
     def _mark_down(self, exc: Exception) -> None:
         if self.health.redis_up:
@@ -154,7 +191,7 @@ class EventQueue:
             return
         try:
             replayed = await self.spool.replay(self._replay_entries)
-        except (QueueWriteFailed, BacklogFull) as exc:
+        except (QueueWriteFailed, BacklogFull, AppendRefused) as exc:
             log.warning("spool.replay_paused", error=str(exc))
             return
         if replayed:

@@ -3,7 +3,19 @@
 A 202 during a Redis outage means the events are fsync'd here. Layout: a
 directory of append-only segment files, ``<ns>-<pid>-<seq>.spool``; each
 process writes only its own segment, holding an exclusive ``flock`` on it for
-as long as it appends. Each record is a frame::
+as long as it appends. Several processes may share the directory:
+
+- **A segment is its writer's from birth.** It is created under a name replay
+  never reads (``….spool.creating``), locked, and only then renamed to its
+  ``.spool`` name (the lock stays with the open file). No replayer can claim
+  it in between and delete it while its writer appends, unseen, to a file
+  that no longer has a name.
+- **A segment is replayed by one process at a time.** A replayer takes the
+  segment's lock without waiting; a segment being written (locked by its
+  writer) or being replayed (locked by another replayer) is skipped, and one
+  already deleted by the replayer before is recognised and skipped too.
+
+Each record is a frame::
 
     b"LS" | length (u32) | crc32 (u32) | events (u32) | stream entry fields (JSON)
 
@@ -13,7 +25,7 @@ the next fsync covers all of them, so concurrent requests share the cost.
 **Replay.** Once Redis answers, sealed segments (ours, and those of processes
 that died) are read in order, appended to the stream, and deleted. A crash
 in the middle replays the segment again; the flusher's dedup on
-(timestamp, event_id) makes that harmless. A torn last frame (a crash during
+(timestamp, product, event_id) makes that harmless. A torn last frame (a crash during
 a write that was never acknowledged) is ignored; a corrupt frame elsewhere
 keeps the file aside as ``.corrupt`` and is logged loudly.
 """
@@ -40,6 +52,10 @@ log = get_logger(__name__)
 MAGIC = b"LS"
 HEADER = struct.Struct(">2sIII")  # magic, body length, crc32 of body, events
 SUFFIX = ".spool"
+CREATING_SUFFIX = ".creating"  # a segment being born: never replayed
+# A ``.creating`` file older than this belongs to a process that died between
+# creating and naming it (it is empty: nothing is written before the rename).
+STALE_CREATING_SECONDS = 60.0
 
 
 class SpoolFull(Exception):
@@ -151,9 +167,20 @@ class Spool:
         self._seq += 1
         name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}{SUFFIX}"
         path = self.directory / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": replayers skip it
-        _fsync_dir(self.directory)  # the new name itself must survive a crash
+        # Owned from birth: locked under a name replay does not read, then named.
+        # Created with its final name, another process's replay could claim the
+        # empty file before our lock and unlink it, and every event we then
+        # fsync'd into it would be lost.
+        creating = path.with_name(name + CREATING_SUFFIX)
+        fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # "being written": replayers skip it
+            os.rename(creating, path)  # the lock is the open file's: it stays
+            _fsync_dir(self.directory)  # the new name itself must survive a crash
+        except BaseException:
+            os.close(fd)
+            creating.unlink(missing_ok=True)
+            raise
         self._fd, self._path, self._size = fd, path, 0
 
     def _seal_locked(self) -> None:
@@ -203,6 +230,7 @@ class Spool:
         """
         if self._fd is not None:
             await self.seal()
+        await asyncio.to_thread(self._remove_stale_creating)
         replayed = 0
         for path in self.segments():
             claimed = await asyncio.to_thread(_claim, path)
@@ -230,6 +258,18 @@ class Spool:
             finally:
                 os.close(fd)
         return replayed
+
+    def _remove_stale_creating(self) -> None:
+        try:
+            births = list(self.directory.glob(f"*{SUFFIX}{CREATING_SUFFIX}"))
+        except OSError:
+            return
+        for path in births:
+            try:
+                if time.time() - path.stat().st_mtime > STALE_CREATING_SECONDS:
+                    path.unlink()
+            except OSError:
+                continue
 
 
 def _claim(path: Path) -> tuple[int, bytes] | None:
