@@ -20,6 +20,11 @@ descriptors. ``BoundedHttpToolsProtocol`` adds, per connection:
   oldest one that never completed a request head (silent or dripping), one
   whose head or body has stalled, the longest-idle keep-alive one; when every
   connection is working it gets a 503.
+- **Bodies we will not read.** A request answered before its body arrived
+  (refused early: 401, 413, a limited key's 429) is not drained: the server
+  half-closes, discards at most ``LINGER_BYTES`` for ``LINGER_SECONDS`` so
+  the client can read the answer, and closes. A hostile client cannot make
+  us receive megabytes we already refused.
 - **Upgrades we do not speak.** An ``Upgrade: h2c`` request (``curl --http2``
   over http) is served as the plain HTTP/1.1 request it also is, as RFC 9110
   allows; uvicorn would drop its body.
@@ -55,7 +60,13 @@ RESERVED_DESCRIPTORS = 128
 # A request that received nothing for this long may be evicted at the connection cap.
 STALL_SECONDS = 1.0
 
-Deadline = Literal["head", "body"]
+# After answering a request whose body has not all arrived (refused early: 401,
+# 413, 429 before reading), how long and how much more of it we accept to
+# discard before closing: enough for the client to read the answer.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
+
+Deadline = Literal["head", "body", "linger"]
 
 
 class ConnectionLimits(NamedTuple):
@@ -137,6 +148,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline_kind: Deadline | None = None
         self._upgrade_ignored = False
         self._unproven: dict[BoundedHttpToolsProtocol, None] = {}
+        self._lingered: int | None = None  # bytes discarded since the early answer
 
     # --- connection ------------------------------------------------------------
 
@@ -211,6 +223,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
         self._last_data_at = time.monotonic()
+        if self._lingered is not None:
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES:
+                self.transport.close()
+            return
         if self._in_head:
             self._head_bytes += len(data)
         try:
@@ -268,6 +285,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        if self.cycle.more_body and not self.transport.is_closing():
+            self.server_state.total_requests += 1
+            self._linger()
+            return
+        super().on_response_complete()
+
+    def _linger(self) -> None:
+        """Answered before the body arrived: let the client read the answer, then close."""
+        self._lingered = 0
+        self._unset_keepalive_if_required()
+        self.flow.resume_reading()  # discard, rather than let the kernel buffer fill
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._arm("linger", LINGER_SECONDS)
+
     # --- refusing ----------------------------------------------------------------
 
     def _refuse_oversized_head(self) -> None:
@@ -313,6 +346,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _deadline_passed(self) -> None:
         kind, self._deadline, self._deadline_kind = self._deadline_kind, None, None
         if self.transport.is_closing():
+            return
+        if kind == "linger":
+            self.transport.close()
             return
         metrics.CONNECTIONS_REFUSED.labels(f"{kind}_timeout").inc()
         if kind == "head" and self._head_bytes == 0:
