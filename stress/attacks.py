@@ -55,6 +55,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from bench import git_commit  # noqa: E402  (stress/ is this script's folder)
+
 from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
 from labs_analytics.storage import migrations  # noqa: E402
 
@@ -419,7 +421,7 @@ def write_report(
     lines = [
         "## Under attack",
         "",
-        f"Written by `make attacks` (stress/attacks.py). {when}, commit `{_commit()}`, "
+        f"Written by `make attacks` (stress/attacks.py). {when}, commit `{git_commit()}`, "
         f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python "
         f"{platform.python_version()}; one `serve` worker held to {DESCRIPTOR_LIMIT} "
         f"descriptors; a quiet client sends one event every {QUIET_INTERVAL * 1000:.0f} ms on "
@@ -447,19 +449,6 @@ def write_report(
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=ROOT,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

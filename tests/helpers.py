@@ -85,14 +85,28 @@ ApiFactory = Callable[..., contextlib.AbstractAsyncContextManager[RunningApi]]
 
 
 async def create_key(
-    settings: Settings, product: str = "clubs", scopes: Iterable[Scope] = (Scope.INGEST,)
+    settings: Settings,
+    product: str = "clubs",
+    scopes: Iterable[Scope] = (Scope.INGEST,),
+    *,
+    rate_limit_per_second: float | None = None,
 ) -> str:
     engine = create_engine(settings.database_url)
     try:
-        new_key = await KeyRepository(engine).create(product=product, scopes=scopes, label="test")
+        new_key = await KeyRepository(engine).create(
+            product=product,
+            scopes=scopes,
+            label="test",
+            rate_limit_per_second=rate_limit_per_second,
+        )
     finally:
         await engine.dispose()
     return new_key.plaintext
+
+
+async def create_key_with_rate(settings: Settings, rate: float, product: str = "clubs") -> str:
+    """An ingest key with a rate limit of its own."""
+    return await create_key(settings, product, rate_limit_per_second=rate)
 
 
 def make_event(**overrides: Any) -> dict[str, Any]:

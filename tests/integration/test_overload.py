@@ -7,13 +7,11 @@ import asyncio
 import asyncpg
 from redis.asyncio import Redis
 
-from labs_analytics.auth.keys import Scope
-from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.settings import Settings
-from labs_analytics.storage.database import create_engine
 from tests.helpers import (
     ApiFactory,
     create_key,
+    create_key_with_rate,
     make_events,
     running_api,
     wait_for,
@@ -21,22 +19,11 @@ from tests.helpers import (
 )
 
 
-async def create_limited_key(settings: Settings, rate: float, product: str = "clubs") -> str:
-    engine = create_engine(settings.database_url)
-    try:
-        new_key = await KeyRepository(engine).create(
-            product=product, scopes=[Scope.INGEST], rate_limit_per_second=rate
-        )
-    finally:
-        await engine.dispose()
-    return new_key.plaintext
-
-
 async def test_key_over_its_rate_gets_429_with_retry_after_and_others_are_unaffected(
     api: ApiFactory,
 ) -> None:
     async with api(run_flusher=False) as app:
-        noisy = await create_limited_key(app.settings, rate=100)
+        noisy = await create_key_with_rate(app.settings, rate=100)
         quiet = await create_key(app.settings, product="penn-mobile")
         # The bucket holds one full request (1000 events) even at 100 events/s.
         assert (await app.post({"events": make_events(1000)}, noisy)).status_code == 202
@@ -55,7 +42,7 @@ async def test_the_rate_limit_is_shared_by_every_api_process(
         api(run_flusher=False) as first,
         running_api(settings.model_copy(update={"run_flusher": False})) as second,
     ):
-        key = await create_limited_key(settings, rate=1)
+        key = await create_key_with_rate(settings, rate=1)
         assert (await first.post({"events": make_events(600)}, key)).status_code == 202
         assert (await second.post({"events": make_events(400)}, key)).status_code == 202
         # 1000 taken of a 1000-event bucket, through two processes: the next is refused.
@@ -121,7 +108,7 @@ async def test_concurrent_requests_sharing_a_redis_call_each_get_their_own_verdi
     api: ApiFactory, redis: Redis
 ) -> None:
     async with api(run_flusher=False) as app:
-        exhausted = await create_limited_key(app.settings, rate=1)
+        exhausted = await create_key_with_rate(app.settings, rate=1)
         fresh = await create_key(app.settings, product="penn-mobile")
         assert (await app.post({"events": make_events(1000)}, exhausted)).status_code == 202
         posts = [app.post({"events": make_events(3)}, exhausted) for _ in range(20)]

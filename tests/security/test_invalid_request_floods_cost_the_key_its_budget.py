@@ -21,12 +21,9 @@ import httpx
 import orjson
 from redis.asyncio import Redis
 
-from labs_analytics.auth.keys import Scope
-from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.ingest.problems import MAX_LISTED_PROBLEMS
 from labs_analytics.settings import Settings
-from labs_analytics.storage.database import create_engine
-from tests.helpers import ApiFactory, create_key, make_event, serve_process
+from tests.helpers import ApiFactory, create_key, create_key_with_rate, make_event, serve_process
 from tests.security.connection import (
     close,
     closed_by_server,
@@ -49,17 +46,6 @@ def worst_body() -> bytes:
         if len(raw) > 1024 * 1024:
             return gzip.compress(best, 9)
         best, n = raw, n + 1
-
-
-async def create_key_with_rate(settings: Settings, rate: float, product: str = "clubs") -> str:
-    engine = create_engine(settings.database_url)
-    try:
-        new_key = await KeyRepository(engine).create(
-            product=product, scopes=[Scope.INGEST], rate_limit_per_second=rate
-        )
-    finally:
-        await engine.dispose()
-    return new_key.plaintext
 
 
 def key_id(key: str) -> str:

@@ -28,14 +28,19 @@ from labs_analytics.auth.keys import (
     MAX_RATE_LIMIT_PER_SECOND,
     MIN_RATE_LIMIT_PER_SECOND,
     InvalidKeyField,
-    Scope,
     generate_key,
 )
-from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.logs import JsonFormatter
 from labs_analytics.settings import Settings, to_asyncpg_dsn
-from labs_analytics.storage.database import create_engine
-from tests.helpers import Servers, cli, cli_env, make_events, running_api, scratch_database
+from tests.helpers import (
+    Servers,
+    cli,
+    cli_env,
+    create_key_with_rate,
+    make_events,
+    running_api,
+    scratch_database,
+)
 
 UNUSABLE_RATES = ["inf", "-inf", "nan", "1e-300", "1e308", "-1", "0", "1000000.5"]
 
@@ -49,17 +54,6 @@ def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 def flat(text: str) -> str:
     """CLI error text without the box drawing, on one line (the box wraps words)."""
     return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
-
-
-async def create_key_with_rate(settings: Settings, rate: float) -> str:
-    engine = create_engine(settings.database_url)
-    try:
-        new_key = await KeyRepository(engine).create(
-            product="clubs", scopes=[Scope.INGEST], rate_limit_per_second=rate
-        )
-    finally:
-        await engine.dispose()
-    return new_key.plaintext
 
 
 @pytest.mark.parametrize("rate", UNUSABLE_RATES)

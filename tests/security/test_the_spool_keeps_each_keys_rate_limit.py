@@ -12,23 +12,9 @@ import time
 
 import asyncpg
 
-from labs_analytics.auth.keys import Scope
-from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.embedded import free_port
 from labs_analytics.settings import Settings
-from labs_analytics.storage.database import create_engine
-from tests.helpers import ApiFactory, create_key, make_events
-
-
-async def create_key_with_rate(settings: Settings, rate: float) -> str:
-    engine = create_engine(settings.database_url)
-    try:
-        new_key = await KeyRepository(engine).create(
-            product="clubs", scopes=[Scope.INGEST], rate_limit_per_second=rate
-        )
-    finally:
-        await engine.dispose()
-    return new_key.plaintext
+from tests.helpers import ApiFactory, create_key, create_key_with_rate, make_events
 
 
 def nowhere() -> str:
