@@ -394,3 +394,21 @@ def test_the_bounds_hold_in_every_worker_process(
             headers={"Authorization": f"Bearer {key}"},
         )
         assert response.status_code == 202
+
+
+def test_a_client_that_sends_its_whole_body_first_still_reads_an_early_refusal(
+    server: ServeProcess,
+) -> None:
+    # The server answers 401 before reading the body and will not parse it; a
+    # client (like httpx) that writes the whole body before reading must still
+    # get the answer, not a reset.
+    body = b'{"events": [' + b",".join([orjson.dumps(make_event())] * 4000) + b"]}"
+    assert 512 * 1024 < len(body) < 1024 * 1024
+    for _ in range(3):
+        response = httpx.post(
+            f"{server.base_url}/v1/events",
+            content=body,
+            headers={"Authorization": "Bearer lak_000000000000_" + "x" * 43},
+            timeout=10,
+        )
+        assert response.status_code == 401

@@ -21,10 +21,10 @@ descriptors. ``BoundedHttpToolsProtocol`` adds, per connection:
   whose head or body has stalled, the longest-idle keep-alive one; when every
   connection is working it gets a 503.
 - **Bodies we will not read.** A request answered before its body arrived
-  (refused early: 401, 413, a limited key's 429) is not drained: the server
-  half-closes, discards at most ``LINGER_BYTES`` for ``LINGER_SECONDS`` so
-  the client can read the answer, and closes. A hostile client cannot make
-  us receive megabytes we already refused.
+  (refused early: 401, 413, a limited key's 429) is not parsed on: the
+  server half-closes, discards what the client still sends (at most the
+  body limit, for at most ``LINGER_SECONDS``: a client that writes its whole
+  body before reading then sees the answer rather than a reset), and closes.
 - **Upgrades we do not speak.** An ``Upgrade: h2c`` request (``curl --http2``
   over http) is served as the plain HTTP/1.1 request it also is, as RFC 9110
   allows; uvicorn would drop its body.
@@ -61,10 +61,9 @@ RESERVED_DESCRIPTORS = 128
 STALL_SECONDS = 1.0
 
 # After answering a request whose body has not all arrived (refused early: 401,
-# 413, 429 before reading), how long and how much more of it we accept to
-# discard before closing: enough for the client to read the answer.
-LINGER_SECONDS = 1.0
-LINGER_BYTES = 256 * 1024
+# 413, 429 before reading), how long we discard what still comes before
+# closing: enough for a client that sends its whole body before reading.
+LINGER_SECONDS = 2.0
 
 Deadline = Literal["head", "body", "linger"]
 
@@ -74,6 +73,7 @@ class ConnectionLimits(NamedTuple):
     header_timeout_seconds: float
     body_timeout_seconds: float
     max_connections: int
+    max_body_bytes: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionLimits:
@@ -82,6 +82,7 @@ class ConnectionLimits(NamedTuple):
             header_timeout_seconds=settings.header_timeout_seconds,
             body_timeout_seconds=settings.body_timeout_seconds,
             max_connections=connection_cap(settings.max_connections),
+            max_body_bytes=settings.max_body_bytes,
         )
 
 
@@ -225,7 +226,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._last_data_at = time.monotonic()
         if self._lingered is not None:
             self._lingered += len(data)
-            if self._lingered > LINGER_BYTES:
+            if self._lingered > self._limits.max_body_bytes:
                 self.transport.close()
             return
         if self._in_head:
