@@ -1,0 +1,1 @@
+"""Small framework apps the integration tests run under their usual servers."""
