@@ -17,9 +17,16 @@ create``, and measures, in this process:
    and until every row is in PostgreSQL's ``events`` table, for the default
    ``batch_size`` (100) and for ``batch_size=1000``.
 
+3. **burst**: ``--burst-threads`` threads (default 50) each tracking
+   ``--burst-events`` events (default 1,000) at once, into one client with the
+   default settings (a 50,000-event queue, ``max_in_flight`` 4, unless
+   ``--max-in-flight`` or ``--max-queue-size`` say otherwise): how many were dropped
+   (``queue_full``), and the delivery rate while the burst drains.
+
 Run it from the repository root::
 
-    .venv/bin/python stress/sdk_bench.py [--calls 100000] [--events 50000]
+    .venv/bin/python stress/sdk_bench.py [--calls 100000] [--events 50000] [--burst-only]
+        [--max-in-flight 4] [--max-queue-size 10000]
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -197,10 +205,61 @@ def end_to_end(
     }
 
 
+def burst(
+    url: str, key: str, threads: int, per_thread: int, options: dict[str, int]
+) -> dict[str, float]:
+    """Many threads tracking at once into one client with the default settings."""
+    start = threading.Barrier(threads + 1)
+    with AnalyticsClient(key, base_url=url, shutdown_timeout=300, **options) as client:
+
+        def produce() -> None:
+            start.wait()
+            for i in range(per_thread):
+                client.track("burst.event", user=f"u_{i % 100}", properties=PROPERTIES)
+
+        workers = [threading.Thread(target=produce) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        start.wait()
+        started = time.monotonic()
+        for worker in workers:
+            worker.join()
+        tracked = time.monotonic()
+        if client.flush(timeout=300):
+            raise RuntimeError(f"events still pending: {client.stats()}")
+        acknowledged = time.monotonic()
+        stats = client.stats()
+    total = threads * per_thread
+    if stats.sent + stats.dropped != total or stats.failed:
+        raise RuntimeError(f"the counts do not add up: {stats}")
+    return {
+        "threads": threads,
+        "max_in_flight": client._max_in_flight,
+        "max_queue_size": client._max_queue_size,
+        "tracked": total,
+        "dropped": stats.dropped,
+        "dropped_share": round(stats.dropped / total, 3),
+        "sent": stats.sent,
+        "track_all_s": round(tracked - started, 3),
+        "acknowledged_s": round(acknowledged - started, 3),
+        "acknowledged_events_per_s": round(stats.sent / (acknowledged - started)),
+        "requests": stats.batches,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=100_000, help="track() calls timed")
     parser.add_argument("--events", type=int, default=50_000, help="events sent end to end")
+    parser.add_argument("--burst-threads", type=int, default=50, help="threads in the burst")
+    parser.add_argument("--burst-events", type=int, default=1000, help="events per thread")
+    parser.add_argument("--burst-only", action="store_true", help="run the burst alone")
+    parser.add_argument(
+        "--max-in-flight", type=int, default=None, help="for the burst (default: the client's)"
+    )
+    parser.add_argument(
+        "--max-queue-size", type=int, default=None, help="for the burst (default: the client's)"
+    )
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
     base = Path(tempfile.mkdtemp(prefix="labs-sdk-bench-"))
@@ -208,6 +267,23 @@ def main() -> None:
         with stack(base) as (url, env):
             product = f"bench-{uuid.uuid4().hex[:8]}"
             key = create_key(env, product)
+            result = burst(
+                url,
+                create_key(env, f"{product}-burst"),
+                args.burst_threads,
+                args.burst_events,
+                {
+                    name: value
+                    for name, value in (
+                        ("max_in_flight", args.max_in_flight),
+                        ("max_queue_size", args.max_queue_size),
+                    )
+                    if value is not None
+                },
+            )
+            print(f"burst: {json.dumps(result)}", flush=True)
+            if args.burst_only:
+                return
             cost = track_cost(url, key, args.calls)
             print(f"track() cost over {args.calls} calls, worker delivering to the server:")
             for name, value in cost.items():

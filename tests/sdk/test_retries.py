@@ -190,8 +190,10 @@ async def test_503_with_retry_after_is_retried_until_the_backlog_drains(
     transport = RecordingTransport()
     overloaded = dict(BACKLOG_MAX_EVENTS="150", RETRY_AFTER_SECONDS="1")
     with serve_on(settings, tmp_path, free_port(), "--no-flusher", **overloaded) as server:
+        # One request at a time: the backlog then admits exactly the first batch,
+        # and each exchange after a 503 is that batch's retry.
         client = AnalyticsClient(
-            key, base_url=server.base_url, transport=transport, max_retry_time=60
+            key, base_url=server.base_url, transport=transport, max_retry_time=60, max_in_flight=1
         )
         for i in range(400):
             client.track("checkout.step", properties={"i": i})

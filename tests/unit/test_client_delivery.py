@@ -7,6 +7,7 @@ What the real server and network do is covered in tests/sdk/.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import gzip
 import json
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from labs_analytics.client import RequestRejected, RetriesExhausted, ShutdownTimeout
+from labs_analytics.client import RequestRejected, RetriesExhausted
 from labs_analytics.client._batching import (
     ENVELOPE_BYTES,
     BatchLimits,
@@ -44,6 +45,8 @@ class FakeClock:
     delivered_batches: list[list[str]] = field(default_factory=list)
     failures: list[tuple[list[str], DeliveryError]] = field(default_factory=list)
     retries: list[float] = field(default_factory=list)
+    given_back: list[list[str]] = field(default_factory=list)
+    unanswered: list[list[str]] = field(default_factory=list)
 
     def monotonic(self) -> float:
         return self.now
@@ -62,6 +65,12 @@ class FakeClock:
 
     def failed(self, events: Sequence[QueuedEvent], error: DeliveryError) -> None:
         self.failures.append(([e.event_id for e in events], error))
+
+    def abandoned(
+        self, events: Sequence[QueuedEvent], unanswered: Sequence[QueuedEvent] = ()
+    ) -> None:
+        self.given_back.append([e.event_id for e in events])
+        self.unanswered.append([e.event_id for e in unanswered])
 
 
 def reply(status: int, body: object = None, retry_after: str | None = None) -> Reply:
@@ -359,13 +368,54 @@ def test_an_exception_the_client_cannot_classify_is_reported_not_retried() -> No
         assert error.__cause__ is exc
 
 
-def test_the_close_deadline_ends_retries_and_gives_up_what_is_left() -> None:
+def test_the_close_deadline_ends_retries_and_hands_back_what_is_left() -> None:
     clock = FakeClock(abort=1005.0)
     actions = run(clock, queued(4), lambda send: reply(503, retry_after="2"))
     sends = [a for a in actions if isinstance(a, Send)]
     assert all(s.timeout <= 5.0 for s in sends)  # never waits past the deadline
     assert len(sends) in (2, 3)
-    ((ids, error),) = clock.failures
-    assert isinstance(error, ShutdownTimeout)
-    assert ids == ["id-0", "id-1", "id-2", "id-3"]
+    assert clock.failures == []  # the client reports a close once, for every batch
+    assert clock.given_back == [["id-0", "id-1", "id-2", "id-3"]]
+    assert clock.unanswered == [[]]
     assert clock.now <= 1005.0
+
+
+def test_a_request_unanswered_at_the_close_deadline_is_in_flight_not_given_up() -> None:
+    clock = FakeClock(abort=1005.0)
+
+    def black_hole(send: Send) -> Outcome:
+        clock.now += send.timeout  # the timeout, cut to the deadline, runs out
+        return httpx.ReadTimeout("no answer")
+
+    actions = run(clock, queued(3), black_hole)
+    assert [a.timeout for a in actions if isinstance(a, Send)] == [5.0]
+    assert clock.failures == []
+    assert clock.given_back == [[]]
+    assert clock.unanswered == [["id-0", "id-1", "id-2"]]
+
+
+def test_a_time_limit_bounds_the_whole_delivery_requests_included() -> None:
+    """sync_mode's bound: no request outlasts it and no retry starts after it."""
+    clock = FakeClock()
+    delivery = Delivery(
+        hooks=clock, policy=RetryPolicy(), timeout=10.0, gzip=False, rng=random.Random(7)
+    )
+    steps = delivery.steps(queued(2), give_up_at=1003.0)
+    action = next(steps)
+    sends = 0
+    with contextlib.suppress(StopIteration):
+        while True:
+            if isinstance(action, Send):
+                sends += 1
+                assert action.timeout <= 1003.0 - clock.now
+                clock.now += action.timeout  # a black hole: every request times out
+                action = steps.send(httpx.ReadTimeout("no answer"))
+            else:
+                clock.now += action.seconds
+                action = steps.send(True)
+    assert clock.now <= 1003.0
+    ((ids, error),) = clock.failures
+    assert isinstance(error, RetriesExhausted)
+    assert ids == ["id-0", "id-1"]
+    assert error.attempts == sends
+    assert isinstance(error.last_exception, httpx.ReadTimeout)

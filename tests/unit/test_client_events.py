@@ -8,6 +8,7 @@ import json
 import os
 import random
 import threading
+import time
 import uuid
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
@@ -158,7 +159,6 @@ def test_event_ids_and_timestamps_are_set_at_track_time() -> None:
 @pytest.mark.parametrize(
     ("given", "stored"),
     [
-        (datetime(2026, 1, 2, 3, 4, 5, 6), "2026-01-02T03:04:05.000006Z"),  # naive: UTC
         (
             datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2))),
             "2026-01-02T01:04:05.000000Z",
@@ -174,6 +174,25 @@ def test_event_ids_and_timestamps_are_set_at_track_time() -> None:
 )
 def test_timestamps_are_normalised_to_rfc3339_utc(given: object, stored: str) -> None:
     assert event(timestamp=given)["timestamp"] == stored
+
+
+def test_a_naive_datetime_is_local_time_and_a_string_without_offset_utc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9, no daylight saving time
+    time.tzset()
+    try:
+        assert event(timestamp=datetime(2026, 1, 2, 12, 4, 5, 6))["timestamp"] == (
+            "2026-01-02T03:04:05.000006Z"
+        )
+        assert event(timestamp="2026-01-02T12:04:05")["timestamp"] == (
+            "2026-01-02T12:04:05.000000Z"
+        )
+        stamped = datetime.fromisoformat(event(timestamp=datetime.now())["timestamp"])
+        assert abs(stamped - datetime.now(UTC)) < timedelta(minutes=1)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 @pytest.mark.parametrize(
@@ -210,6 +229,8 @@ def test_fields_are_checked_as_the_server_checks_them() -> None:
     assert reason(properties=[1, 2]) is DropReason.INVALID_PROPERTIES
     assert reason(properties={"k\x00": 1}) is DropReason.INVALID_PROPERTIES
     assert reason(properties={"x": float("inf")}) is DropReason.INVALID_PROPERTIES
+    for not_a_number in (float("nan"), decimal.Decimal("NaN"), decimal.Decimal("-Infinity")):
+        assert reason(properties={"x": not_a_number}) is DropReason.INVALID_PROPERTIES
     assert reason(properties={"x": 2**64}) is DropReason.INVALID_PROPERTIES
     assert reason(properties={"x": "\ud800"}) is DropReason.NOT_SERIALIZABLE
     assert reason(properties={"x": b"bytes"}) is DropReason.NOT_SERIALIZABLE
@@ -286,7 +307,25 @@ def test_track_drops_with_a_reason_and_calls_on_drop() -> None:
     try:
         assert client.track("bad name!") is None
         assert client.track("ok", properties={"x": object()}) is None
-        assert client.stats().dropped_by_reason == {"invalid_name": 1, "not_serializable": 1}
+        stats = client.stats()
+        assert stats.dropped_by_reason == {"invalid_name": 1, "not_serializable": 1}
+        # The README's names work both ways: attributes, and keys of a mapping.
+        assert stats["dropped_by_reason"] == {"invalid_name": 1, "not_serializable": 1}
+        assert stats["dropped"] == stats.dropped == 2
+        assert dict(stats)["queued"] == 0
+        assert set(stats) == {
+            "queued",
+            "in_flight",
+            "sent",
+            "dropped",
+            "failed",
+            "retried",
+            "batches",
+            "dropped_by_reason",
+            "failed_by_reason",
+        }
+        with pytest.raises(KeyError):
+            stats["nope"]
         assert [(d.reason, d.name) for d in drops] == [
             ("invalid_name", "bad name!"),
             ("not_serializable", "ok"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 import warnings
@@ -11,8 +12,9 @@ from typing import Unpack
 
 import httpx
 
-from labs_analytics.client._batching import BatchLimits, QueuedEvent
-from labs_analytics.client._core import BaseClient, logger
+from labs_analytics.client._batching import BatchLimits
+from labs_analytics.client._client import HAND_BACK_GRACE
+from labs_analytics.client._core import BaseClient, Flight, logger
 from labs_analytics.client._delivery import Reply, Send, adrive
 from labs_analytics.client._options import ClientOptions
 
@@ -21,20 +23,22 @@ class AsyncAnalyticsClient(BaseClient):
     """Track events from async code (FastAPI, Starlette, aiohttp, workers).
 
     ``track()`` is a plain (non-async) call, as cheap as the sync client's:
-    it only queues. The worker is an asyncio task, started by the first
-    ``track()`` made inside a running loop, and bound to that loop:
+    it only queues. The workers are ``max_in_flight`` asyncio tasks (4), each
+    sending one batch at a time (so batches may arrive out of order), started
+    by the first ``track()`` made inside a running loop, and bound to that loop:
     ``await client.flush()`` and ``await client.aclose()`` belong in it. It
     may be called from other threads too (the task is woken thread-safely).
 
     Shutdown: ``aclose(timeout)`` (or leaving ``async with``; in FastAPI, the
-    lifespan) stops accepting, delivers the queue and ends the task. If the
+    lifespan) stops accepting, delivers the queue and ends the tasks. If the
     loop ends first (a cancelled task gives its batch back to the queue), the
     ``atexit`` hook delivers what is left with blocking I/O, within
     ``shutdown_timeout``. A client garbage-collected with events pending warns
     with a ``ResourceWarning``.
 
     ``sync_mode=True`` cannot block a coroutine; here it means no batching:
-    each event is sent at once, and ``await client.flush()`` waits for it.
+    each event is sent at once, one request at a time, and
+    ``await client.flush()`` waits for it.
     """
 
     _http: httpx.AsyncClient | None
@@ -54,15 +58,21 @@ class AsyncAnalyticsClient(BaseClient):
             self._batch = BatchLimits(
                 max_events=1, max_bytes=self._batch.max_bytes, interval=self._batch.interval
             )
+            self._max_in_flight = 1  # and in order, as before
 
     def _init_state(self) -> None:
         super()._init_state()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks_live = 0  # tasks started and not yet ended
         self._wake: asyncio.Event | None = None
         self._http = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._sending = 0  # tasks awaiting a request (their batches are in flight)
+        # aclose() past its deadline cancels the tasks; a request one was
+        # awaiting is then in flight (the server may have it), as in the sync client.
+        self._keep_unanswered = False
 
     # --- public
 
@@ -77,8 +87,7 @@ class AsyncAnalyticsClient(BaseClient):
         deadline = self._deadline(timeout)
         self._bind_here()
         loop = asyncio.get_running_loop()
-        task = self._task
-        if task is not None and not task.done() and task.get_loop() is not loop:
+        if any(task.get_loop() is not loop for task in self._tasks if not task.done()):
             raise RuntimeError("flush() must be awaited in the loop the client is bound to")
         with self._lock:
             target = self._next_seq
@@ -88,7 +97,7 @@ class AsyncAnalyticsClient(BaseClient):
             future: asyncio.Future[None] = loop.create_future()
             self._waiters.append((target, future))
             self._wake_locked()
-        if asyncio.current_task() is self._task:
+        if asyncio.current_task() in self._tasks:
             return target - self._done_seq  # called from on_error: cannot wait on itself
         try:
             async with asyncio.timeout_at(
@@ -108,17 +117,26 @@ class AsyncAnalyticsClient(BaseClient):
         """
         deadline = self._deadline(timeout)
         self._begin_close(deadline)
-        if self._enabled and (self._queue or self._in_flight):
+        if self._enabled and (self._queue or self._flights):
             self._bind_here()
-        task = self._task
-        if task is not None and not task.done():
-            if task.get_loop() is not asyncio.get_running_loop():
+        tasks = {task for task in self._tasks if not task.done()}
+        if tasks:
+            if any(task.get_loop() is not asyncio.get_running_loop() for task in tasks):
                 raise RuntimeError("aclose() must be awaited in the loop the client is bound to")
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            await asyncio.wait({task}, timeout=remaining)
-            if not task.done():
-                task.cancel()
-                await asyncio.wait({task}, timeout=1.0)
+            await asyncio.wait(tasks, timeout=remaining)
+            tasks = {task for task in tasks if not task.done()}
+            if tasks and self._sending < len(tasks):
+                # Past their backoff, tasks not awaiting a request only have CPU
+                # work left before they hand their batches back: the close then
+                # reports those with the rest.
+                await asyncio.wait(tasks, timeout=HAND_BACK_GRACE)
+                tasks = {task for task in tasks if not task.done()}
+            if tasks:
+                self._keep_unanswered = True
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks, timeout=1.0)
         with self._lock:
             left = self._abandon_queue_locked(worker_alive=self._worker_running)
             in_flight = self._unsettled_locked()
@@ -143,7 +161,7 @@ class AsyncAnalyticsClient(BaseClient):
 
     def __del__(self) -> None:
         try:
-            pending = len(self._queue) + len(self._in_flight)
+            pending = len(self._queue) + self._in_flight_events()
             closed = self._closed
         except AttributeError:  # __init__ failed half-way
             return
@@ -178,7 +196,7 @@ class AsyncAnalyticsClient(BaseClient):
         """Start the task in the running loop, unless it runs in another live loop."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            if self._closed and not (self._queue or self._in_flight):
+            if self._closed and not (self._queue or self._flights):
                 return
             bound = self._loop
             if bound is not None and bound is not loop and not bound.is_closed():
@@ -186,14 +204,18 @@ class AsyncAnalyticsClient(BaseClient):
                     return  # bound to another loop: track() wakes it there
             elif self._worker_running and bound is loop:
                 return
-            if self._in_flight:  # a task that died with its loop: its batch goes first
-                self._queue.push_front(self._in_flight)
-                self._in_flight, self._in_flight_settled = [], 0
+            # Tasks that died with their loop: their batches go first.
+            self._give_back_flights_locked(list(self._flights))
             self._loop = loop
             self._loop_thread = threading.get_ident()
             self._wake = asyncio.Event()
             self._worker_running = True
-            self._task = loop.create_task(self._run(), name="labs-analytics-client")
+            # Each task sends one batch at a time: max_in_flight requests at once.
+            self._tasks = [
+                loop.create_task(self._run(), name=f"labs-analytics-client-{index}")
+                for index in range(self._max_in_flight)
+            ]
+            self._tasks_live = len(self._tasks)
 
     def _wake_locked(self) -> None:
         loop, wake = self._loop, self._wake
@@ -220,37 +242,43 @@ class AsyncAnalyticsClient(BaseClient):
     # --- the worker
 
     async def _run(self) -> None:
-        batch: list[QueuedEvent] = []
+        flight: Flight | None = None
         try:
             http = self._http
             if http is None or http.is_closed:
                 http = self._http = self._async_http()
-            while (next_batch := await self._next_batch()) is not None:
-                batch = next_batch
+            while (flight := await self._next_batch()) is not None:
                 try:
                     await adrive(
-                        self._delivery.steps(batch), lambda a: self._send(http, a), self._sleep
+                        self._delivery.steps(flight.events),
+                        functools.partial(self._send, http, flight=flight),
+                        self._sleep,
                     )
                 except Exception as exc:  # a bug: report the batch, keep the worker
-                    self._crashed(batch, exc)
+                    self._crashed(flight.events, exc)
                 with self._lock:
-                    self._batch_done_locked(batch)
+                    self._batch_done_locked(flight)
                     self._resolve_waiters_locked()
-                batch = []
         except asyncio.CancelledError:
-            with self._lock:  # give the batch back: resent later, stored once
-                if batch and self._in_flight is batch:
-                    self._queue.push_front(batch)
-                    self._in_flight, self._in_flight_settled = [], 0
+            with self._lock:
+                if flight is not None and flight in self._flights:
+                    if self._keep_unanswered and flight.cancelled_unanswered:
+                        # aclose() gave up waiting on its request: in flight for good.
+                        self._unanswered += max(0, len(flight.events) - flight.settled)
+                        flight.settled = len(flight.events)
+                        self._batch_done_locked(flight)
+                    else:  # give the batch back: resent later, stored once
+                        self._give_back_flights_locked([flight])
             raise
         except Exception:
             logger.exception("analytics.worker_crashed")
         finally:
             with self._lock:
-                self._worker_running = False
+                self._tasks_live -= 1
+                self._worker_running = self._tasks_live > 0
                 self._resolve_waiters_locked()
 
-    async def _next_batch(self) -> list[QueuedEvent] | None:
+    async def _next_batch(self) -> Flight | None:
         wake = self._wake
         assert wake is not None
         while True:
@@ -261,6 +289,8 @@ class AsyncAnalyticsClient(BaseClient):
                     flush_upto=self._flush_upto,
                     closing=self._closing,
                 )
+                if self._closing and self._past_deadline_locked():
+                    return None  # what is left is the close's to report, once
                 if wait == 0:
                     return self._take_batch_locked()
                 if wait is None and self._closing:
@@ -272,11 +302,19 @@ class AsyncAnalyticsClient(BaseClient):
             except TimeoutError:
                 pass
 
-    async def _send(self, http: httpx.AsyncClient, action: Send) -> Reply | Exception:
+    async def _send(
+        self, http: httpx.AsyncClient, action: Send, *, flight: Flight
+    ) -> Reply | Exception:
+        self._sending += 1
         try:
             response = await http.post("/v1/events", content=action.body, timeout=action.timeout)
+        except asyncio.CancelledError:
+            flight.cancelled_unanswered = True
+            raise
         except Exception as exc:
             return exc
+        finally:
+            self._sending -= 1
         return Reply(response.status_code, response.headers.get("retry-after"), response.content)
 
     async def _sleep(self, seconds: float) -> bool:
@@ -327,13 +365,14 @@ class AsyncAnalyticsClient(BaseClient):
             try:
                 return future.result(None if remaining is None else remaining + 1.0)
             except Exception:
-                return len(self._queue) + len(self._in_flight)
-        # The loop has ended: deliver what is left (the batch of a task that
-        # died with its loop too; resending it is safe) with blocking I/O.
-        if self._queue or self._in_flight:
+                return len(self._queue) + self._in_flight_events()
+        # The loop has ended: deliver what is left (the batches of tasks that
+        # died with their loop too; resending them is safe) with blocking I/O.
+        if self._queue or self._flights:
             with self._sync_http() as http:
                 self._drain_blocking(http)
         with self._lock:
             left = self._abandon_queue_locked(worker_alive=False)
-        self._report_abandoned(left)
-        return len(left)
+            in_flight = self._unsettled_locked()
+        self._report_abandoned(left, in_flight)
+        return len(left) + in_flight

@@ -49,10 +49,18 @@ class EventQueue:
         return len(items)
 
     def push_front(self, events: Sequence[QueuedEvent]) -> None:
-        """Give back a batch taken but not delivered (it goes first, in order)."""
+        """Give back a batch taken but not delivered (it goes first, in order).
+
+        Batches in flight at once may come back in any order; the queue stays
+        in sequence order, so its first event is always its oldest.
+        """
+        items = self.items
         for event in reversed(events):
-            self.items.appendleft(event)
+            items.appendleft(event)
             self.bytes += len(event.data)
+        count = len(events)
+        if any(items[i].seq > items[i + 1].seq for i in range(min(count, len(items) - 1))):
+            self.items = deque(sorted(items, key=lambda event: event.seq))
 
     def seconds_until_ready(
         self, *, now: float, batch: BatchLimits, flush_upto: int, closing: bool

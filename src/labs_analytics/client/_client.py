@@ -10,31 +10,38 @@ from typing import Unpack
 import httpx
 
 from labs_analytics.client._batching import QueuedEvent
-from labs_analytics.client._core import BaseClient, logger
+from labs_analytics.client._core import BaseClient, Flight, logger
 from labs_analytics.client._delivery import Reply, Send, drive
 from labs_analytics.client._options import ClientOptions
+
+# How long close() lets a worker that is past the deadline, and not waiting on
+# the network, hand its batch back (CPU work only; bounds close() if it is stuck).
+HAND_BACK_GRACE = 1.0
 
 
 class AnalyticsClient(BaseClient):
     """Track events from sync code (Django, Flask, scripts, workers).
 
     ``track()`` serializes the event and appends it to a bounded in-memory
-    queue; one daemon thread, started on the first ``track()``, sends batches
-    (``batch_size`` events, ``max_batch_bytes``, or ``flush_interval`` after
-    the oldest, whichever comes first) with retries. Thread-safe: one client
-    per process is meant to be shared by every thread.
+    queue; ``max_in_flight`` daemon threads (4), started on the first
+    ``track()``, each take the next batch (``batch_size`` events,
+    ``max_batch_bytes``, or ``flush_interval`` after the oldest, whichever
+    comes first) and send it with retries, so up to ``max_in_flight`` requests
+    are in flight at once and batches may arrive out of order. Thread-safe:
+    one client per process is meant to be shared by every thread.
 
     Shutdown: ``close(timeout)`` (or leaving ``with``) stops accepting,
-    delivers what is queued and joins the thread, waiting at most ``timeout``
+    delivers what is queued and joins the threads, waiting at most ``timeout``
     (default ``shutdown_timeout``, 5 s; ``math.inf`` for no limit). Without
     it, an ``atexit`` hook does the same at interpreter exit, so events are
     not lost and the process never hangs, even with the server unreachable.
-    After ``fork()`` the child starts with an empty queue, a new thread and a
+    After ``fork()`` the child starts with an empty queue, new threads and a
     new connection pool.
 
     ``transport`` replaces httpx's (for tests, or a custom network stack);
     ``sync_mode=True`` sends each event in the calling thread before
-    ``track()`` returns (scripts, tests), with the same retries.
+    ``track()`` returns (scripts, tests), with the same retries but never for
+    longer than ``shutdown_timeout`` per call (then ``RetriesExhausted``).
     """
 
     def __init__(
@@ -46,7 +53,6 @@ class AnalyticsClient(BaseClient):
     ) -> None:
         self._transport = transport
         self._http: httpx.Client | None = None
-        self._worker: threading.Thread | None = None
         super().__init__(api_key, options)
         # Built here, not lazily in the worker: httpx imports httpcore on first
         # use, and a fork() while the worker thread is halfway through that
@@ -57,7 +63,9 @@ class AnalyticsClient(BaseClient):
     def _init_state(self) -> None:
         super()._init_state()
         self._cond = threading.Condition(self._lock)
-        self._worker = None
+        self._workers: list[threading.Thread] = []
+        self._workers_live = 0  # workers started and not yet ended
+        self._sending = 0  # workers waiting on a request (their batches are in flight)
         # After a fork the inherited pool's sockets are the parent's: never
         # use or close them here (closing could end the parent's TLS sessions).
         self._http = None
@@ -80,7 +88,7 @@ class AnalyticsClient(BaseClient):
                 return 0
             self._flush_upto = max(self._flush_upto, target)
             self._cond.notify_all()
-            if threading.current_thread() is self._worker:
+            if threading.current_thread() in self._workers:
                 return target - self._done_seq  # called from on_error: cannot wait on itself
         if not self._worker_running:
             self._start_worker()
@@ -126,19 +134,22 @@ class AnalyticsClient(BaseClient):
             self._cond.notify_all()
 
     def _exit_finish(self, deadline: float | None) -> int:
-        worker = self._worker
-        if worker is not None and worker is threading.current_thread():
-            # close() from a callback: the worker drains once the callback returns.
+        with self._cond:
+            workers = list(self._workers)
+        if threading.current_thread() in workers:
+            # close() from a callback: the workers drain once the callback returns.
             with self._cond:
-                return len(self._queue) + len(self._in_flight)
-        if worker is not None:
+                return len(self._queue) + self._in_flight_events()
+        for worker in workers:
             worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        if worker is None or not worker.is_alive():
+        if workers:
+            self._await_hand_back()
+        alive = any(worker.is_alive() for worker in workers)
+        if not alive:
             # No thread (never started, or could not be): drain from this one.
             if self._http is None:
                 self._http = self._sync_http(self._transport)
             self._drain_blocking(self._http)
-        alive = worker is not None and worker.is_alive()
         with self._cond:
             left = self._abandon_queue_locked(worker_alive=alive)
             in_flight = self._unsettled_locked()
@@ -150,6 +161,22 @@ class AnalyticsClient(BaseClient):
             self._http = None
         return pending
 
+    def _await_hand_back(self) -> None:
+        """At the deadline, let the workers not waiting on a request hand their batches back.
+
+        They only have CPU work left (their backoff ends at the deadline), so
+        this is short; it lets the close report those batches with the rest, in
+        one report. Workers waiting on a request are not waited for: their
+        batches are in flight.
+        """
+        grace_end = time.monotonic() + HAND_BACK_GRACE
+        with self._cond:
+            while self._workers_live > self._sending:
+                remaining = grace_end - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+
     # --- the worker
 
     def _wake_locked(self) -> None:
@@ -159,33 +186,49 @@ class AnalyticsClient(BaseClient):
         with self._cond:
             if self._worker_running or self._closed:
                 return
-            worker = threading.Thread(target=self._run, name="labs-analytics-client", daemon=True)
-            try:
-                worker.start()
-            except RuntimeError:  # at interpreter shutdown: close() will drain inline
-                return
-            self._worker = worker
-            self._worker_running = True
+            # Each worker sends one batch at a time: max_in_flight requests at once.
+            workers = []
+            for index in range(self._max_in_flight):
+                worker = threading.Thread(
+                    target=self._run, name=f"labs-analytics-client-{index}", daemon=True
+                )
+                try:
+                    worker.start()
+                except RuntimeError:  # at interpreter shutdown: close() will drain inline
+                    break
+                workers.append(worker)
+                self._workers_live += 1
+            if workers:
+                self._workers = workers
+                self._worker_running = True
 
     def _run(self) -> None:
         try:
-            http = self._http = self._http or self._sync_http(self._transport)
-            while (batch := self._next_batch()) is not None:
+            with self._cond:
+                if self._http is None:
+                    self._http = self._sync_http(self._transport)
+                http = self._http
+            while (flight := self._next_batch()) is not None:
                 try:
-                    drive(self._delivery.steps(batch), lambda a: self._send(http, a), self._sleep)
+                    drive(
+                        self._delivery.steps(flight.events),
+                        lambda a: self._send(http, a),
+                        self._sleep,
+                    )
                 except Exception as exc:  # a bug: report the batch, keep the worker
-                    self._crashed(batch, exc)
+                    self._crashed(flight.events, exc)
                 with self._cond:
-                    self._batch_done_locked(batch)
+                    self._batch_done_locked(flight)
                     self._cond.notify_all()
         except Exception:  # a bug outside any batch: say so; close() drains inline
             logger.exception("analytics.worker_crashed")
         finally:
             with self._cond:
-                self._worker_running = False
+                self._workers_live -= 1
+                self._worker_running = self._workers_live > 0
                 self._cond.notify_all()
 
-    def _next_batch(self) -> list[QueuedEvent] | None:
+    def _next_batch(self) -> Flight | None:
         with self._cond:
             while True:
                 wait = self._queue.seconds_until_ready(
@@ -194,6 +237,8 @@ class AnalyticsClient(BaseClient):
                     flush_upto=self._flush_upto,
                     closing=self._closing,
                 )
+                if self._closing and self._past_deadline_locked():
+                    return None  # what is left is the close's to report, once
                 if wait == 0:
                     return self._take_batch_locked()
                 if wait is None and self._closing:
@@ -201,10 +246,15 @@ class AnalyticsClient(BaseClient):
                 self._cond.wait(wait)
 
     def _send(self, http: httpx.Client, action: Send) -> Reply | Exception:
+        with self._cond:
+            self._sending += 1
         try:
             response = http.post("/v1/events", content=action.body, timeout=action.timeout)
         except Exception as exc:
             return exc
+        finally:
+            with self._cond:
+                self._sending -= 1
         return Reply(response.status_code, response.headers.get("retry-after"), response.content)
 
     def _sleep(self, seconds: float) -> bool:
@@ -227,5 +277,11 @@ class AnalyticsClient(BaseClient):
             if self._http is None:
                 self._http = self._sync_http(self._transport)
             http = self._http
-        self._deliver_blocking([QueuedEvent(0, event_id, data, time.monotonic())], http)
+        # Bounded by shutdown_timeout, retries included: a script's track() must
+        # not hang for max_retry_time (minutes) while the server is down.
+        self._deliver_blocking(
+            [QueuedEvent(0, event_id, data, time.monotonic())],
+            http,
+            give_up_at=self._deadline(None),
+        )
         return True

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -50,6 +51,21 @@ _FAILURE_REASONS: dict[str, str] = {
 }
 
 
+@dataclass(eq=False, slots=True)
+class Flight:
+    """A batch taken from the queue by one sender, until that sender is done with it."""
+
+    events: list[QueuedEvent]
+    # Events already counted as sent or failed: the batch stays in flight until
+    # its sender is done with it, and stats() must not count an event both ways.
+    settled: int = 0
+    # The async client: cancelled while awaiting an answer (the server may have it).
+    cancelled_unanswered: bool = False
+
+    def holds(self, event: QueuedEvent) -> bool:
+        return any(member is event for member in self.events)
+
+
 def _positive(name: str, value: float) -> float:
     if not value > 0:
         raise ValueError(f"{name} must be > 0, not {value!r}")
@@ -78,13 +94,19 @@ class BaseClient:
             interval=options.get("flush_interval", 1.0),
         )
         self._max_queue_size = int(
-            _positive("max_queue_size", options.get("max_queue_size", 10_000))
+            _positive("max_queue_size", options.get("max_queue_size", 50_000))
         )
         self._max_queue_bytes = int(
             _positive("max_queue_bytes", options.get("max_queue_bytes", 64 * 1024 * 1024))
         )
         self._timeout = _positive("timeout", options.get("timeout", 10.0))
         self._shutdown_timeout = _positive("shutdown_timeout", options.get("shutdown_timeout", 5.0))
+        max_in_flight = options.get("max_in_flight", 4)
+        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
+            raise ValueError(f"max_in_flight must be an integer, not {max_in_flight!r}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, not {max_in_flight!r}")
+        self._max_in_flight = max_in_flight
         self._policy = RetryPolicy(
             max_retries=options.get("max_retries"),
             max_retry_time=options.get("max_retry_time", 120.0),
@@ -117,16 +139,18 @@ class BaseClient:
         """Everything a forked child must not inherit."""
         self._lock = threading.Lock()
         self._queue = EventQueue(max_events=self._max_queue_size, max_bytes=self._max_queue_bytes)
-        self._in_flight: list[QueuedEvent] = []
-        # Events of the in-flight batch already counted as sent or failed: the
-        # batch stays in flight until the worker is done with it, and stats()
-        # must not count an event both ways meanwhile.
-        self._in_flight_settled = 0
+        # Batches being sent, up to max_in_flight; they may finish in any order.
+        self._flights: list[Flight] = []
         self._next_seq = 0  # last sequence number given
         self._done_seq = 0  # every event up to this one is delivered or given up
         self._flush_upto = 0  # a flush asked for everything up to this one, now
         self._closing = False
         self._abort_at: float | None = None
+        # The close deadline handed a batch back, or came: take no new batch,
+        # since the close reports what is left once (_abandon_queue_locked).
+        self._gave_back = False
+        self._summarized = False  # the close's one report is made
+        self._unanswered = 0  # events whose request was unanswered at the close deadline
         self._worker_running = False
         self._sent = 0
         self._retried = 0
@@ -158,7 +182,7 @@ class BaseClient:
         carry…) is dropped here, counted by reason and passed to ``on_drop``
         (raised as ``InvalidEvent`` instead with ``strict=True``). The id is a
         client-made UUIDv7 and the timestamp is set now, so a retry is stored
-        once. ``timestamp`` may be a datetime (naive = UTC), an RFC 3339 string
+        once. ``timestamp`` may be a datetime (naive = local time), an RFC 3339 string
         or unix seconds; ``event_id`` a UUID or its string.
         """
         if not self._enabled:
@@ -296,6 +320,9 @@ class BaseClient:
 
     def _report(self, error: DeliveryError) -> None:
         logger.warning("analytics.delivery_failed %s", error.message)
+        self._call_on_error(error)
+
+    def _call_on_error(self, error: DeliveryError) -> None:
         if self._on_error is not None:
             try:
                 self._on_error(error)
@@ -334,6 +361,38 @@ class BaseClient:
             self._settle_locked(events)
         self._report(error)
 
+    def abandoned(
+        self, events: Sequence[QueuedEvent], unanswered: Sequence[QueuedEvent] = ()
+    ) -> None:
+        with self._lock:
+            self._gave_back = True
+            # Sent, unanswered at the deadline: in flight for good (not failed:
+            # the server may have stored them), in the close report as such.
+            self._settle_locked(unanswered)
+            self._unanswered += len(unanswered)
+            if not events:
+                return
+            if not self._summarized:
+                # Back to the front of the queue, so the close reports them
+                # with the rest, in one warning and one on_error call.
+                self._settle_locked(events)
+                self._queue.push_front(events)
+                self._wake_locked()
+                return
+        # The close has already reported: these come too late for its report.
+        self.failed(
+            events,
+            ShutdownTimeout(
+                f"{len(events)} events were still pending at the close deadline",
+                event_ids=[event.event_id for event in events],
+            ),
+        )
+
+    def _past_deadline_locked(self) -> bool:
+        """Whether a worker should stop taking batches: the close deadline came."""
+        abort_at = self._abort_at
+        return self._gave_back or (abort_at is not None and time.monotonic() >= abort_at)
+
     # --- helpers for the subclasses
 
     def _crashed(self, batch: Sequence[QueuedEvent], exc: Exception) -> None:
@@ -346,54 +405,96 @@ class BaseClient:
         self.failed(batch, error)
 
     def _settle_locked(self, events: Sequence[QueuedEvent]) -> None:
-        if self._in_flight:
-            self._in_flight_settled += len(events)
+        if not events:
+            return
+        first = events[0]  # every part a delivery reports is of one batch
+        for flight in self._flights:
+            if flight.holds(first):
+                flight.settled += len(events)
+                return
 
     def _unsettled_locked(self) -> int:
-        """Events of the in-flight batch whose outcome is not recorded yet."""
-        return max(0, len(self._in_flight) - self._in_flight_settled)
+        """Events sent or being sent whose outcome is not recorded (or never will be)."""
+        unsettled = sum(max(0, len(flight.events) - flight.settled) for flight in self._flights)
+        return unsettled + self._unanswered
 
-    def _take_batch_locked(self) -> list[QueuedEvent]:
-        self._in_flight = self._queue.take(self._batch)
-        self._in_flight_settled = 0
-        return self._in_flight
+    def _in_flight_events(self) -> int:
+        return sum(len(flight.events) for flight in self._flights)
 
-    def _batch_done_locked(self, batch: Sequence[QueuedEvent]) -> None:
-        if batch:
-            self._done_seq = max(self._done_seq, batch[-1].seq)
-        self._in_flight = []
-        self._in_flight_settled = 0
+    def _take_batch_locked(self) -> Flight | None:
+        """The next batch, now in flight; None if the queue is empty."""
+        events = self._queue.take(self._batch)
+        if not events:
+            return None
+        flight = Flight(events)
+        self._flights.append(flight)
+        return flight
+
+    def _batch_done_locked(self, flight: Flight) -> None:
+        if flight in self._flights:
+            self._flights.remove(flight)
+        self._update_done_locked()
+
+    def _give_back_flights_locked(self, flights: Sequence[Flight]) -> None:
+        """Batches whose sender is gone go back to the front of the queue, to be sent again."""
+        for flight in flights:
+            if flight in self._flights:
+                self._flights.remove(flight)
+                self._queue.push_front(flight.events)
+        self._update_done_locked()
+
+    def _update_done_locked(self) -> None:
+        """``_done_seq``: below the oldest event still queued or in flight.
+
+        Batches finish out of order, so a finished batch says nothing of the
+        ones before it; the queue keeps its oldest event first.
+        """
+        oldest = [flight.events[0].seq for flight in self._flights if flight.events]
+        if self._queue.items:
+            oldest.append(self._queue.items[0].seq)
+        done = min(oldest) - 1 if oldest else self._next_seq
+        self._done_seq = max(self._done_seq, done)
 
     def _abandon_queue_locked(self, *, worker_alive: bool) -> list[QueuedEvent]:
         """At the close deadline: what is still queued is given up (reported after unlock).
 
-        The batch of a worker that is gone is given up too; a live worker's
-        batch is its own to finish (or to leave unanswered, in flight).
+        The batches of workers that are gone are given up too; live workers'
+        batches are theirs to finish (or to leave unanswered, in flight).
         """
-        if self._in_flight and not worker_alive:
-            self._queue.push_front(self._in_flight)
-            self._in_flight, self._in_flight_settled = [], 0
+        if not worker_alive:
+            self._give_back_flights_locked(
+                [flight for flight in self._flights if len(flight.events) > flight.settled]
+            )
         left = self._queue.clear()
+        self._summarized = True
         if left:
-            self._done_seq = max(self._done_seq, left[-1].seq)
+            self._done_seq = max(self._done_seq, max(event.seq for event in left))
             self._failed["shutdown_timeout"] += len(left)
         return left
 
     def _report_abandoned(self, left: Sequence[QueuedEvent], in_flight: int = 0) -> None:
+        """A close's one report: one warning, and one ``on_error`` call for what was given up.
+
+        Events sent and not answered are counted in flight, not failed: the
+        server may well have stored them.
+        """
+        if not left and not in_flight:
+            return
+        logger.warning(
+            "analytics.close_timeout not_sent=%d in_flight=%d: %d events were still pending "
+            "at the close deadline and are given up (on_error, stats().failed); %d were sent "
+            "and not answered, so may or may not be stored (stats().in_flight)",
+            len(left),
+            in_flight,
+            len(left),
+            in_flight,
+        )
         if left:
-            self._report(
+            self._call_on_error(
                 ShutdownTimeout(
                     f"{len(left)} events were still pending at the close deadline",
                     event_ids=[event.event_id for event in left],
                 )
-            )
-        if in_flight:
-            # Sent, and no answer yet: the server may have them. Not counted as
-            # failed, since they may well be stored; stats() shows them in flight.
-            logger.warning(
-                "analytics.close_timeout in_flight=%d: a request was still unanswered "
-                "at the close deadline; its events may or may not have been stored",
-                in_flight,
             )
 
     def _deadline(self, timeout: float | None) -> float | None:
@@ -414,21 +515,28 @@ class BaseClient:
 
     def _drain_blocking(self, http: httpx.Client) -> None:
         """Deliver the queue, batch by batch, from the calling thread (exit paths)."""
-        while self._abort_at is None or time.monotonic() < self._abort_at:
+        while True:
             with self._lock:
-                if self._in_flight:  # a worker that died with its batch: resend it first
-                    self._queue.push_front(self._in_flight)
-                batch = self._take_batch_locked()
-            if not batch:
+                if self._past_deadline_locked():
+                    return
+                # Workers that died with their batches: resend those first.
+                self._give_back_flights_locked(list(self._flights))
+                flight = self._take_batch_locked()
+            if flight is None:
                 return
             try:
-                self._deliver_blocking(batch, http)
+                self._deliver_blocking(flight.events, http)
             except Exception as exc:
-                self._crashed(batch, exc)
+                self._crashed(flight.events, exc)
             with self._lock:
-                self._batch_done_locked(batch)
+                self._batch_done_locked(flight)
 
-    def _deliver_blocking(self, events: Sequence[QueuedEvent], http: httpx.Client) -> None:
+    def _deliver_blocking(
+        self,
+        events: Sequence[QueuedEvent],
+        http: httpx.Client,
+        give_up_at: float | None = None,
+    ) -> None:
         """Deliver with blocking I/O in the calling thread (sync mode, exit fallbacks)."""
 
         def send(action: Send) -> Reply | Exception:
@@ -444,4 +552,4 @@ class BaseClient:
             time.sleep(seconds)  # the steps never sleep past the close deadline
             return True
 
-        drive(self._delivery.steps(events), send, sleep)
+        drive(self._delivery.steps(events, give_up_at=give_up_at), send, sleep)

@@ -21,7 +21,9 @@ What happens to a batch:
   ``max_retry_time``, then ``RetriesExhausted``.
 * any other status: ``RequestRejected`` (401, 403… would never succeed).
 * an exception the client cannot classify: ``UnexpectedError``, not retried.
-* the close deadline passing: ``ShutdownTimeout`` for what is left.
+* the close deadline passing: what is left is handed back to the client
+  (``abandoned``), which reports everything a close gave up in one
+  ``ShutdownTimeout``.
 
 A retry resends the same events (same ids and timestamps), with a new
 ``sent_at``; the server stores each event once.
@@ -36,12 +38,13 @@ from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
+
 from labs_analytics.client._batching import QueuedEvent, encode_body, halves
 from labs_analytics.client._exceptions import (
     DeliveryError,
     RequestRejected,
     RetriesExhausted,
-    ShutdownTimeout,
     UnexpectedError,
 )
 from labs_analytics.client._retry import (
@@ -124,6 +127,13 @@ class DeliveryHooks(Protocol):
 
     def failed(self, events: Sequence[QueuedEvent], error: DeliveryError) -> None: ...
 
+    def abandoned(
+        self, events: Sequence[QueuedEvent], unanswered: Sequence[QueuedEvent] = ()
+    ) -> None:
+        """The close deadline came first: ``events`` not sent, ``unanswered`` sent
+        with no answer by then (the server may have them); for the one close report."""
+        ...
+
 
 def _ids(events: Sequence[QueuedEvent]) -> list[str]:
     return [event.event_id for event in events]
@@ -191,20 +201,34 @@ class Delivery:
         self.gzip = gzip
         self.rng = rng or random.Random()
 
-    def steps(self, batch: Sequence[QueuedEvent]) -> Steps:
+    def steps(self, batch: Sequence[QueuedEvent], *, give_up_at: float | None = None) -> Steps:
+        """Deliver ``batch``; ``give_up_at`` (monotonic) bounds the whole delivery.
+
+        ``give_up_at`` is how sync mode keeps ``track()`` bounded: no attempt
+        outlasts it (each request's timeout is cut to what is left) and no retry
+        starts after it; what is not delivered by then is ``RetriesExhausted``.
+        """
         hooks = self.hooks
         parts: deque[list[QueuedEvent]] = deque([list(batch)])
         while parts:
             part = parts.popleft()
             started = hooks.monotonic()
             retries = 0
+            last = "no attempt"
+            last_status: int | None = None
+            last_exception: BaseException | None = None
             while True:
                 abort_at = hooks.abort_at()
                 now = hooks.monotonic()
                 if abort_at is not None and now >= abort_at:
                     self._shutdown(part, parts)
                     return
+                if give_up_at is not None and now >= give_up_at:
+                    self._time_limit(part, parts, retries, last, last_status, last_exception)
+                    return
                 timeout = self.timeout if abort_at is None else min(self.timeout, abort_at - now)
+                if give_up_at is not None:
+                    timeout = min(timeout, give_up_at - now)
                 body = encode_body(part, sent_at=hooks.sent_at(), gzip=self.gzip)
                 outcome = yield Send(body, timeout, len(part))
                 retry_after: float | None = None
@@ -230,9 +254,19 @@ class Delivery:
                         break
                     retry_after = parse_retry_after(outcome.retry_after)
                     reason = f"status {status}"
-                    last_status: int | None = status
-                    last_exception: BaseException | None = None
+                    last_status, last_exception = status, None
                 elif isinstance(outcome, Exception):
+                    abort_at = hooks.abort_at()
+                    if (
+                        isinstance(outcome, httpx.ReadTimeout)
+                        and abort_at is not None
+                        and hooks.monotonic() >= abort_at
+                    ):
+                        # Sent in full, unanswered at the close deadline: in flight.
+                        self.hooks.abandoned(
+                            [event for rest in parts for event in rest], unanswered=part
+                        )
+                        return
                     if not is_retryable_exception(outcome):
                         error = UnexpectedError(
                             f"{type(outcome).__name__}: {outcome}; {len(part)} events dropped",
@@ -247,8 +281,12 @@ class Delivery:
                     raise TypeError(f"unexpected outcome for Send: {outcome!r}")
 
                 retries += 1
+                last = reason
                 delay = self.policy.delay(retries, retry_after, self.rng)
                 now = hooks.monotonic()
+                if give_up_at is not None and now + delay >= give_up_at:
+                    self._time_limit(part, parts, retries, last, last_status, last_exception)
+                    return
                 max_retries = self.policy.max_retries
                 if (max_retries is not None and retries > max_retries) or (
                     now + delay - started > self.policy.max_retry_time
@@ -274,12 +312,27 @@ class Delivery:
                     self._shutdown(part, parts)
                     return
 
-    def _shutdown(self, part: list[QueuedEvent], parts: deque[list[QueuedEvent]]) -> None:
+    def _time_limit(
+        self,
+        part: list[QueuedEvent],
+        parts: deque[list[QueuedEvent]],
+        attempts: int,
+        last: str,
+        last_status: int | None,
+        last_exception: BaseException | None,
+    ) -> None:
         left = part + [event for rest in parts for event in rest]
         self.hooks.failed(
             left,
-            ShutdownTimeout(
-                f"{len(left)} events were still pending at the close deadline",
+            RetriesExhausted(
+                f"gave up after {attempts} attempts at the sync_mode time limit "
+                f"(shutdown_timeout; last: {last}); {len(left)} events dropped",
                 event_ids=_ids(left),
+                attempts=attempts,
+                last_status=last_status,
+                last_exception=last_exception,
             ),
         )
+
+    def _shutdown(self, part: list[QueuedEvent], parts: deque[list[QueuedEvent]]) -> None:
+        self.hooks.abandoned(part + [event for rest in parts for event in rest])

@@ -198,8 +198,7 @@ def format_unix_ns(unix_ns: int) -> str:
 
 
 def _format_datetime(value: dt.datetime) -> str:
-    if value.tzinfo is None:  # like the server: no offset means UTC
-        value = value.replace(tzinfo=dt.UTC)
+    """An aware datetime as RFC 3339 UTC with microseconds."""
     try:
         value = value.astimezone(dt.UTC)
     except OverflowError as exc:
@@ -221,6 +220,8 @@ def _timestamp(value: object, now_ns: int) -> str:
                 value = dt.datetime.fromisoformat(value)
             except ValueError as exc:
                 raise EventRejected(invalid, f"timestamp is not a valid date-time: {exc}") from exc
+            if value.tzinfo is None:  # a string without offset: UTC, the server's rule
+                value = value.replace(tzinfo=dt.UTC)
         else:
             raise EventRejected(
                 invalid,
@@ -228,11 +229,12 @@ def _timestamp(value: object, now_ns: int) -> str:
                 "date-time such as 2026-11-27T16:20:00Z",
             )
     if isinstance(value, dt.datetime):
-        moment = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+        # A naive datetime object is local time, as datetime.now() gives it (and
+        # as PostHog's and Segment's SDKs read it); astimezone() does exactly that.
         try:
-            moment = moment.astimezone(dt.UTC)
-        except OverflowError as exc:  # year 1 at a positive offset: before 1970 anyway
-            raise EventRejected(invalid, "timestamp is before 1970-01-01T00:00:00Z") from exc
+            moment = value.astimezone(dt.UTC)
+        except (OverflowError, OSError, ValueError) as exc:  # year 1 or 9999 at an offset
+            raise EventRejected(invalid, "timestamp is out of range") from exc
     elif isinstance(value, int | float) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise EventRejected(invalid, "timestamp must be finite")
@@ -267,7 +269,9 @@ def _to_json(value: object) -> object:
         return value.isoformat()
     if isinstance(value, uuid.UUID):
         return str(value)
-    if isinstance(value, decimal.Decimal) and value.is_finite():
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():  # refused like float("nan"): one rule, one reason
+            raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
         return float(value)
     if isinstance(value, enum.Enum):
         return value.value

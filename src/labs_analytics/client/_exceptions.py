@@ -77,7 +77,10 @@ class RequestRejected(DeliveryError):
 
 
 class RetriesExhausted(DeliveryError):
-    """Retryable trouble lasted longer than ``max_retries`` / ``max_retry_time``."""
+    """Retryable trouble lasted longer than ``max_retries`` / ``max_retry_time``.
+
+    In ``sync_mode``, also when it lasted past the call's ``shutdown_timeout``.
+    """
 
     def __init__(
         self,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
 from labs_analytics.client._exceptions import DeliveryError
@@ -16,6 +16,7 @@ class ClientOptions(TypedDict, total=False):
     batch_size: int
     max_batch_bytes: int
     flush_interval: float
+    max_in_flight: int
     max_queue_size: int
     max_queue_bytes: int
     timeout: float
@@ -46,10 +47,13 @@ class DroppedEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class ClientStats:
+class ClientStats(Mapping[str, Any]):
     """Counters since the client was made (or since the fork that made this process).
 
-    ``queued``: waiting in the queue; ``in_flight``: in the batch being sent;
+    Read them as attributes (``stats.sent``) or as a read-only mapping
+    (``stats["dropped_by_reason"]``, ``dict(stats)``), whichever the caller prefers.
+
+    ``queued``: waiting in the queue; ``in_flight``: in the batches being sent;
     ``sent``: delivered (the server answered 2xx); ``dropped``: refused by
     ``track()`` (never queued), by reason; ``failed``: queued but not delivered
     (``on_error`` was called), by reason; ``retried``: requests sent again after
@@ -65,3 +69,17 @@ class ClientStats:
     batches: int
     dropped_by_reason: dict[str, int] = field(default_factory=dict)
     failed_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _STATS_FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_STATS_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_STATS_FIELDS)
+
+
+_STATS_FIELDS = tuple(f.name for f in fields(ClientStats))

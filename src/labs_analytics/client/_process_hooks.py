@@ -6,21 +6,36 @@
 * ``os.register_at_fork``: in a child, every client gets a fresh lock, queue,
   stats, worker and connection pool; what it inherited is discarded (the
   parent still owns and delivers those events), and the id generator is
-  reseeded. Under ``multiprocessing``'s fork start method, whose children
-  leave through ``os._exit`` and so skip ``atexit``, a multiprocessing
-  finalizer does the same drain.
+  reseeded.
+* ``multiprocessing`` children (fork and forkserver start methods, Pool and
+  ProcessPoolExecutor workers) leave through ``os._exit`` and so skip
+  ``atexit``; their ``Process._bootstrap`` runs the multiprocessing finalizers
+  just before. Every such child that holds a client gets one finalizer doing
+  the same drain, however the client came to be: inherited at the fork,
+  created in an ``initializer``, lazily in a task, or while a spawn or
+  forkserver child imports the main module (before its bootstrap, which
+  clears the finalizers and then runs the after-fork callbacks).
+* ``SIGTERM`` in such a child, when its handler is still the default (so
+  ``Pool.terminate()`` and leaving ``with Pool()``, which SIGTERM the
+  workers): the handler only starts a thread and returns, taking no lock, so
+  it never deadlocks on code it interrupted. The thread drains like the exit
+  hook (after any drain already running: one lock serializes them), then
+  re-sends SIGTERM, which the handler now lets kill the process as the
+  default would. At most ``shutdown_timeout`` later than without it.
 """
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from labs_analytics.client._events import reseed_after_fork
 
@@ -41,6 +56,14 @@ class _Marker:
 _MP_MARKER = _Marker()
 
 
+_mp_finalizer_pid: int | None = None  # the process whose finalizers hold our drain
+_mp_after_fork_pid: int | None = None  # the process whose after-fork callbacks hold it
+_exit_lock = threading.Lock()  # one drain at a time: a SIGTERM drain waits for the exit's
+_sigterm_pid: int | None = None  # the process whose SIGTERM handler is ours
+_sigterm_drain_started = False
+_sigterm_drained = False
+
+
 def register(client: BaseClient) -> None:
     global _hooks_installed
     with _hooks_lock:
@@ -49,10 +72,40 @@ def register(client: BaseClient) -> None:
             atexit.register(close_all_at_exit)
             os.register_at_fork(after_in_child=_after_fork_in_child)
             _hooks_installed = True
+        _watch_multiprocessing_exit()
+
+
+def _watch_multiprocessing_exit() -> None:
+    """Make a multiprocessing child drain at its exit, once per process."""
+    if _mp_finalizer_pid == os.getpid():
+        return
+    mp_process = sys.modules.get("multiprocessing.process")
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_process is None or mp_util is None:
+        return  # not a multiprocessing child; a later fork goes through the after-fork hook
+    if mp_process.parent_process() is not None:
+        _register_mp_finalizer(None)  # a child, past its bootstrap: register now
+    else:
+        # The main process, or a spawn/forkserver child still importing the
+        # main module: its bootstrap would clear a finalizer made now, then
+        # runs these callbacks (in the main process they never run).
+        _register_after_mp_fork(mp_util)
+
+
+def _register_after_mp_fork(mp_util: Any) -> None:
+    global _mp_after_fork_pid
+    if _mp_after_fork_pid != os.getpid():  # each call adds an entry: once per process
+        mp_util.register_after_fork(_MP_MARKER, _register_mp_finalizer)
+        _mp_after_fork_pid = os.getpid()
 
 
 def close_all_at_exit() -> None:
     """Drain every open client with one bounded wait (the largest shutdown_timeout)."""
+    with _exit_lock:
+        _close_all()
+
+
+def _close_all() -> None:
     clients = [client for client in list(_clients) if not client._closed and client._enabled]
     if not clients:
         return
@@ -70,6 +123,9 @@ def close_all_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
+    global _exit_lock, _sigterm_drain_started, _sigterm_drained
+    _exit_lock = threading.Lock()  # another thread may have held it at the fork
+    _sigterm_drain_started = _sigterm_drained = False
     reseed_after_fork()
     for client in list(_clients):
         client._after_fork_in_child()
@@ -77,10 +133,52 @@ def _after_fork_in_child() -> None:
     # bootstrap clears finalizers right after the fork, so register once it ran.
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is not None and _clients:
-        mp_util.register_after_fork(_MP_MARKER, _register_mp_finalizer)
+        _register_after_mp_fork(mp_util)
 
 
 def _register_mp_finalizer(_: object) -> None:
+    global _mp_finalizer_pid
     mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        mp_util.Finalize(None, close_all_at_exit, exitpriority=100)
+    if mp_util is None or _mp_finalizer_pid == os.getpid():
+        return
+    # A high priority: runs before the finalizers of multiprocessing's own
+    # queues and managers, which the application may still need meanwhile.
+    mp_util.Finalize(None, close_all_at_exit, exitpriority=100)
+    _mp_finalizer_pid = os.getpid()
+    _drain_on_sigterm()
+
+
+def _drain_on_sigterm() -> None:
+    """In a multiprocessing child's main thread, if SIGTERM is still the default."""
+    global _sigterm_pid
+    if _sigterm_pid == os.getpid() or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return  # the application's (or the framework's) own handler decides
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _sigterm_pid = os.getpid()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Runs in the main thread between two bytecodes, maybe inside track() with
+    # a client's lock held: take no lock here, only start the drain elsewhere.
+    global _sigterm_drain_started
+    if _sigterm_drained:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    elif not _sigterm_drain_started:
+        _sigterm_drain_started = True
+        _thread.start_new_thread(_drain_then_terminate, ())
+
+
+def _drain_then_terminate() -> None:
+    global _sigterm_drained
+    try:
+        close_all_at_exit()
+    except BaseException:
+        logger.exception("analytics.exit_failed")
+    finally:
+        _sigterm_drained = True
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler, in the main thread, ends it
+        time.sleep(1.0)  # a main thread stuck in C code never runs the handler
+        os._exit(128 + signal.SIGTERM)

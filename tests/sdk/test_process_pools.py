@@ -1,0 +1,159 @@
+"""multiprocessing children: every client drains at the child's exit, however it was made.
+
+Pool and ProcessPoolExecutor workers leave through ``os._exit`` (no
+``atexit``). The clients here batch 1,000 events and flush only every 30 s,
+so whatever is delivered is delivered by the exit drain: a child that skips
+it delivers nothing at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from labs_analytics.settings import Settings
+from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
+from tests.sdk.support import REPO, new_product, rows
+
+EVENTS = 1_000
+
+# A file, not `python -c`: spawn and forkserver children import the main module by path.
+JOB = """
+import json, os, sys
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from labs_analytics.client import AnalyticsClient
+
+METHOD, WHERE = os.environ["JOB_METHOD"], os.environ["JOB_WHERE"]
+client = None
+
+
+def make_client():
+    global client
+    client = AnalyticsClient(
+        os.environ["JOB_KEY"], base_url=os.environ["JOB_URL"],
+        flush_interval=30, batch_size=1000,  # nothing leaves before the exit drain
+    )
+
+
+if WHERE == "at_import":  # made while a spawn/forkserver child imports this module
+    make_client()
+
+
+def task(i):
+    if client is None:  # "lazily_in_task"
+        make_client()
+    client.track("pool.task", properties={"i": i})
+    return os.getpid()
+
+
+def run():
+    ctx = multiprocessing.get_context(METHOD)
+    initializer = make_client if WHERE == "initializer" else None
+    if POOL == "executor":
+        with ProcessPoolExecutor(4, mp_context=ctx, initializer=initializer) as executor:
+            pids = list(executor.map(task, range(EVENTS), chunksize=25))
+    elif POOL == "pool_with":  # the standard library's idiom: leaving calls terminate()
+        with ctx.Pool(4, initializer=initializer) as pool:
+            pids = pool.map(task, range(EVENTS), chunksize=25)
+    else:
+        pool = ctx.Pool(4, initializer=initializer)
+        pids = pool.map(task, range(EVENTS), chunksize=25)
+        pool.close()
+        pool.join()
+    print(json.dumps({"workers": len(set(pids))}), flush=True)
+
+
+POOL, EVENTS = os.environ["JOB_POOL"], int(os.environ["JOB_EVENTS"])
+if __name__ == "__main__":
+    run()
+"""
+
+
+def run_job(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(JOB))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def assert_all_delivered_once(db: asyncpg.Connection, product: str) -> None:
+    await wait_for_events(db, EVENTS, product=product, timeout=30)
+    stored = await rows(db, product)
+    assert sorted(row["properties"]["i"] for row in stored) == list(range(EVENTS))
+    assert await duplicated_ids(db) == []
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+@pytest.mark.parametrize(
+    ("pool", "where"),
+    [
+        ("pool", "initializer"),
+        ("pool", "lazily_in_task"),
+        ("pool", "at_import"),
+        ("executor", "initializer"),
+        ("executor", "lazily_in_task"),
+    ],
+)
+async def test_every_client_of_a_multiprocessing_child_drains_at_its_exit(
+    pool: str,
+    where: str,
+    method: str,
+    tmp_path: Path,
+    shared_server: ServeProcess,
+    sdk_settings: Settings,
+    db: asyncpg.Connection,
+) -> None:
+    product = new_product()
+    key = await create_key(sdk_settings, product=product)
+    run = run_job(
+        tmp_path,
+        JOB_KEY=key,
+        JOB_URL=shared_server.base_url,
+        JOB_METHOD=method,
+        JOB_WHERE=where,
+        JOB_POOL=pool,
+        JOB_EVENTS=str(EVENTS),
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1])["workers"] >= 1
+    await assert_all_delivered_once(db, product)
+    assert "analytics." not in run.stderr  # nothing dropped, failed or timed out
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+async def test_leaving_with_pool_which_sigterms_the_workers_loses_nothing(
+    method: str,
+    tmp_path: Path,
+    shared_server: ServeProcess,
+    sdk_settings: Settings,
+    db: asyncpg.Connection,
+) -> None:
+    """`with Pool() as pool:` ends in terminate(): SIGTERM, often mid-drain."""
+    product = new_product()
+    key = await create_key(sdk_settings, product=product)
+    run = run_job(
+        tmp_path,
+        JOB_KEY=key,
+        JOB_URL=shared_server.base_url,
+        JOB_METHOD=method,
+        JOB_WHERE="initializer",
+        JOB_POOL="pool_with",
+        JOB_EVENTS=str(EVENTS),
+    )
+    assert run.returncode == 0, run.stderr
+    await assert_all_delivered_once(db, product)
+    assert "analytics." not in run.stderr
