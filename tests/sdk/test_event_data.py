@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import json
 import math
@@ -92,3 +93,42 @@ def test_the_timestamp_of_a_naive_datetime_follows_the_zone(offset_hours: int) -
     assert run.returncode == 0, run.stderr
     expected = datetime(2026, 1, 2, 12, 0, 0, tzinfo=UTC) - timedelta(hours=offset_hours)
     assert run.stdout.strip() == expected.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+
+
+async def test_values_json_cannot_carry_are_converted_and_the_event_is_kept(
+    shared_server: ServeProcess, sdk_settings: Settings, db: asyncpg.Connection
+) -> None:
+    @dataclasses.dataclass
+    class Avatar:
+        url: str
+        raw: bytes
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<Opaque>"
+
+    product = new_product()
+    key = await create_key(sdk_settings, product=product)
+    drops: list[DroppedEvent] = []
+    with AnalyticsClient(key, base_url=shared_server.base_url, on_drop=drops.append) as client:
+        kept = client.track(
+            "profile.view",
+            properties={
+                "user": {"avatar": Avatar("https://x/a.png", b"\xff\xfe"), "handle": b"ana"},
+                "size": (64, 64),
+                "widget": Opaque(),
+            },
+        )
+        # A data error stays an error after conversion: 64-bit integers, here.
+        assert client.track("profile.view", properties={"n": (2**64,), "w": Opaque()}) is None
+        assert client.flush(timeout=30) == 0
+    assert kept is not None
+    assert [drop.reason for drop in drops] == ["invalid_properties"]
+    await wait_for_events(db, 1, product=product)
+    (row,) = await rows(db, product)
+    assert str(row["event_id"]) == kept
+    assert row["properties"] == {
+        "user": {"avatar": {"url": "https://x/a.png", "raw": {"$base64": "//4="}}, "handle": "ana"},
+        "size": [64, 64],
+        "widget": "<Opaque>",
+    }

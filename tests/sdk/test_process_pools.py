@@ -80,14 +80,20 @@ if __name__ == "__main__":
 def run_job(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(JOB))
-    return subprocess.run(
-        [sys.executable, str(script)],
-        env={**os.environ, "PYTHONPATH": str(REPO / "src"), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    try:
+        return subprocess.run(
+            [sys.executable, str(script)],
+            env={**os.environ, "PYTHONPATH": str(REPO / "src"), **env},
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        stderr = (
+            exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+        )
+        raise AssertionError(f"the job hung; what it printed:\n{stderr}") from exc
 
 
 async def assert_all_delivered_once(db: asyncpg.Connection, product: str) -> None:

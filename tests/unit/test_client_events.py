@@ -306,7 +306,7 @@ def test_track_drops_with_a_reason_and_calls_on_drop() -> None:
     client = AnalyticsClient("lak_0_x", base_url=UNREACHABLE, on_drop=drops.append)
     try:
         assert client.track("bad name!") is None
-        assert client.track("ok", properties={"x": object()}) is None
+        assert client.track("ok", properties={"x": "\ud800"}) is None  # not UTF-8
         stats = client.stats()
         assert stats.dropped_by_reason == {"invalid_name": 1, "not_serializable": 1}
         # The README's names work both ways: attributes, and keys of a mapping.
@@ -323,6 +323,7 @@ def test_track_drops_with_a_reason_and_calls_on_drop() -> None:
             "batches",
             "dropped_by_reason",
             "failed_by_reason",
+            "discarded",
         }
         with pytest.raises(KeyError):
             stats["nope"]
@@ -343,9 +344,17 @@ def test_strict_mode_raises_on_invalid_events_only() -> None:
             client.track("bad name!")
         assert isinstance(caught.value, ValueError)
         assert caught.value.reason == "invalid_name"
+        # strict keeps refusing what lenient mode would convert or write as its repr().
+        for value in (object(), b"bytes"):
+            with pytest.raises(InvalidEvent, match="not_serializable"):
+                client.track("ok", properties={"x": value})
         assert client.track("ok") is not None
         assert client.track("ok") is None  # queue full: counted, never raised
-        assert client.stats().dropped_by_reason == {"invalid_name": 1, "queue_full": 1}
+        assert client.stats().dropped_by_reason == {
+            "invalid_name": 1,
+            "not_serializable": 2,
+            "queue_full": 1,
+        }
     finally:
         client.close(timeout=0)
 

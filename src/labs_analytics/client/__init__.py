@@ -10,6 +10,15 @@
 It depends on httpx and the standard library only: nothing of the server
 (``pip install httpx`` and this package is all it needs). The Starlette/FastAPI
 middleware is plain ASGI and is loaded on first use.
+
+For scripts, the module itself tracks through a default client made from the
+environment (``LABS_ANALYTICS_API_KEY``, ``LABS_ANALYTICS_URL``)::
+
+    import labs_analytics.client as analytics
+
+    analytics.track("job.done", user="u_1")
+    with analytics.scope(user="u_1", properties={"job": "nightly"}):
+        ...
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from labs_analytics.client._async_client import AsyncAnalyticsClient
 from labs_analytics.client._client import AnalyticsClient
+from labs_analytics.client._default import close, configure, default_client, flush, track
 from labs_analytics.client._events import DropReason, uuid7
 from labs_analytics.client._exceptions import (
     AnalyticsError,
@@ -31,6 +41,7 @@ from labs_analytics.client._exceptions import (
 from labs_analytics.client._instrument import Span, Timed
 from labs_analytics.client._options import ClientOptions, ClientStats, DroppedEvent
 from labs_analytics.client._retry import RetryPolicy
+from labs_analytics.client._scope import Scope, scope
 from labs_analytics.client._version import __version__
 
 if TYPE_CHECKING:
@@ -50,11 +61,18 @@ __all__ = [
     "RequestRejected",
     "RetriesExhausted",
     "RetryPolicy",
+    "Scope",
     "ShutdownTimeout",
     "Span",
     "Timed",
     "UnexpectedError",
     "__version__",
+    "close",
+    "configure",
+    "default_client",
+    "flush",
+    "scope",
+    "track",
     "uuid7",
 ]
 

@@ -306,16 +306,20 @@ class AsyncAnalyticsClient(BaseClient):
         self, http: httpx.AsyncClient, action: Send, *, flight: Flight
     ) -> Reply | Exception:
         self._sending += 1
+        started = time.monotonic()
         try:
             response = await http.post("/v1/events", content=action.body, timeout=action.timeout)
         except asyncio.CancelledError:
             flight.cancelled_unanswered = True
             raise
         except Exception as exc:
+            self._log_exchange(action, started, exc)
             return exc
         finally:
             self._sending -= 1
-        return Reply(response.status_code, response.headers.get("retry-after"), response.content)
+        reply = Reply(response.status_code, response.headers.get("retry-after"), response.content)
+        self._log_exchange(action, started, reply)
+        return reply
 
     async def _sleep(self, seconds: float) -> bool:
         end = time.monotonic() + seconds

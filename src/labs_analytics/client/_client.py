@@ -248,14 +248,18 @@ class AnalyticsClient(BaseClient):
     def _send(self, http: httpx.Client, action: Send) -> Reply | Exception:
         with self._cond:
             self._sending += 1
+        started = time.monotonic()
         try:
             response = http.post("/v1/events", content=action.body, timeout=action.timeout)
         except Exception as exc:
+            self._log_exchange(action, started, exc)
             return exc
         finally:
             with self._cond:
                 self._sending -= 1
-        return Reply(response.status_code, response.headers.get("retry-after"), response.content)
+        reply = Reply(response.status_code, response.headers.get("retry-after"), response.content)
+        self._log_exchange(action, started, reply)
+        return reply
 
     def _sleep(self, seconds: float) -> bool:
         """Back off; False if the close deadline comes first."""

@@ -8,13 +8,14 @@ are in ``_process_hooks``.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,11 @@ from labs_analytics.client._batching import ENVELOPE_BYTES, BatchLimits, EventQu
 from labs_analytics.client._delivery import Delivery, Reply, Send, drive
 from labs_analytics.client._events import (
     DropReason,
+    EncodedEvent,
     EventRejected,
     encode_event,
     format_unix_ns,
+    uuid7,
 )
 from labs_analytics.client._exceptions import (
     DeliveryError,
@@ -38,11 +41,17 @@ from labs_analytics.client._instrument import Timed
 from labs_analytics.client._options import ClientOptions, ClientStats, DroppedEvent
 from labs_analytics.client._process_hooks import register
 from labs_analytics.client._retry import RetryPolicy
+from labs_analytics.client._scope import Scope, apply_scope, current_scope
 from labs_analytics.client._version import USER_AGENT
 
 logger = logging.getLogger("labs_analytics.client")
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+# Drop reasons of before_send (beside DropReason's): it returned None, or it raised.
+BEFORE_SEND = "before_send"
+BEFORE_SEND_ERROR = "before_send_error"
+# The once-only warning of lenient serialization (beside the drop reasons in _warned).
+REPR_FALLBACK = "converted:repr"
 _FAILURE_REASONS: dict[str, str] = {
     "RequestRejected": "rejected",
     "RetriesExhausted": "retries_exhausted",
@@ -78,7 +87,8 @@ class BaseClient:
     def __init__(self, api_key: str | None, options: ClientOptions) -> None:
         self._enabled = bool(options.get("enabled", True))
         key = api_key if api_key is not None else os.environ.get("LABS_ANALYTICS_API_KEY")
-        if self._enabled and not key:
+        self._send_events = bool(options.get("send", True))
+        if self._enabled and self._send_events and not key:
             raise ValueError(
                 "an API key is required: pass api_key=… or set LABS_ANALYTICS_API_KEY "
                 "(or enabled=False to turn tracking off)"
@@ -119,6 +129,10 @@ class BaseClient:
         self._on_drop = options.get("on_drop")
         self._sync_mode = bool(options.get("sync_mode", False))
         self._strict = bool(options.get("strict", False))
+        self._debug = bool(options.get("debug", False))
+        self._before_send = options.get("before_send")
+        super_properties = options.get("super_properties")
+        self._super_properties = dict(super_properties) if super_properties else None
         context = options.get("context")
         self._default_context: dict[str, Any] | None = dict(context) if context else None
         self._headers = {
@@ -153,6 +167,7 @@ class BaseClient:
         self._unanswered = 0  # events whose request was unanswered at the close deadline
         self._worker_running = False
         self._sent = 0
+        self._discarded = 0
         self._retried = 0
         self._batches = 0
         self._dropped: Counter[str] = Counter()
@@ -187,22 +202,11 @@ class BaseClient:
         """
         if not self._enabled:
             return None
-        try:
-            event = encode_event(
-                name,
-                user=user,
-                properties=properties,
-                timestamp=timestamp,
-                event_id=event_id,
-                context=context,
-                default_context=self._default_context,
-            )
-        except EventRejected as exc:
-            self._drop(exc.reason, name, None, exc.message, invalid=True)
+        event = self._prepare(name, user, properties, timestamp, event_id, context)
+        if event is None:
             return None
-        except Exception as exc:  # e.g. a Mapping whose items() raises: still never raise
-            self._drop(DropReason.NOT_SERIALIZABLE, name, None, repr(exc), invalid=True)
-            return None
+        if event.converted:
+            self._warn_converted(name, event.converted)
         if len(event.data) + ENVELOPE_BYTES > self._batch.max_bytes:
             self._drop(
                 DropReason.TOO_LARGE,
@@ -212,6 +216,10 @@ class BaseClient:
                 invalid=True,
             )
             return None
+        if not self._send_events and not self._closed:
+            with self._lock:
+                self._discarded += 1
+            return event.event_id
         if self._sync_mode and not self._closed and self._send_inline(event.event_id, event.data):
             return event.event_id
         now = time.monotonic()
@@ -250,6 +258,131 @@ class BaseClient:
             self._start_worker()
         return event.event_id
 
+    def _prepare(
+        self,
+        name: object,
+        user: object,
+        properties: object,
+        timestamp: object,
+        event_id: object,
+        context: object,
+    ) -> EncodedEvent | None:
+        """The event with the scope, super_properties and before_send applied; None: dropped."""
+        default_context = self._default_context
+        try:
+            scoped = current_scope()
+            if scoped is not None or self._super_properties:
+                user, properties = apply_scope(scoped, self._super_properties, user, properties)
+            if self._before_send is None:
+                return encode_event(
+                    name,
+                    user=user,
+                    properties=properties,
+                    timestamp=timestamp,
+                    event_id=event_id,
+                    context=context,
+                    default_context=default_context,
+                    lenient=not self._strict,
+                )
+            if default_context and (context is None or isinstance(context, Mapping)):
+                context = {**default_context, **(context or {})}
+            event: dict[str, Any] = {
+                "name": name,
+                "user": user,
+                "timestamp": dt.datetime.now(dt.UTC) if timestamp is None else timestamp,
+                "properties": dict(properties) if isinstance(properties, Mapping) else properties,
+                "context": context,
+                "event_id": str(uuid7()) if event_id is None else event_id,
+            }
+        except EventRejected as exc:
+            self._drop(exc.reason, name, None, exc.message, invalid=True)
+            return None
+        except Exception as exc:  # e.g. a Mapping whose items() raises: still never raise
+            self._drop(DropReason.NOT_SERIALIZABLE, name, None, repr(exc), invalid=True)
+            return None
+        eid = str(event["event_id"])
+        try:
+            shaped = self._before_send(event)
+            if shaped is not None and not isinstance(shaped, Mapping):
+                raise TypeError(f"before_send must return a dict or None, not {shaped!r}")
+        except Exception as exc:
+            self._drop(BEFORE_SEND_ERROR, name, eid, f"before_send raised {exc!r}", invalid=True)
+            return None
+        if shaped is None:
+            self._drop(BEFORE_SEND, name, eid, "before_send returned None", invalid=False)
+            return None
+        name = shaped.get("name")
+        try:
+            return encode_event(
+                name,
+                user=shaped.get("user"),
+                properties=shaped.get("properties"),
+                timestamp=shaped.get("timestamp"),
+                event_id=shaped.get("event_id"),
+                context=shaped.get("context"),
+                lenient=not self._strict,
+            )
+        except EventRejected as exc:
+            self._drop(exc.reason, name, None, exc.message, invalid=True)
+            return None
+        except Exception as exc:
+            self._drop(DropReason.NOT_SERIALIZABLE, name, None, repr(exc), invalid=True)
+            return None
+
+    def scope(self, user: str | None = None, properties: Mapping[str, Any] | None = None) -> Scope:
+        """``with client.scope(user=…, properties={…}):``: for every event in the block.
+
+        The same as the module's ``scope()``: a ``contextvars`` scope that every
+        client sees (asyncio tasks inherit it; for a thread pool, submit
+        ``contextvars.copy_context().run``). ``track()``'s arguments win over
+        it, and it wins over ``super_properties``.
+        """
+        return Scope(user, properties)
+
+    def replay(self, events: Iterable[Mapping[str, Any]]) -> list[str | None]:
+        """Track again events a ``DeliveryError`` gave back (``error.events``).
+
+        Each keeps its ``event_id`` and ``timestamp``, so the server stores it
+        at most once, even if an earlier attempt did arrive; one without them
+        is dropped (``invalid_event_id``, ``invalid_timestamp``): replaying it
+        twice would store it twice. Otherwise an event goes through ``track()``
+        (checks, scope, ``before_send``; its own fields win). Returns the ids,
+        None for each event dropped.
+        """
+        ids: list[str | None] = []
+        for event in events:
+            name: Any = event.get("name")
+            if event.get("event_id") is None:
+                self._drop(
+                    DropReason.INVALID_EVENT_ID,
+                    name,
+                    None,
+                    "a replayed event must keep its event_id",
+                    invalid=True,
+                )
+                ids.append(None)
+            elif event.get("timestamp") is None:
+                self._drop(
+                    DropReason.INVALID_TIMESTAMP,
+                    name,
+                    str(event["event_id"]),
+                    "a replayed event must keep its timestamp",
+                    invalid=True,
+                )
+                ids.append(None)
+            else:
+                ids.append(
+                    self.track(
+                        name,
+                        user=event.get("user"),
+                        properties=event.get("properties"),
+                        timestamp=event["timestamp"],
+                        event_id=event["event_id"],
+                        context=event.get("context"),
+                    )
+                )
+        return ids
+
     def timed(self, name: str, /, *, user: str | None = None, **properties: Any) -> Timed:
         """Time a call or a block: a decorator (sync or async) or a (async) context manager.
 
@@ -270,6 +403,7 @@ class BaseClient:
                 batches=self._batches,
                 dropped_by_reason=dict(self._dropped),
                 failed_by_reason=dict(self._failed),
+                discarded=self._discarded,
             )
 
     # --- what the subclasses provide
@@ -296,27 +430,74 @@ class BaseClient:
     # --- drops, failures and callbacks
 
     def _drop(
-        self, reason: DropReason, name: object, event_id: str | None, message: str, *, invalid: bool
+        self, reason: str, name: object, event_id: str | None, message: str, *, invalid: bool
     ) -> None:
+        reason = str(reason)  # a DropReason, or one of before_send's
         with self._lock:
-            self._dropped[reason.value] += 1
-            first = reason.value not in self._warned
-            self._warned.add(reason.value)
+            self._dropped[reason] += 1
+            # before_send dropping an event is its job, not trouble: no warning.
+            first = reason not in self._warned and reason != BEFORE_SEND
+            self._warned.add(reason)
         if first:
             logger.warning(
                 "analytics.event_dropped reason=%s name=%r: %s (logged once per reason; "
                 "see stats().dropped_by_reason)",
-                reason.value,
+                reason,
                 name,
                 message,
             )
         if self._on_drop is not None:
             try:
-                self._on_drop(DroppedEvent(reason.value, name, event_id, message))
+                self._on_drop(DroppedEvent(reason, name, event_id, message))
             except Exception:
                 logger.exception("analytics.on_drop_failed")
         if invalid and self._strict:
-            raise InvalidEvent(reason.value, message)
+            raise InvalidEvent(reason, message)
+
+    def _warn_converted(self, name: object, converted: Sequence[tuple[str, str]]) -> None:
+        """Lenient mode sent a value as its repr(): say where, once per client (event kept)."""
+        with self._lock:
+            first = REPR_FALLBACK not in self._warned
+            self._warned.add(REPR_FALLBACK)
+        if first:
+            path, type_name = converted[0]
+            logger.warning(
+                "analytics.value_converted reason=repr path=%s type=%s name=%r: JSON cannot "
+                "carry it, so it is sent as its repr() (logged once; strict=True refuses it)",
+                path,
+                type_name,
+                name,
+            )
+
+    def _log_exchange(self, action: Send, started: float, outcome: Reply | Exception) -> None:
+        """debug=True: one line per request and its answer (never the headers: the key)."""
+        if not self._debug:
+            return
+        ms = (time.monotonic() - started) * 1000
+        if isinstance(outcome, Exception):
+            logger.debug(
+                "analytics.request method=POST url=%s/v1/events events=%d bytes=%d "
+                "error=%s ms=%.1f",
+                self.base_url,
+                action.events,
+                len(action.body),
+                type(outcome).__name__,
+                ms,
+            )
+        else:
+            answer = outcome.content
+            if self._api_key:  # a proxy could echo the request: redact before cutting
+                answer = answer.replace(self._api_key.encode(), b"[key]")
+            logger.debug(
+                "analytics.request method=POST url=%s/v1/events events=%d bytes=%d "
+                "status=%d ms=%.1f answer=%r",
+                self.base_url,
+                action.events,
+                len(action.body),
+                outcome.status,
+                ms,
+                answer[:500],
+            )
 
     def _report(self, error: DeliveryError) -> None:
         logger.warning("analytics.delivery_failed %s", error.message)
@@ -385,6 +566,7 @@ class BaseClient:
             ShutdownTimeout(
                 f"{len(events)} events were still pending at the close deadline",
                 event_ids=[event.event_id for event in events],
+                payloads=[event.data for event in events],
             ),
         )
 
@@ -400,6 +582,7 @@ class BaseClient:
         error = UnexpectedError(
             f"{type(exc).__name__}: {exc}; {len(batch)} events dropped",
             event_ids=[event.event_id for event in batch],
+            payloads=[event.data for event in batch],
         )
         error.__cause__ = exc
         self.failed(batch, error)
@@ -494,6 +677,7 @@ class BaseClient:
                 ShutdownTimeout(
                     f"{len(left)} events were still pending at the close deadline",
                     event_ids=[event.event_id for event in left],
+                    payloads=[event.data for event in left],
                 )
             )
 
@@ -540,13 +724,17 @@ class BaseClient:
         """Deliver with blocking I/O in the calling thread (sync mode, exit fallbacks)."""
 
         def send(action: Send) -> Reply | Exception:
+            started = time.monotonic()
             try:
                 response = http.post("/v1/events", content=action.body, timeout=action.timeout)
             except Exception as exc:
+                self._log_exchange(action, started, exc)
                 return exc
-            return Reply(
+            reply = Reply(
                 response.status_code, response.headers.get("retry-after"), response.content
             )
+            self._log_exchange(action, started, reply)
+            return reply
 
         def sleep(seconds: float) -> bool:
             time.sleep(seconds)  # the steps never sleep past the close deadline

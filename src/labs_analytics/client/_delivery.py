@@ -139,6 +139,10 @@ def _ids(events: Sequence[QueuedEvent]) -> list[str]:
     return [event.event_id for event in events]
 
 
+def _payloads(events: Sequence[QueuedEvent]) -> list[bytes]:
+    return [event.data for event in events]
+
+
 def _error_body(content: bytes) -> dict[str, Any]:
     try:
         body = json.loads(content)
@@ -156,6 +160,7 @@ def _rejected(reply: Reply, events: Sequence[QueuedEvent]) -> RequestRejected:
         message=str(body.get("message") or reply.content[:200].decode(errors="replace")),
         details=details if isinstance(details, list) else [],
         event_ids=_ids(events),
+        payloads=_payloads(events),
     )
 
 
@@ -271,6 +276,7 @@ class Delivery:
                         error = UnexpectedError(
                             f"{type(outcome).__name__}: {outcome}; {len(part)} events dropped",
                             event_ids=_ids(part),
+                            payloads=_payloads(part),
                         )
                         error.__cause__ = outcome
                         hooks.failed(part, error)
@@ -297,6 +303,7 @@ class Delivery:
                             f"gave up after {retries} attempts over {now - started:.1f} s "
                             f"(last: {reason}); {len(part)} events dropped",
                             event_ids=_ids(part),
+                            payloads=_payloads(part),
                             attempts=retries,
                             last_status=last_status,
                             last_exception=last_exception,
@@ -328,6 +335,7 @@ class Delivery:
                 f"gave up after {attempts} attempts at the sync_mode time limit "
                 f"(shutdown_timeout; last: {last}); {len(left)} events dropped",
                 event_ids=_ids(left),
+                payloads=_payloads(left),
                 attempts=attempts,
                 last_status=last_status,
                 last_exception=last_exception,

@@ -15,7 +15,6 @@ server store it once (its primary key is ``(timestamp, product, event_id)``).
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import enum
 import json
 import math
@@ -27,6 +26,8 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
+
+from labs_analytics.client._convert import jsonable, to_json
 
 # --- the contract (copied from labs_analytics.events and settings; a test keeps them equal)
 EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:/\-]{1,128}$"
@@ -87,6 +88,8 @@ class EventRejected(Exception):
 class EncodedEvent(NamedTuple):
     event_id: str
     data: bytes  # the event's JSON, UTF-8
+    # Lenient mode: (path, type name) of each value sent as its repr().
+    converted: tuple[tuple[str, str], ...] = ()
 
 
 # --- UUIDv7 ------------------------------------------------------------------------------
@@ -261,28 +264,9 @@ def _timestamp(value: object, now_ns: int) -> str:
 # --- JSON ----------------------------------------------------------------------------------
 
 
-def _to_json(value: object) -> object:
-    """The few non-JSON types that have one obvious JSON form."""
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, decimal.Decimal):
-        if not value.is_finite():  # refused like float("nan"): one rule, one reason
-            raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
-        return float(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, set | frozenset):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 # One encoder, built once: json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_to_json
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=to_json
 )
 # And the C encoder under it, called directly (JSONEncoder.encode builds one per
 # call). No circular-reference markers: they are per call state, unsafe to share
@@ -290,7 +274,7 @@ _ENCODER = json.JSONEncoder(
 _c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
 _C_ENCODE: Callable[[object, int], list[str]] | None = (
     _c_make_encoder(
-        None, _to_json, json.encoder.encode_basestring, None, ":", ",", False, False, False
+        None, to_json, json.encoder.encode_basestring, None, ":", ",", False, False, False
     )
     if _c_make_encoder is not None
     else None
@@ -326,8 +310,14 @@ def _check_value(value: object, depth: int) -> None:
             raise ValueError("integers must fit in 64 bits; send larger ones as strings")
 
 
-def encode_object(value: object, field: str) -> str:
-    """A properties/context object as compact JSON text, checked against the limits."""
+def encode_object(value: object, field: str, converted: list[tuple[str, str]] | None = None) -> str:
+    """A properties/context object as compact JSON text, checked against the limits.
+
+    Strict (``converted`` is None): a value the encoder cannot write refuses
+    the object. Lenient: the object is rebuilt with ``jsonable`` (only then,
+    so plain JSON pays nothing) and each ``repr()`` fallback is appended to
+    ``converted``; the limits below apply to the result all the same.
+    """
     invalid = DropReason.INVALID_PROPERTIES if field == "properties" else DropReason.INVALID_CONTEXT
     if type(value) is not dict:
         if not isinstance(value, Mapping):
@@ -337,8 +327,18 @@ def encode_object(value: object, field: str) -> str:
         text = _dumps(value)
     except ValueError as exc:  # NaN/infinity, or a circular reference
         raise EventRejected(invalid, f"{field}: {exc}") from exc
-    except (TypeError, RecursionError) as exc:
+    except RecursionError as exc:
         raise EventRejected(DropReason.NOT_SERIALIZABLE, f"{field}: {exc}") from exc
+    except TypeError as exc:
+        if converted is None:
+            raise EventRejected(DropReason.NOT_SERIALIZABLE, f"{field}: {exc}") from exc
+        try:
+            value = jsonable(value, field, max_depth=MAX_JSON_DEPTH, converted=converted)
+            text = _dumps(value)
+        except ValueError as exc2:  # too deep (or a cycle), NaN/infinity
+            raise EventRejected(invalid, f"{field}: {exc2}") from exc2
+        except RecursionError as exc2:
+            raise EventRejected(invalid, f"{field}: nested too deep") from exc2
     # Fast path: the walk below is needed only when the text could hide a
     # problem (a NUL escape, more brackets than the depth limit, a 19-digit run).
     if (
@@ -405,8 +405,13 @@ def encode_event(
     event_id: object = None,
     context: object = None,
     default_context: Mapping[str, Any] | None = None,
+    lenient: bool = False,
 ) -> EncodedEvent:
-    """One event as the JSON the server takes; raises ``EventRejected``."""
+    """One event as the JSON the server takes; raises ``EventRejected``.
+
+    ``lenient``: a property or context value JSON cannot carry is converted
+    (see ``_convert``) instead of refusing the event.
+    """
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
         raise EventRejected(
             DropReason.INVALID_NAME,
@@ -417,10 +422,11 @@ def encode_event(
     ts = format_unix_ns(now_ns) if timestamp is None else _timestamp(timestamp, now_ns)
     # The name matched the pattern and the id and time are ours: no escaping needed.
     text = f'{{"event_id":"{eid}","name":"{name}","timestamp":"{ts}"'
+    converted: list[tuple[str, str]] | None = [] if lenient else None
     if user is not None:
         text += ',"user":' + _user(user)
     if properties is not None:
-        encoded = encode_object(properties, "properties")
+        encoded = encode_object(properties, "properties", converted)
         if encoded != "{}":
             text += ',"properties":' + encoded
     if default_context:
@@ -429,9 +435,9 @@ def encode_event(
         elif isinstance(context, Mapping):
             context = {**default_context, **context}
     if context is not None:
-        text += ',"context":' + encode_object(context, "context")
+        text += ',"context":' + encode_object(context, "context", converted)
     try:
         data = (text + "}").encode()
     except UnicodeEncodeError as exc:
         raise EventRejected(DropReason.NOT_SERIALIZABLE, str(exc)) from exc
-    return EncodedEvent(eid, data)
+    return EncodedEvent(eid, data, tuple(converted) if converted else ())

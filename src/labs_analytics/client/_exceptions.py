@@ -11,7 +11,9 @@ AnalyticsError
 ├── InvalidEvent            track() with strict=True: the event breaks the wire
 │                           contract (also a ValueError); .reason says which rule
 └── DeliveryError           events that entered the queue and were not delivered;
-    │                       .event_ids lists them. Given to on_error, never raised.
+    │                       .event_ids lists them, .events are their payloads
+    │                       (JSON-ready dicts: save them, then client.replay()).
+    │                       Given to on_error, never raised.
     ├── RequestRejected     the server refused them and a retry cannot help: a 4xx
     │                       other than 408/429 (401 bad key, 403, 422 invalid, a
     │                       lone event over the body limit: 413). .status_code,
@@ -28,6 +30,7 @@ AnalyticsError
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,10 +51,25 @@ class InvalidEvent(AnalyticsError, ValueError):
 class DeliveryError(AnalyticsError):
     """Events that were queued and could not be delivered."""
 
-    def __init__(self, message: str, *, event_ids: Sequence[str]) -> None:
+    def __init__(
+        self, message: str, *, event_ids: Sequence[str], payloads: Sequence[bytes] = ()
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.event_ids = list(event_ids)
+        # Each event's JSON exactly as track() made it (same id, same timestamp).
+        self.payloads = list(payloads)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The undelivered events as JSON-ready dicts, in ``event_ids`` order.
+
+        Each carries its ``event_id`` and ``timestamp``: ``client.replay(events)``
+        (now, or after saving them with ``json.dumps``) sends them again, and the
+        server stores each at most once, even one that had arrived after all.
+        Decoded on each access; ``payloads`` holds the raw bytes.
+        """
+        return [json.loads(payload) for payload in self.payloads]
 
 
 class RequestRejected(DeliveryError):
@@ -65,10 +83,12 @@ class RequestRejected(DeliveryError):
         message: str,
         details: list[Any],
         event_ids: Sequence[str],
+        payloads: Sequence[bytes] = (),
     ) -> None:
         super().__init__(
             f"{status_code} {error or 'error'}: {message} ({len(event_ids)} events dropped)",
             event_ids=event_ids,
+            payloads=payloads,
         )
         self.status_code = status_code
         self.error = error
@@ -90,8 +110,9 @@ class RetriesExhausted(DeliveryError):
         attempts: int,
         last_status: int | None = None,
         last_exception: BaseException | None = None,
+        payloads: Sequence[bytes] = (),
     ) -> None:
-        super().__init__(message, event_ids=event_ids)
+        super().__init__(message, event_ids=event_ids, payloads=payloads)
         self.attempts = attempts
         self.last_status = last_status
         self.last_exception = last_exception

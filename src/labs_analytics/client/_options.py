@@ -34,6 +34,10 @@ class ClientOptions(TypedDict, total=False):
     shutdown_timeout: float
     strict: bool
     headers: Mapping[str, str] | None
+    super_properties: Mapping[str, Any] | None
+    before_send: Callable[[dict[str, Any]], dict[str, Any] | None] | None
+    debug: bool
+    send: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +58,8 @@ class ClientStats(Mapping[str, Any]):
     (``stats["dropped_by_reason"]``, ``dict(stats)``), whichever the caller prefers.
 
     ``queued``: waiting in the queue; ``in_flight``: in the batches being sent;
-    ``sent``: delivered (the server answered 2xx); ``dropped``: refused by
+    ``sent``: delivered (the server answered 2xx); ``discarded``: accepted by
+    ``track()`` and not sent because the client has ``send=False``; ``dropped``: refused by
     ``track()`` (never queued), by reason; ``failed``: queued but not delivered
     (``on_error`` was called), by reason; ``retried``: requests sent again after
     retryable trouble; ``batches``: requests the server accepted.
@@ -69,6 +74,7 @@ class ClientStats(Mapping[str, Any]):
     batches: int
     dropped_by_reason: dict[str, int] = field(default_factory=dict)
     failed_by_reason: dict[str, int] = field(default_factory=dict)
+    discarded: int = 0
 
     def __getitem__(self, key: str) -> Any:
         if key not in _STATS_FIELDS:
