@@ -99,7 +99,11 @@ class IngestService:
         left = self.limited_keys.seconds_left(key.key_id)
         if left is not None:
             # Not a byte of the body is read: the server drains or closes it.
-            raise self._rate_limited(key, left)
+            refusal = self._rate_limited(key, left)
+            # And the connection is closed: its body is not worth receiving
+            # (a flood of refused bodies cost the other clients more when drained).
+            refusal.headers["Connection"] = "close"
+            raise refusal
         meter = RequestMeter()
         try:
             raw = await read_body(receive, headers, limit=self._max_body_bytes, meter=meter)
