@@ -412,3 +412,21 @@ def test_a_client_that_sends_its_whole_body_first_still_reads_an_early_refusal(
             timeout=10,
         )
         assert response.status_code == 401
+
+
+def test_a_second_request_with_an_oversized_head_on_a_kept_alive_connection_gets_431(
+    server: ServeProcess, key: str
+) -> None:
+    body = body_of()
+    sock = connect(server.base_url)
+    try:
+        sock.sendall(post_head(key, content_length=len(body)) + body)
+        first = read_response(sock)
+        assert first is not None
+        assert first.status == 202
+        sock.sendall(post_head(key, content_length=2, extra=f"X-Big: {'b' * HEADER_LIMIT}\r\n"))
+        second = read_response(sock)
+        assert second is not None
+        assert second.status == 431
+    finally:
+        close(sock)

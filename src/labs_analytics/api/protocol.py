@@ -289,7 +289,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
-        if self.cycle.more_body and not self.transport.is_closing():
+        # The cycle is the one that just answered unless requests are pipelined
+        # behind it; those are served as uvicorn would.
+        answered_early = not self.pipeline and self.cycle.response_complete and self.cycle.more_body
+        if answered_early and not self.transport.is_closing():
             self.server_state.total_requests += 1
             self._linger()
             return
@@ -313,9 +316,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, message: str) -> None:
         """Answer with a JSON error and close; the app never sees the request."""
         self._disarm()
+        answering = (
+            self.cycle is not None
+            and self.cycle.response_started
+            and not self.cycle.response_complete
+        )
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.disconnected = True  # the app, if running, must not write after us
-        if self.cycle is None or not self.cycle.response_started:
+        if not answering:  # (a keep-alive connection's previous answer is complete)
             self.transport.write(_error_response(status, message))
         self.transport.close()
 
