@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from labs_analytics.client._async_client import AsyncAnalyticsClient
 from labs_analytics.client._client import AnalyticsClient
+from labs_analytics.client._request_event import track_request
 
 if TYPE_CHECKING:
     from labs_analytics.client._core import BaseClient
@@ -138,21 +139,17 @@ class AnalyticsMiddleware:
     ) -> None:
         if route in self.exclude_routes:
             return
-        properties: dict[str, Any] = {
-            "method": scope.get("method"),
-            "route": route,
-            "status_code": status_code,
-            "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-        }
-        if error is not None:
-            properties["error_type"] = type(error).__qualname__
-        user = None
-        if self.user is not None:
-            try:
-                user = self.user(scope)
-            except Exception:
-                user = None
-        self.client.track(self.event_name, user=user, properties=properties)
+        track_request(
+            self.client,
+            self.event_name,
+            request=scope,
+            method=scope.get("method"),
+            route=route,
+            status_code=status_code,
+            start=start,
+            error=error,
+            user=self.user,
+        )
 
 
 def _route_template(scope: Scope, root_path: str, app: object) -> str | None:

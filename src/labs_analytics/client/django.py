@@ -49,6 +49,7 @@ from django.utils.module_loading import import_string
 
 from labs_analytics.client._client import AnalyticsClient
 from labs_analytics.client._core import BaseClient
+from labs_analytics.client._request_event import track_request
 
 __all__ = ["AnalyticsMiddleware", "settings_client"]
 
@@ -151,20 +152,16 @@ class AnalyticsMiddleware:
         route = f"/{pattern.removeprefix('^')}" if isinstance(pattern, str) else None
         if route in self.exclude_routes:
             return
-        properties: dict[str, Any] = {
-            "method": request.method,
-            "route": route,
-            "status_code": status_code,
-            "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-        }
         if error is None and status_code >= 500:
             error = getattr(request, _ERROR_ATTRIBUTE, None)
-        if error is not None:
-            properties["error_type"] = type(error).__qualname__
-        user = None
-        if self.user is not None:
-            try:
-                user = self.user(request)
-            except Exception:  # analytics must never take a request down
-                user = None
-        self.client.track(self.event_name, user=user, properties=properties)
+        track_request(
+            self.client,
+            self.event_name,
+            request=request,
+            method=request.method,
+            route=route,
+            status_code=status_code,
+            start=start,
+            error=error,
+            user=self.user,
+        )

@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
 
 from flask import Flask, Request, Response, current_app, request
 
 from labs_analytics.client._client import AnalyticsClient
 from labs_analytics.client._core import BaseClient
+from labs_analytics.client._request_event import track_request
 
 __all__ = ["LabsAnalytics"]
 
@@ -107,20 +107,15 @@ class LabsAnalytics:
             return
         # No status noted: the exception propagated (PROPAGATE_EXCEPTIONS) and
         # the server will answer 500.
-        status_code = request.environ.get(_STATUS, 500)
-        properties: dict[str, Any] = {
-            "method": request.method,
-            "route": route,
-            "status_code": status_code,
-            "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-        }
-        if error is not None:
-            properties["error_type"] = type(error).__qualname__
-        user = None
-        if self.user is not None:
-            try:
-                user = self.user(request)
-            except Exception:  # analytics must never take a request down
-                user = None
         client: BaseClient = current_app.extensions[EXTENSION_KEY]
-        client.track(self.event_name, user=user, properties=properties)
+        track_request(
+            client,
+            self.event_name,
+            request=request,
+            method=request.method,
+            route=route,
+            status_code=request.environ.get(_STATUS, 500),
+            start=start,
+            error=error,
+            user=self.user,
+        )
