@@ -22,11 +22,13 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
 COPY alembic ./alembic
+# The SDK's distribution: the service imports its wire contract module.
+COPY clients/python ./clients/python
 
 # The wheel force-includes alembic/ as labs_analytics/_alembic, so `migrate`
 # works from the installed package without this checkout.
-RUN python -m pip wheel --no-deps --wheel-dir /dist . \
-    && /opt/venv/bin/pip install /dist/labs_analytics-*.whl \
+RUN python -m pip wheel --no-deps --wheel-dir /dist ./clients/python . \
+    && /opt/venv/bin/pip install /dist/labs_analytics_client-*.whl /dist/labs_analytics-*.whl \
     && /opt/venv/bin/python -c "import labs_analytics.storage.migrations as m; assert (m.migrations_dir() / 'env.py').is_file(), m.migrations_dir()"
 
 # --- runtime: the venv on a clean slim image, run as an unprivileged user ------

@@ -13,10 +13,11 @@ ROUNDS  ?= 3
 
 .PHONY: install run test test-unit test-integration test-faults lint format stress bench attacks chaos clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,stress]'
+	# The SDK is its own distribution (clients/python); the service depends on it.
+	$(BIN)/python -m pip install --quiet -e ./clients/python -e '.[dev,stress]'
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the service with dev, test and stress extras

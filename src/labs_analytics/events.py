@@ -33,16 +33,26 @@ from pydantic import (
     model_validator,
 )
 
-EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:/\-]{1,128}$"
-MAX_USER_LENGTH = 256
-MAX_JSON_DEPTH = 32
-PRODUCT_PATTERN = r"^[a-z0-9][a-z0-9_\-]{0,63}$"
+# The limits and patterns the SDK checks too: one dependency-free module for both.
+from labs_analytics_client.contract import (
+    EARLIEST_TIMESTAMP,
+    EVENT_NAME_PATTERN,
+    MAX_FUTURE_SKEW_SECONDS,
+    MAX_JSON_DEPTH,
+    MAX_JSON_INT,
+    MAX_PROPERTIES_BYTES,
+    MAX_USER_LENGTH,
+    MIN_JSON_INT,
+    PRODUCT_PATTERN,
+    RFC3339_PATTERN,
+    UNIX_SECONDS_PATTERN,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class EventLimits:
-    max_properties_bytes: int = 32 * 1024
-    max_future_skew: timedelta = timedelta(hours=24)
+    max_properties_bytes: int = MAX_PROPERTIES_BYTES
+    max_future_skew: timedelta = timedelta(seconds=MAX_FUTURE_SKEW_SECONDS)
 
 
 DEFAULT_LIMITS = EventLimits()
@@ -50,22 +60,7 @@ DEFAULT_LIMITS = EventLimits()
 
 # --- timestamps ------------------------------------------------------------------
 #
-# One rule, here and in the SDK (client/_events.py, kept equal by a test). A
-# timestamp is one of:
-#   - a JSON number of unix seconds (fraction allowed), never milliseconds;
-#   - a string of decimal unix seconds matching UNIX_SECONDS_PATTERN;
-#   - an RFC 3339 date-time string matching RFC3339_PATTERN:
-#     YYYY-MM-DD, `T` or a space, HH:MM:SS, an optional fraction (digits past
-#     microseconds are dropped), and `Z` or ±HH:MM; without an offset it is
-#     taken as UTC.
-# Anything else is refused (no ISO 8601 week dates, no compact forms, no
-# milliseconds read from large numbers), and so is any time before
-# 1970-01-01T00:00:00Z (unix 0) or more than the allowed skew ahead of now.
-UNIX_SECONDS_PATTERN = r"-?[0-9]+(\.[0-9]+)?"
-RFC3339_PATTERN = (
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})?"
-)
-EARLIEST_TIMESTAMP = datetime(1970, 1, 1, tzinfo=UTC)
+# One rule, here and in the SDK: see the patterns in labs_analytics_client.contract.
 _UNIX_SECONDS_TEXT = re.compile(UNIX_SECONDS_PATTERN, re.ASCII)
 _RFC3339_TEXT = re.compile(RFC3339_PATTERN, re.ASCII)
 _TIMESTAMP_FORMS = (
@@ -142,13 +137,8 @@ def _in_utc_and_in_range(value: datetime, info: ValidationInfo) -> datetime:
 
 # --- integers --------------------------------------------------------------------
 #
-# JSON integers must lie in [-2^63, 2^64 - 1], the signed and unsigned 64-bit
-# range: orjson, which parses request bodies, turns a larger literal into a
-# float (18446744073709551616 would be stored as 18446744073709552000), so
-# such a literal is refused at the door. Send larger numbers as strings. The
-# SDK refuses the same values (client/_events.py, kept equal by a test).
-MIN_JSON_INT = -(2**63)
-MAX_JSON_INT = 2**64 - 1
+# JSON integers must lie in [MIN_JSON_INT, MAX_JSON_INT] (labs_analytics_client.contract
+# says why); the SDK refuses the same values.
 # Any integer literal outside the range has at least 19 digits; a run of 19
 # digits anywhere (in a string too) only sends a body to the exact check.
 _LONG_DIGIT_RUN = b"0" * 19

@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from labs_analytics.auth.keys import MAX_RATE_LIMIT_PER_SECOND, check_default_rate_limit
+from labs_analytics_client import contract
 
 
 class Settings(BaseSettings):
@@ -36,16 +37,25 @@ class Settings(BaseSettings):
 
     # --- ingest limits -------------------------------------------------------
     max_body_bytes: int = Field(
-        default=1024 * 1024, gt=0, description="Request body limit, after decompression."
+        default=contract.MAX_BODY_BYTES,
+        gt=0,
+        description="Request body limit, after decompression.",
     )
     max_events_per_request: int = Field(
-        default=1000, gt=0, le=10_000, description="Events in one request, at most."
+        default=contract.MAX_EVENTS_PER_REQUEST,
+        gt=0,
+        le=10_000,
+        description="Events in one request, at most.",
     )
     max_properties_bytes: int = Field(
-        default=32 * 1024, gt=0, description="Serialized size limit of one event's properties."
+        default=contract.MAX_PROPERTIES_BYTES,
+        gt=0,
+        description="Serialized size limit of one event's properties.",
     )
     max_future_skew_seconds: int = Field(
-        default=24 * 3600, ge=0, description="Timestamps further ahead than this are refused."
+        default=contract.MAX_FUTURE_SKEW_SECONDS,
+        ge=0,
+        description="Timestamps further ahead than this are refused.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

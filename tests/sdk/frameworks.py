@@ -20,14 +20,14 @@ from typing import Any
 import httpx
 
 from labs_analytics.embedded import free_port
-from tests.sdk.support import REPO
+from tests.sdk.support import REPO, SDK
 
 
 def app_env(key: str, base_url: str, **extra: str) -> dict[str, str]:
     """The environment of a child running a test app: the SDK's key and URL, our imports."""
     return {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),
+        "PYTHONPATH": os.pathsep.join([str(SDK / "src"), str(REPO)]),
         "LABS_ANALYTICS_API_KEY": key,
         "LABS_ANALYTICS_URL": base_url,
         **extra,

@@ -25,6 +25,7 @@ from labs_analytics.storage.database import create_engine
 from tests.helpers import ServeProcess, serve_process, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
+SDK = REPO / "clients" / "python"  # the SDK's distribution
 
 
 def new_product() -> str:
@@ -113,7 +114,7 @@ class ScriptRun:
 
 def run_script(code: str, *, timeout: float = 60.0, **env: str) -> ScriptRun:
     """Run a small Python program that imports the SDK from src/, as a product would."""
-    environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), **env}
+    environment = {**os.environ, "PYTHONPATH": str(SDK / "src"), **env}
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],

@@ -8,8 +8,8 @@ import logging
 import asyncpg
 import pytest
 
-from labs_analytics.client import AnalyticsClient, AsyncAnalyticsClient
 from labs_analytics.settings import Settings
+from labs_analytics_client import AnalyticsClient, AsyncAnalyticsClient
 from tests.helpers import ServeProcess, create_key, wait_for_events
 from tests.sdk.support import new_product, rows, run_script
 
@@ -21,7 +21,7 @@ async def test_a_script_tracks_through_the_module_and_the_exit_hook_delivers(
     key = await create_key(sdk_settings, product=product)
     run = run_script(
         """
-        import labs_analytics.client as analytics
+        import labs_analytics_client as analytics
 
         with analytics.scope(user="u_1", properties={"job": "nightly"}):
             print(analytics.track("job.done", properties={"rows": 3}))
@@ -99,7 +99,7 @@ async def test_debug_logs_each_request_and_answer_without_the_key(
 ) -> None:
     product = new_product()
     key = await create_key(sdk_settings, product=product)
-    with caplog.at_level(logging.DEBUG, logger="labs_analytics.client"):
+    with caplog.at_level(logging.DEBUG, logger="labs_analytics_client"):
         with AnalyticsClient(key, base_url=shared_server.base_url, debug=True) as client:
             client.track("a")
             client.track("b")
@@ -119,7 +119,7 @@ def test_debug_logs_a_refused_request_and_its_answer_without_the_key(
     shared_server: ServeProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     key = "lak_000000000000_not_a_key_we_know"
-    with caplog.at_level(logging.DEBUG, logger="labs_analytics.client"):
+    with caplog.at_level(logging.DEBUG, logger="labs_analytics_client"):
         with AnalyticsClient(key, base_url=shared_server.base_url, debug=True) as client:
             client.track("a")
             client.flush(timeout=30)

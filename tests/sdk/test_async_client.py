@@ -13,8 +13,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from labs_analytics.client import AnalyticsClient, AnalyticsMiddleware, AsyncAnalyticsClient
 from labs_analytics.settings import Settings
+from labs_analytics_client import AnalyticsClient, AnalyticsMiddleware, AsyncAnalyticsClient
 from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
 from tests.sdk.support import new_product, rows
 

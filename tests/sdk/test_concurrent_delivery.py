@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import asyncpg
 import httpx
 
-from labs_analytics.client import AnalyticsClient, AsyncAnalyticsClient
 from labs_analytics.settings import Settings
+from labs_analytics_client import AnalyticsClient, AsyncAnalyticsClient
 from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
 from tests.sdk.support import new_product, rows
 

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from labs_analytics.client import (
+from labs_analytics.settings import Settings
+from labs_analytics_client import (
     AnalyticsClient,
     DeliveryError,
     DroppedEvent,
     RequestRejected,
 )
-from labs_analytics.settings import Settings
 from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
 from tests.sdk.support import RecordingTransport, create_limited_key, new_product, rows
 
@@ -153,7 +153,7 @@ async def test_a_full_queue_drops_the_newest_counts_and_warns_once(
     product = new_product()
     key = await create_key(sdk_settings, product=product)
     drops: list[DroppedEvent] = []
-    caplog.set_level(logging.WARNING, logger="labs_analytics.client")
+    caplog.set_level(logging.WARNING, logger="labs_analytics_client")
     with AnalyticsClient(
         key,
         base_url=shared_server.base_url,

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from labs_analytics.client import AnalyticsClient, DroppedEvent
 from labs_analytics.settings import Settings
+from labs_analytics_client import AnalyticsClient, DroppedEvent
 from tests.helpers import ServeProcess, create_key, wait_for_events
 from tests.sdk.support import new_product, rows, run_script
 
@@ -28,7 +28,7 @@ async def test_a_naive_datetime_is_stored_as_the_local_instant_it_names(
         f"""
         import json, time
         from datetime import datetime
-        from labs_analytics.client import AnalyticsClient
+        from labs_analytics_client import AnalyticsClient
         with AnalyticsClient({key!r}, base_url={shared_server.base_url!r}) as client:
             before = time.time()
             ids = {{
@@ -84,7 +84,7 @@ def test_the_timestamp_of_a_naive_datetime_follows_the_zone(offset_hours: int) -
         """
         import json
         from datetime import datetime
-        from labs_analytics.client._events import encode_event
+        from labs_analytics_client._events import encode_event
         event = encode_event("clock.noon", timestamp=datetime(2026, 1, 2, 12, 0, 0))
         print(json.loads(event.data)["timestamp"])
         """,

@@ -14,7 +14,7 @@ EVENTS = 6000  # 60 batches of 100: one give-up at the deadline, not sixty
 
 SCRIPT = """
 import asyncio, atexit, json, logging, sys, time
-from labs_analytics.client import AnalyticsClient, AsyncAnalyticsClient
+from labs_analytics_client import AnalyticsClient, AsyncAnalyticsClient
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 KIND, URL = %(kind)r, %(url)r

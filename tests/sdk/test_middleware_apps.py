@@ -15,18 +15,18 @@ import asyncpg
 import httpx
 import pytest
 
-from labs_analytics.client import AnalyticsMiddleware, AsyncAnalyticsClient
 from labs_analytics.embedded import free_port
 from labs_analytics.settings import Settings
+from labs_analytics_client import AnalyticsMiddleware, AsyncAnalyticsClient
 from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
-from tests.sdk.support import REPO, new_product, rows
+from tests.sdk.support import SDK, new_product, rows
 
 # The README's plain set-up: the middleware, and a lifespan that never closes the client.
 APP = """
 import contextlib, os
 from fastapi import FastAPI
 from starlette.routing import Mount
-from labs_analytics.client import AnalyticsClient, AnalyticsMiddleware, AsyncAnalyticsClient
+from labs_analytics_client import AnalyticsClient, AnalyticsMiddleware, AsyncAnalyticsClient
 
 Client = AsyncAnalyticsClient if os.environ["APP_CLIENT"] == "async" else AnalyticsClient
 # Batches leave only on flush or exit: what is delivered, the shutdown delivered.
@@ -90,7 +90,7 @@ def start_uvicorn(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[byt
                 "/proxy",
             ],
             cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{tmp_path}", **env},
+            env={**os.environ, "PYTHONPATH": f"{SDK / 'src'}{os.pathsep}{tmp_path}", **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -20,7 +20,7 @@ import pytest
 
 from labs_analytics.settings import Settings
 from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
-from tests.sdk.support import REPO, new_product, rows
+from tests.sdk.support import SDK, new_product, rows
 
 EVENTS = 1_000
 
@@ -29,7 +29,7 @@ JOB = """
 import json, os, sys
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
-from labs_analytics.client import AnalyticsClient
+from labs_analytics_client import AnalyticsClient
 
 METHOD, WHERE = os.environ["JOB_METHOD"], os.environ["JOB_WHERE"]
 client = None
@@ -83,7 +83,7 @@ def run_job(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
             [sys.executable, str(script)],
-            env={**os.environ, "PYTHONPATH": str(REPO / "src"), **env},
+            env={**os.environ, "PYTHONPATH": str(SDK / "src"), **env},
             capture_output=True,
             text=True,
             timeout=90,

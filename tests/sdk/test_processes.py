@@ -39,7 +39,7 @@ async def test_a_script_that_exits_without_flush_delivers_all_10000_events_once(
     run = run_script(
         REPORT_AT_EXIT
         + f"""
-from labs_analytics.client import AnalyticsClient
+from labs_analytics_client import AnalyticsClient
 client = AnalyticsClient({key!r}, base_url={shared_server.base_url!r})
 CLIENTS.append(client)
 for i in range(10_000):
@@ -83,7 +83,7 @@ def test_a_process_whose_server_is_unreachable_exits_within_the_shutdown_timeout
         REPORT_AT_EXIT
         + f"""
 import time
-from labs_analytics.client import AnalyticsClient
+from labs_analytics_client import AnalyticsClient
 client = AnalyticsClient(
     "lak_0_x", base_url="http://127.0.0.1:{port}",
     shutdown_timeout=1.5, timeout=30, max_retry_time=600, flush_interval=0.05,
@@ -119,7 +119,7 @@ async def test_forked_children_deliver_their_own_events_and_not_their_parents(
         REPORT_AT_EXIT
         + f"""
 import multiprocessing
-from labs_analytics.client import AnalyticsClient
+from labs_analytics_client import AnalyticsClient
 # Batches close only on flush/exit: the parent's events are still queued at fork.
 client = AnalyticsClient({key!r}, base_url={shared_server.base_url!r},
                          flush_interval=30, batch_size=1000)
@@ -174,7 +174,7 @@ async def test_an_async_app_that_never_closes_its_client_still_delivers_at_exit(
         REPORT_AT_EXIT
         + f"""
 import asyncio
-from labs_analytics.client import AsyncAnalyticsClient
+from labs_analytics_client import AsyncAnalyticsClient
 client = AsyncAnalyticsClient({key!r}, base_url={shared_server.base_url!r}, flush_interval=30)
 CLIENTS.append(client)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import asyncpg
 
-from labs_analytics.client import AnalyticsClient, DeliveryError, RetriesExhausted, ShutdownTimeout
 from labs_analytics.embedded import free_port
 from labs_analytics.settings import Settings
+from labs_analytics_client import AnalyticsClient, DeliveryError, RetriesExhausted, ShutdownTimeout
 from tests.helpers import count_events, create_key, duplicated_ids, wait_for_events
 from tests.sdk.support import new_product, rows, serve_on
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from labs_analytics.client import AnalyticsClient, DeliveryError, RequestRejected
 from labs_analytics.embedded import free_port
 from labs_analytics.settings import Settings
+from labs_analytics_client import AnalyticsClient, DeliveryError, RequestRejected
 from tests.helpers import (
     ServeProcess,
     cli,

@@ -1,7 +1,8 @@
-"""The SDK on its own: a venv with nothing but httpx, and proxies from the environment."""
+"""The SDK on its own: installed by pip into a bare venv, and proxies from the environment."""
 
 from __future__ import annotations
 
+import re
 import socket
 import socketserver
 import subprocess
@@ -15,30 +16,104 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from labs_analytics.client import AnalyticsClient
 from labs_analytics.settings import Settings
+from labs_analytics_client import AnalyticsClient
 from tests.helpers import ServeProcess, create_key, wait_for_events
-from tests.sdk.support import REPO, new_product, rows
+from tests.sdk.support import SDK, new_product, rows
 
 
 @pytest.fixture(scope="session")
-def httpx_only_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv holding httpx and its dependencies, nothing else (made once a session)."""
-    venv = tmp_path_factory.mktemp("httpx-only") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+def sdk_only_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv into which ``pip install ./clients/python`` went, and nothing else."""
+    venv = tmp_path_factory.mktemp("sdk-only") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    # This venv's pip installs into the new one (--python): the same result as
-    # the new venv's own pip, without bootstrapping one into it.
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "httpx"],
-        check=True,
+    # The README's command, with the venv's own pip: no --no-deps, no extra names.
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "--disable-pip-version-check", str(SDK)],
         capture_output=True,
+        text=True,
+        check=False,
     )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert "ERROR" not in installed.stderr, installed.stderr  # no resolver complaints
     return python
 
 
-async def test_the_sdk_works_in_a_venv_with_only_httpx(
-    httpx_only_python: Path,
+def _distributions(python: Path) -> set[str]:
+    listed = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {line.split("==")[0].lower().replace("_", "-") for line in listed.stdout.split()}
+
+
+def test_the_sdk_installs_with_httpx_as_its_only_dependency(sdk_only_python: Path) -> None:
+    installed = _distributions(sdk_only_python) - {"pip", "setuptools", "wheel"}
+    # httpx and what httpx itself needs; nothing of the server.
+    assert "labs-analytics-client" in installed
+    assert "httpx" in installed
+    assert not installed & {"labs-analytics", "fastapi", "pydantic", "redis", "sqlalchemy"}
+    assert installed <= {
+        "labs-analytics-client",
+        "httpx",
+        "httpcore",
+        "h11",
+        "anyio",
+        "sniffio",
+        "idna",
+        "certifi",
+        "typing-extensions",
+        "exceptiongroup",
+    }, installed
+    check = subprocess.run(
+        [str(sdk_only_python), "-m", "pip", "check"], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout
+
+
+def _readme_quick_start() -> str:
+    """The first Python block of the SDK's README: what a newcomer copies."""
+    readme = (SDK / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert blocks, "the SDK README has no Python example"
+    return str(blocks[0])
+
+
+async def test_the_readme_quick_start_delivers_from_the_installed_sdk(
+    sdk_only_python: Path,
+    shared_server: ServeProcess,
+    sdk_settings: Settings,
+    db: asyncpg.Connection,
+) -> None:
+    product = new_product()
+    key = await create_key(sdk_settings, product=product)
+    done = subprocess.run(
+        [str(sdk_only_python), "-c", _readme_quick_start()],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "LABS_ANALYTICS_API_KEY": key,
+            "LABS_ANALYTICS_URL": shared_server.base_url,
+        },
+        cwd=sdk_only_python.parent,  # not the checkout: only the installed package is found
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr  # no warning either
+    await wait_for_events(db, 1, product=product)  # delivered by the exit hook
+    (row,) = await rows(db, product)
+    assert row["name"] == "signup.completed"
+    assert row["user_id"] == "u_123"
+    assert row["properties"] == {"plan": "pro"}
+
+
+async def test_the_installed_sdk_loads_nothing_of_the_server(
+    sdk_only_python: Path,
     shared_server: ServeProcess,
     sdk_settings: Settings,
     db: asyncpg.Connection,
@@ -47,15 +122,14 @@ async def test_the_sdk_works_in_a_venv_with_only_httpx(
     key = await create_key(sdk_settings, product=product)
     code = textwrap.dedent(
         f"""
-        import importlib.util, sys
-        from labs_analytics.client import AnalyticsClient, AsyncAnalyticsClient
-        from labs_analytics.client import AnalyticsMiddleware  # plain ASGI, loaded lazily
+        import sys
+        from labs_analytics_client import AnalyticsClient, AsyncAnalyticsClient
+        from labs_analytics_client import AnalyticsMiddleware  # plain ASGI, loaded lazily
 
-        for server_side in ("pydantic", "fastapi", "starlette", "redis", "sqlalchemy"):
-            assert importlib.util.find_spec(server_side) is None, server_side
         loaded = sorted(m for m in sys.modules if m.startswith("labs_analytics"))
-        assert "labs_analytics.events" not in loaded and "labs_analytics.settings" not in loaded
-        assert all(m == "labs_analytics" or m.startswith("labs_analytics.client") for m in loaded)
+        assert all(m.startswith("labs_analytics_client") for m in loaded), loaded
+        for framework in ("django", "flask", "celery", "starlette"):
+            assert framework not in sys.modules, framework
 
         client = AnalyticsClient({key!r}, base_url={shared_server.base_url!r})
         for i in range(3):
@@ -64,8 +138,9 @@ async def test_the_sdk_works_in_a_venv_with_only_httpx(
         """
     )
     done = subprocess.run(
-        [str(httpx_only_python), "-c", code],
-        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+        [str(sdk_only_python), "-c", code],
+        env={"PATH": "/usr/bin:/bin"},
+        cwd=sdk_only_python.parent,
         capture_output=True,
         text=True,
         timeout=60,

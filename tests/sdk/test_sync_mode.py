@@ -10,8 +10,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from labs_analytics.client import AnalyticsClient, DeliveryError, RetriesExhausted
 from labs_analytics.settings import Settings
+from labs_analytics_client import AnalyticsClient, DeliveryError, RetriesExhausted
 from tests.helpers import create_key, wait_for_events
 from tests.sdk.support import new_product, rows, serve_on
 

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-import labs_analytics.client as analytics
-from labs_analytics.client import (
+import labs_analytics_client as analytics
+from labs_analytics_client import (
     AnalyticsClient,
     AsyncAnalyticsClient,
     DroppedEvent,
@@ -169,7 +169,7 @@ def test_an_event_before_send_drops_is_counted_without_a_warning(
         on_drop=drops.append,
         strict=True,  # dropping on purpose is not an invalid event
     )
-    with caplog.at_level(logging.WARNING, logger="labs_analytics.client"):
+    with caplog.at_level(logging.WARNING, logger="labs_analytics_client"):
         assert client.track("noise") is None
         assert client.track("signal") is not None
     assert client.stats().dropped_by_reason == {"before_send": 1}
@@ -184,7 +184,7 @@ def test_a_before_send_that_raises_drops_the_event_with_one_warning(
         raise KeyError("oops")
 
     client = AnalyticsClient(send=False, before_send=broken)
-    with caplog.at_level(logging.WARNING, logger="labs_analytics.client"):
+    with caplog.at_level(logging.WARNING, logger="labs_analytics_client"):
         assert client.track("a") is None
         assert client.track("b") is None
     assert client.stats().dropped_by_reason == {"before_send_error": 2}
@@ -272,7 +272,7 @@ def no_default(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_without_a_key_the_default_client_warns_once_and_does_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="labs_analytics.client"):
+    with caplog.at_level(logging.WARNING, logger="labs_analytics_client"):
         assert analytics.track("job.done") is None
         assert analytics.track("job.done") is None
     assert not analytics.default_client().enabled

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import gzip
 import json
 import re
+import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,10 +20,10 @@ from pydantic import ValidationError
 
 from labs_analytics import events as server
 from labs_analytics.auth.keys import ApiKey, Scope
-from labs_analytics.client import _batching, _events
 from labs_analytics.errors import AppError
 from labs_analytics.ingest.service import IngestService
 from labs_analytics.settings import Settings
+from labs_analytics_client import _batching, _events, contract
 
 KEY = ApiKey(key_id="0123456789ab", product="clubs", scopes=frozenset({Scope.INGEST}), key_hash="x")
 # parse() never touches the queue.
@@ -31,21 +34,46 @@ def _default(field: str) -> Any:
     return Settings.model_fields[field].default
 
 
-def test_the_limits_are_the_servers() -> None:
-    assert _events.EVENT_NAME_PATTERN == server.EVENT_NAME_PATTERN
-    assert _events.MAX_USER_LENGTH == server.MAX_USER_LENGTH
-    assert _events.MAX_JSON_DEPTH == server.MAX_JSON_DEPTH
-    assert _events.MAX_PROPERTIES_BYTES == server.EventLimits().max_properties_bytes
-    assert _events.MAX_PROPERTIES_BYTES == _default("max_properties_bytes") == 32 * 1024
-    skew = timedelta(seconds=_events.MAX_FUTURE_SKEW_SECONDS)
-    assert skew == server.EventLimits().max_future_skew
-    assert _events.MAX_FUTURE_SKEW_SECONDS == _default("max_future_skew_seconds")
-    assert _events.MAX_EVENTS_PER_REQUEST == _default("max_events_per_request") == 1000
-    assert _events.MAX_BODY_BYTES == _default("max_body_bytes") == 1024 * 1024
-    assert (_events.MIN_INT, _events.MAX_INT) == (server.MIN_JSON_INT, server.MAX_JSON_INT)
-    assert _events.UNIX_SECONDS_PATTERN == server.UNIX_SECONDS_PATTERN
-    assert _events.RFC3339_PATTERN == server.RFC3339_PATTERN
-    assert _events.EARLIEST_TIMESTAMP == server.EARLIEST_TIMESTAMP
+def test_the_server_and_the_sdk_share_one_contract_module() -> None:
+    # The same objects, not equal copies: there is one source.
+    for name in (
+        "EVENT_NAME_PATTERN",
+        "MAX_USER_LENGTH",
+        "MAX_JSON_DEPTH",
+        "MIN_JSON_INT",
+        "MAX_JSON_INT",
+        "UNIX_SECONDS_PATTERN",
+        "RFC3339_PATTERN",
+        "EARLIEST_TIMESTAMP",
+    ):
+        assert getattr(server, name) is getattr(contract, name), name
+        assert getattr(_events, name) is getattr(contract, name), name
+    assert server.PRODUCT_PATTERN is contract.PRODUCT_PATTERN
+    assert server.EventLimits().max_properties_bytes == contract.MAX_PROPERTIES_BYTES
+    skew = server.EventLimits().max_future_skew
+    assert skew == timedelta(seconds=contract.MAX_FUTURE_SKEW_SECONDS)
+    # The server's per-deployment settings default to the contract's values.
+    assert _default("max_properties_bytes") == contract.MAX_PROPERTIES_BYTES
+    assert _default("max_future_skew_seconds") == contract.MAX_FUTURE_SKEW_SECONDS
+    assert _default("max_events_per_request") == contract.MAX_EVENTS_PER_REQUEST
+    assert _default("max_body_bytes") == contract.MAX_BODY_BYTES
+    assert _batching.MAX_EVENTS_PER_REQUEST is contract.MAX_EVENTS_PER_REQUEST
+
+
+def test_the_contract_module_needs_only_the_standard_library() -> None:
+    tree = ast.parse(Path(contract.__file__).read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert imported, "the contract module imports nothing: this test reads the wrong file"
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
 
 
 def _server_parses(raw: bytes) -> bool:
@@ -190,7 +218,7 @@ def _server_accepts(body: bytes) -> bool:
         batch = server.EventBatchIn.model_validate(data)
     except ValidationError:
         return False
-    return len(batch.events) <= _events.MAX_EVENTS_PER_REQUEST
+    return len(batch.events) <= contract.MAX_EVENTS_PER_REQUEST
 
 
 def _body(*encoded: _events.EncodedEvent) -> bytes:
@@ -206,7 +234,7 @@ def test_a_full_body_of_sdk_events_is_what_the_server_takes() -> None:
             properties={"post_id": i, "tags": ["a", "b"], "ratio": 0.5, "ok": True, "none": None},
             context={"app": "clubs"},
         )
-        for i in range(_events.MAX_EVENTS_PER_REQUEST)
+        for i in range(contract.MAX_EVENTS_PER_REQUEST)
     ]
     body = _body(*encoded)
     assert _server_accepts(body)
@@ -304,5 +332,5 @@ def test_a_batch_the_sdk_closes_fits_the_body_limit() -> None:
         queue.put(_batching.QueuedEvent(seq, big.event_id, big.data, 0.0))
     batch = queue.take(limits)
     body = _batching.encode_body(batch, sent_at="2026-11-27T16:20:00.000000Z", gzip=False)
-    assert len(body) <= limits.max_bytes < _events.MAX_BODY_BYTES
+    assert len(body) <= limits.max_bytes < contract.MAX_BODY_BYTES
     assert len(batch) == 15  # 15 of 32 kB fit, a 16th would not

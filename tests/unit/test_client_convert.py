@@ -13,9 +13,9 @@ from typing import Any
 import pydantic
 import pytest
 
-from labs_analytics.client import AnalyticsClient, InvalidEvent
-from labs_analytics.client import _events as events_module
-from labs_analytics.client._events import DropReason, EventRejected, encode_event
+from labs_analytics_client import AnalyticsClient, InvalidEvent
+from labs_analytics_client import _events as events_module
+from labs_analytics_client._events import DropReason, EventRejected, encode_event
 
 UNREACHABLE = "http://127.0.0.1:9"
 
@@ -160,7 +160,7 @@ def test_track_keeps_the_event_and_warns_once_naming_the_path(
 ) -> None:
     client = AnalyticsClient("lak_0_x", base_url=UNREACHABLE, flush_interval=60)
     try:
-        with caplog.at_level(logging.WARNING, logger="labs_analytics.client"):
+        with caplog.at_level(logging.WARNING, logger="labs_analytics_client"):
             first = client.track("ok", properties={"user": {"avatar": Opaque()}})
             second = client.track("ok", properties={"other": Opaque()})
         assert first is not None

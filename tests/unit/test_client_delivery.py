@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from labs_analytics.client import RequestRejected, RetriesExhausted
-from labs_analytics.client._batching import (
+from labs_analytics_client import RequestRejected, RetriesExhausted
+from labs_analytics_client._batching import (
     ENVELOPE_BYTES,
     BatchLimits,
     EventQueue,
     QueuedEvent,
     encode_body,
 )
-from labs_analytics.client._delivery import Delivery, Outcome, Reply, Send, Sleep
-from labs_analytics.client._exceptions import DeliveryError, UnexpectedError
-from labs_analytics.client._retry import RetryPolicy, parse_retry_after
+from labs_analytics_client._delivery import Delivery, Outcome, Reply, Send, Sleep
+from labs_analytics_client._exceptions import DeliveryError, UnexpectedError
+from labs_analytics_client._retry import RetryPolicy, parse_retry_after
 
 
 def queued(n: int, size: int = 10) -> list[QueuedEvent]:

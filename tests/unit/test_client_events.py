@@ -15,14 +15,15 @@ from typing import Any
 
 import pytest
 
-from labs_analytics.client import (
+from labs_analytics.events import timestamp_from_uuid7
+from labs_analytics_client import (
     AnalyticsClient,
     AsyncAnalyticsClient,
     DroppedEvent,
     InvalidEvent,
     uuid7,
 )
-from labs_analytics.client._events import (
+from labs_analytics_client._events import (
     RANDOM_POOL_BYTES,
     DropReason,
     EventRejected,
@@ -30,7 +31,6 @@ from labs_analytics.client._events import (
     encode_event,
     format_unix_ns,
 )
-from labs_analytics.events import timestamp_from_uuid7
 
 UNREACHABLE = "http://127.0.0.1:9"
 

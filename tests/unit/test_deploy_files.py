@@ -346,6 +346,15 @@ def test_dockerfile_copies_the_built_venv_into_the_runtime_stage() -> None:
     assert any("pip wheel" in args for args in dockerfile_all("RUN"))
 
 
+def test_dockerfile_builds_and_installs_the_sdk_the_service_imports() -> None:
+    copies = dockerfile_all("COPY")
+    runs = " ".join(dockerfile_all("RUN"))
+
+    assert any(args.split()[0] == "clients/python" for args in copies), copies
+    assert "pip wheel --no-deps --wheel-dir /dist ./clients/python ." in runs
+    assert "labs_analytics_client-*.whl" in runs
+
+
 def test_dockerfile_runs_as_a_non_root_user() -> None:
     users = dockerfile_all("USER")
 
@@ -379,5 +388,5 @@ def test_build_context_keeps_what_the_wheel_needs_and_leaves_out_the_rest() -> N
         if line.strip() and not line.startswith("#")
     }
 
-    assert not ignored & {"pyproject.toml", "README.md", "src", "alembic"}
+    assert not ignored & {"pyproject.toml", "README.md", "src", "alembic", "clients"}
     assert {".git", ".venv", ".env"} <= ignored

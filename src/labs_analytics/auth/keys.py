@@ -17,7 +17,7 @@ import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 
-from labs_analytics.events import PRODUCT_PATTERN
+from labs_analytics_client.contract import PRODUCT_PATTERN
 
 KEY_PREFIX = "lak"
 # Used with fullmatch only: a `$` would also match before a trailing newline.

@@ -13,8 +13,8 @@ from typing import Any
 
 from celery import Celery
 
-from labs_analytics.client import AnalyticsClient
-from labs_analytics.client.celery import track_tasks
+from labs_analytics_client import AnalyticsClient
+from labs_analytics_client.celery import track_tasks
 from tests.sdk.apps.celery_config import celery_config
 
 app = Celery("labs_test")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, Request
 
-from labs_analytics.client import AnalyticsClient
-from labs_analytics.client.flask import LabsAnalytics
+from labs_analytics_client import AnalyticsClient
+from labs_analytics_client.flask import LabsAnalytics
 
 
 class BoomError(Exception):

@@ -12,7 +12,7 @@ ROOT_URLCONF = "tests.sdk.apps.django_site.urls"
 INSTALLED_APPS: list[str] = []
 DATABASES: dict[str, object] = {}
 USE_TZ = True
-MIDDLEWARE = ["labs_analytics.client.django.AnalyticsMiddleware"]
+MIDDLEWARE = ["labs_analytics_client.django.AnalyticsMiddleware"]
 LABS_ANALYTICS = {
     "flush_interval": 3600,
     "exclude_routes": ["/healthz/"],

@@ -9,10 +9,10 @@ from typing import Unpack
 
 import httpx
 
-from labs_analytics.client._batching import QueuedEvent
-from labs_analytics.client._core import BaseClient, Flight, logger
-from labs_analytics.client._delivery import Reply, Send, drive
-from labs_analytics.client._options import ClientOptions
+from labs_analytics_client._batching import QueuedEvent
+from labs_analytics_client._core import BaseClient, Flight, logger
+from labs_analytics_client._delivery import Reply, Send, drive
+from labs_analytics_client._options import ClientOptions
 
 # How long close() lets a worker that is past the deadline, and not waiting on
 # the network, hand its batch back (CPU work only; bounds close() if it is stuck).

@@ -2,7 +2,7 @@
 
 ::
 
-    from labs_analytics.client import AnalyticsClient
+    from labs_analytics_client import AnalyticsClient
 
     analytics = AnalyticsClient("lak_…", base_url="https://analytics.example.org")
     analytics.track("post.click", user="u_123", properties={"post_id": 42})
@@ -14,7 +14,7 @@ middleware is plain ASGI and is loaded on first use.
 For scripts, the module itself tracks through a default client made from the
 environment (``LABS_ANALYTICS_API_KEY``, ``LABS_ANALYTICS_URL``)::
 
-    import labs_analytics.client as analytics
+    import labs_analytics_client as analytics
 
     analytics.track("job.done", user="u_1")
     with analytics.scope(user="u_1", properties={"job": "nightly"}):
@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from labs_analytics.client._async_client import AsyncAnalyticsClient
-from labs_analytics.client._client import AnalyticsClient
-from labs_analytics.client._default import close, configure, default_client, flush, track
-from labs_analytics.client._events import DropReason, uuid7
-from labs_analytics.client._exceptions import (
+from labs_analytics_client._async_client import AsyncAnalyticsClient
+from labs_analytics_client._client import AnalyticsClient
+from labs_analytics_client._default import close, configure, default_client, flush, track
+from labs_analytics_client._events import DropReason, uuid7
+from labs_analytics_client._exceptions import (
     AnalyticsError,
     DeliveryError,
     InvalidEvent,
@@ -38,14 +38,14 @@ from labs_analytics.client._exceptions import (
     ShutdownTimeout,
     UnexpectedError,
 )
-from labs_analytics.client._instrument import Span, Timed
-from labs_analytics.client._options import ClientOptions, ClientStats, DroppedEvent
-from labs_analytics.client._retry import RetryPolicy
-from labs_analytics.client._scope import Scope, scope
-from labs_analytics.client._version import __version__
+from labs_analytics_client._instrument import Span, Timed
+from labs_analytics_client._options import ClientOptions, ClientStats, DroppedEvent
+from labs_analytics_client._retry import RetryPolicy
+from labs_analytics_client._scope import Scope, scope
+from labs_analytics_client._version import __version__
 
 if TYPE_CHECKING:
-    from labs_analytics.client._middleware import AnalyticsMiddleware
+    from labs_analytics_client._middleware import AnalyticsMiddleware
 
 __all__ = [
     "AnalyticsClient",
@@ -80,7 +80,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing the SDK never loads the web-framework glue.
     if name == "AnalyticsMiddleware":
-        from labs_analytics.client._middleware import AnalyticsMiddleware
+        from labs_analytics_client._middleware import AnalyticsMiddleware
 
         return AnalyticsMiddleware
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

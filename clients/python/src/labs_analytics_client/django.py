@@ -4,7 +4,7 @@
 
     # settings.py
     # first in the list, so that it times the rest
-    MIDDLEWARE = ["labs_analytics.client.django.AnalyticsMiddleware", ...]
+    MIDDLEWARE = ["labs_analytics_client.django.AnalyticsMiddleware", ...]
     LABS_ANALYTICS = {
         "api_key": "lak_…",                          # or LABS_ANALYTICS_API_KEY
         "base_url": "https://analytics.example.org",  # and any other AnalyticsClient option
@@ -47,9 +47,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponseBase
 from django.utils.module_loading import import_string
 
-from labs_analytics.client._client import AnalyticsClient
-from labs_analytics.client._core import BaseClient
-from labs_analytics.client._request_event import track_request
+from labs_analytics_client._client import AnalyticsClient
+from labs_analytics_client._core import BaseClient
+from labs_analytics_client._request_event import track_request
 
 __all__ = ["AnalyticsMiddleware", "settings_client"]
 

@@ -4,8 +4,8 @@
 
     # tasks.py, imported by the worker (and by whoever sends tasks)
     from celery import Celery
-    from labs_analytics.client import AnalyticsClient
-    from labs_analytics.client.celery import track_tasks
+    from labs_analytics_client import AnalyticsClient
+    from labs_analytics_client.celery import track_tasks
 
     app = Celery("tasks", broker="redis://…")
     analytics = AnalyticsClient("lak_…", base_url="https://analytics.example.org")
@@ -43,11 +43,11 @@ from typing import Any
 from celery import signals, states
 from celery.exceptions import Retry
 
-from labs_analytics.client._client import AnalyticsClient
+from labs_analytics_client._client import AnalyticsClient
 
 __all__ = ["TaskTracker", "track_tasks"]
 
-logger = logging.getLogger("labs_analytics.client")
+logger = logging.getLogger("labs_analytics_client")
 
 
 class TaskTracker:

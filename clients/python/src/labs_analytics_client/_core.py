@@ -21,9 +21,9 @@ from typing import Any
 
 import httpx
 
-from labs_analytics.client._batching import ENVELOPE_BYTES, BatchLimits, EventQueue, QueuedEvent
-from labs_analytics.client._delivery import Delivery, Reply, Send, drive
-from labs_analytics.client._events import (
+from labs_analytics_client._batching import ENVELOPE_BYTES, BatchLimits, EventQueue, QueuedEvent
+from labs_analytics_client._delivery import Delivery, Reply, Send, drive
+from labs_analytics_client._events import (
     DropReason,
     EncodedEvent,
     EventRejected,
@@ -31,20 +31,20 @@ from labs_analytics.client._events import (
     format_unix_ns,
     uuid7,
 )
-from labs_analytics.client._exceptions import (
+from labs_analytics_client._exceptions import (
     DeliveryError,
     InvalidEvent,
     ShutdownTimeout,
     UnexpectedError,
 )
-from labs_analytics.client._instrument import Timed
-from labs_analytics.client._options import ClientOptions, ClientStats, DroppedEvent
-from labs_analytics.client._process_hooks import register
-from labs_analytics.client._retry import RetryPolicy
-from labs_analytics.client._scope import Scope, apply_scope, current_scope
-from labs_analytics.client._version import USER_AGENT
+from labs_analytics_client._instrument import Timed
+from labs_analytics_client._options import ClientOptions, ClientStats, DroppedEvent
+from labs_analytics_client._process_hooks import register
+from labs_analytics_client._retry import RetryPolicy
+from labs_analytics_client._scope import Scope, apply_scope, current_scope
+from labs_analytics_client._version import USER_AGENT
 
-logger = logging.getLogger("labs_analytics.client")
+logger = logging.getLogger("labs_analytics_client")
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 # Drop reasons of before_send (beside DropReason's): it returned None, or it raised.

@@ -40,14 +40,14 @@ from typing import Any, Protocol
 
 import httpx
 
-from labs_analytics.client._batching import QueuedEvent, encode_body, halves
-from labs_analytics.client._exceptions import (
+from labs_analytics_client._batching import QueuedEvent, encode_body, halves
+from labs_analytics_client._exceptions import (
     DeliveryError,
     RequestRejected,
     RetriesExhausted,
     UnexpectedError,
 )
-from labs_analytics.client._retry import (
+from labs_analytics_client._retry import (
     RetryPolicy,
     is_retryable_exception,
     is_retryable_status,

@@ -39,14 +39,14 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from labs_analytics.client._async_client import AsyncAnalyticsClient
-from labs_analytics.client._client import AnalyticsClient
-from labs_analytics.client._request_event import track_request
+from labs_analytics_client._async_client import AsyncAnalyticsClient
+from labs_analytics_client._client import AnalyticsClient
+from labs_analytics_client._request_event import track_request
 
 if TYPE_CHECKING:
-    from labs_analytics.client._core import BaseClient
+    from labs_analytics_client._core import BaseClient
 
-logger = logging.getLogger("labs_analytics.client")
+logger = logging.getLogger("labs_analytics_client")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -2,7 +2,7 @@
 
 ::
 
-    import labs_analytics.client as analytics
+    import labs_analytics_client as analytics
 
     analytics.track("job.done", user="u_1", properties={"rows": 42})
 
@@ -21,9 +21,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Unpack
 
-from labs_analytics.client._client import AnalyticsClient
-from labs_analytics.client._core import logger
-from labs_analytics.client._options import ClientOptions
+from labs_analytics_client._client import AnalyticsClient
+from labs_analytics_client._core import logger
+from labs_analytics_client._options import ClientOptions
 
 _lock = threading.Lock()
 _client: AnalyticsClient | None = None

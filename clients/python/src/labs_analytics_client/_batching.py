@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from labs_analytics.client._events import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST
+from labs_analytics_client.contract import MAX_BODY_BYTES, MAX_EVENTS_PER_REQUEST
 
 # ``{"sent_at":"2026-11-27T16:20:00.123456Z","events":[`` … ``]}``
 ENVELOPE_BYTES = 64

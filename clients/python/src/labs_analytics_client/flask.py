@@ -3,8 +3,8 @@
 ::
 
     from flask import Flask
-    from labs_analytics.client import AnalyticsClient
-    from labs_analytics.client.flask import LabsAnalytics
+    from labs_analytics_client import AnalyticsClient
+    from labs_analytics_client.flask import LabsAnalytics
 
     analytics = AnalyticsClient("lak_…", base_url="https://analytics.example.org")
     app = Flask(__name__)
@@ -44,9 +44,9 @@ from collections.abc import Callable, Collection, Mapping
 
 from flask import Flask, Request, Response, current_app, request
 
-from labs_analytics.client._client import AnalyticsClient
-from labs_analytics.client._core import BaseClient
-from labs_analytics.client._request_event import track_request
+from labs_analytics_client._client import AnalyticsClient
+from labs_analytics_client._core import BaseClient
+from labs_analytics_client._request_event import track_request
 
 __all__ = ["LabsAnalytics"]
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from labs_analytics.client._core import BaseClient
+    from labs_analytics_client._core import BaseClient
 
 Request = TypeVar("Request")
 

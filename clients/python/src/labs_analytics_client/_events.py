@@ -1,11 +1,10 @@
-"""A light copy of the wire contract, and turning a ``track()`` call into JSON once.
+"""Turning a ``track()`` call into JSON once, checked against the wire contract.
 
-The server's contract lives in ``labs_analytics.events``; the SDK must not
-import it (it runs with only httpx installed), so the few rules it needs are
-copied here, and ``tests/unit/test_client_contract.py`` checks that the copy
-agrees with the original. Every rule the server would enforce with a 4xx is
-checked here, at ``track()`` time: one bad event must never turn a whole batch
-into a 422.
+The limits and patterns come from ``labs_analytics_client.contract``, the
+module the server imports too; ``tests/unit/test_client_contract.py`` checks
+that the SDK and the server reach the same verdicts from them. Every rule the
+server would enforce with a 4xx is checked here, at ``track()`` time: one bad
+event must never turn a whole batch into a 422.
 
 An event is serialized exactly once, when it is tracked. A retry sends the same
 bytes, with the same ``event_id`` and ``timestamp``, which is what lets the
@@ -27,30 +26,19 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from labs_analytics.client._convert import jsonable, to_json
-
-# --- the contract (copied from labs_analytics.events and settings; a test keeps them equal)
-EVENT_NAME_PATTERN = r"^[A-Za-z0-9_.:/\-]{1,128}$"
-MAX_USER_LENGTH = 256
-MAX_JSON_DEPTH = 32
-MAX_PROPERTIES_BYTES = 32 * 1024  # properties, and context, serialized
-MAX_FUTURE_SKEW_SECONDS = 24 * 3600
-MAX_EVENTS_PER_REQUEST = 1000
-MAX_BODY_BYTES = 1024 * 1024  # after decompression
-# JSON integers must lie in the signed/unsigned 64-bit range (the server's
-# MIN_JSON_INT, MAX_JSON_INT): orjson, which it parses with, would turn a larger
-# literal into a float, so the server refuses one; send larger numbers as strings.
-MIN_INT = -(2**63)
-MAX_INT = 2**64 - 1
-# Timestamps (the server's rule, see labs_analytics.events): unix seconds, as a
-# number or a string of decimal digits, or an RFC 3339 date-time (`T` or a
-# space; no offset: UTC), from 1970-01-01T00:00:00Z to MAX_FUTURE_SKEW_SECONDS
-# ahead; read with datetime.fromisoformat, as the server does.
-UNIX_SECONDS_PATTERN = r"-?[0-9]+(\.[0-9]+)?"
-RFC3339_PATTERN = (
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})?"
+from labs_analytics_client._convert import jsonable, to_json
+from labs_analytics_client.contract import (
+    EARLIEST_TIMESTAMP,
+    EVENT_NAME_PATTERN,
+    MAX_FUTURE_SKEW_SECONDS,
+    MAX_JSON_DEPTH,
+    MAX_JSON_INT,
+    MAX_PROPERTIES_BYTES,
+    MAX_USER_LENGTH,
+    MIN_JSON_INT,
+    RFC3339_PATTERN,
+    UNIX_SECONDS_PATTERN,
 )
-EARLIEST_TIMESTAMP = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 # fullmatch, not match: with ``match`` the ``$`` would accept a trailing newline,
 # which the server's (Rust) regex refuses.
@@ -306,7 +294,7 @@ def _check_value(value: object, depth: int) -> None:
         for item in value:
             _check_value(item, depth + 1)
     elif isinstance(value, int) and not isinstance(value, bool):
-        if not MIN_INT <= value <= MAX_INT:
+        if not MIN_JSON_INT <= value <= MAX_JSON_INT:
             raise ValueError("integers must fit in 64 bits; send larger ones as strings")
 
 

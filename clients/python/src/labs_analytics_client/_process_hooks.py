@@ -37,12 +37,12 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from labs_analytics.client._events import reseed_after_fork
+from labs_analytics_client._events import reseed_after_fork
 
 if TYPE_CHECKING:
-    from labs_analytics.client._core import BaseClient
+    from labs_analytics_client._core import BaseClient
 
-logger = logging.getLogger("labs_analytics.client")
+logger = logging.getLogger("labs_analytics_client")
 
 _clients: weakref.WeakSet[BaseClient] = weakref.WeakSet()
 _hooks_lock = threading.Lock()

@@ -27,12 +27,12 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 if TYPE_CHECKING:
-    from labs_analytics.client._core import BaseClient
+    from labs_analytics_client._core import BaseClient
 
 P = ParamSpec("P")
 R = TypeVar("R")
 MAX_ERROR_MESSAGE = 1000
-logger = logging.getLogger("labs_analytics.client")
+logger = logging.getLogger("labs_analytics_client")
 
 
 class Span:

@@ -12,11 +12,11 @@ from typing import Unpack
 
 import httpx
 
-from labs_analytics.client._batching import BatchLimits
-from labs_analytics.client._client import HAND_BACK_GRACE
-from labs_analytics.client._core import BaseClient, Flight, logger
-from labs_analytics.client._delivery import Reply, Send, adrive
-from labs_analytics.client._options import ClientOptions
+from labs_analytics_client._batching import BatchLimits
+from labs_analytics_client._client import HAND_BACK_GRACE
+from labs_analytics_client._core import BaseClient, Flight, logger
+from labs_analytics_client._delivery import Reply, Send, adrive
+from labs_analytics_client._options import ClientOptions
 
 
 class AsyncAnalyticsClient(BaseClient):

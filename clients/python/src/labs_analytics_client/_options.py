@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
-from labs_analytics.client._exceptions import DeliveryError
+from labs_analytics_client._exceptions import DeliveryError
 
 
 class ClientOptions(TypedDict, total=False):
