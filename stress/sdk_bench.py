@@ -51,10 +51,10 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from labs_analytics.client import AnalyticsClient
 from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from labs_analytics.settings import to_asyncpg_dsn
 from labs_analytics.storage import migrations
+from labs_analytics_client import AnalyticsClient
 
 PROPERTIES = {"post_id": 42, "path": "/clubs/chess", "liked": True}
 CLI = str(Path(sys.executable).with_name("labs-analytics"))
