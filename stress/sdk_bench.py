@@ -234,8 +234,8 @@ def burst(
         raise RuntimeError(f"the counts do not add up: {stats}")
     return {
         "threads": threads,
-        "max_in_flight": client._max_in_flight,
-        "max_queue_size": client._max_queue_size,
+        "max_in_flight": client._config.max_in_flight,
+        "max_queue_size": client._config.max_queue_size,
         "tracked": total,
         "dropped": stats.dropped,
         "dropped_share": round(stats.dropped / total, 3),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import threading
 import time
@@ -12,10 +13,13 @@ from typing import Unpack
 
 import httpx
 
+from labs_analytics_client import _exchange
 from labs_analytics_client._batching import BatchLimits
 from labs_analytics_client._client import HAND_BACK_GRACE
-from labs_analytics_client._core import BaseClient, Flight, logger
+from labs_analytics_client._config import Config
+from labs_analytics_client._core import BaseClient, logger
 from labs_analytics_client._delivery import Reply, Send, adrive
+from labs_analytics_client._ledger import Flight
 from labs_analytics_client._options import ClientOptions
 
 
@@ -52,13 +56,16 @@ class AsyncAnalyticsClient(BaseClient):
     ) -> None:
         self._transport = transport
         super().__init__(api_key, options)
-        if self._enabled:
+        if self._config.enabled:
             self._http = self._async_http()  # now, not in the task: see AnalyticsClient
-        if self._sync_mode:
-            self._batch = BatchLimits(
-                max_events=1, max_bytes=self._batch.max_bytes, interval=self._batch.interval
-            )
-            self._max_in_flight = 1  # and in order, as before
+
+    def _adjust(self, config: Config) -> Config:
+        if not config.sync_mode:
+            return config
+        # No batching, one request at a time (and so in order).
+        batch = config.batch
+        one = BatchLimits(max_events=1, max_bytes=batch.max_bytes, interval=batch.interval)
+        return dataclasses.replace(config, batch=one, max_in_flight=1)
 
     def _init_state(self) -> None:
         super()._init_state()
@@ -82,7 +89,7 @@ class AsyncAnalyticsClient(BaseClient):
         Returns how many of those events are still pending. ``None`` waits up
         to ``shutdown_timeout``; ``math.inf`` without limit.
         """
-        if not self._enabled:
+        if not self._config.enabled:
             return 0
         deadline = self._deadline(timeout)
         self._bind_here()
@@ -90,15 +97,15 @@ class AsyncAnalyticsClient(BaseClient):
         if any(task.get_loop() is not loop for task in self._tasks if not task.done()):
             raise RuntimeError("flush() must be awaited in the loop the client is bound to")
         with self._lock:
-            target = self._next_seq
-            if self._done_seq >= target:
+            target = self._ledger.next_seq
+            if self._ledger.done_seq >= target:
                 return 0
-            self._flush_upto = max(self._flush_upto, target)
+            self._ledger.flush_upto = max(self._ledger.flush_upto, target)
             future: asyncio.Future[None] = loop.create_future()
             self._waiters.append((target, future))
             self._wake_locked()
         if asyncio.current_task() in self._tasks:
-            return target - self._done_seq  # called from on_error: cannot wait on itself
+            return target - self._ledger.done_seq  # called from on_error: cannot wait on itself
         try:
             async with asyncio.timeout_at(
                 None if deadline is None else loop.time() + deadline - time.monotonic()
@@ -108,7 +115,7 @@ class AsyncAnalyticsClient(BaseClient):
             pass
         with self._lock:
             self._waiters = [(t, f) for t, f in self._waiters if f is not future]
-            return max(0, target - self._done_seq)
+            return max(0, target - self._ledger.done_seq)
 
     async def aclose(self, timeout: float | None = None) -> int:  # noqa: ASYNC109 (same API as the sync client)
         """Stop accepting events, deliver the queue, end the task (at most ``timeout``).
@@ -116,8 +123,8 @@ class AsyncAnalyticsClient(BaseClient):
         Returns how many events could not be delivered in time. Idempotent.
         """
         deadline = self._deadline(timeout)
-        self._begin_close(deadline)
-        if self._enabled and (self._queue or self._flights):
+        self._exit_begin(deadline)
+        if self._config.enabled and (self._ledger.queue or self._ledger.flights):
             self._bind_here()
         tasks = {task for task in self._tasks if not task.done()}
         if tasks:
@@ -138,10 +145,10 @@ class AsyncAnalyticsClient(BaseClient):
                     task.cancel()
                 await asyncio.wait(tasks, timeout=1.0)
         with self._lock:
-            left = self._abandon_queue_locked(worker_alive=self._worker_running)
-            in_flight = self._unsettled_locked()
+            left = self._ledger.abandon_queue_locked(worker_alive=self._worker_running)
+            in_flight = self._ledger.unsettled_locked()
             self._resolve_waiters_locked()
-        self._report_abandoned(left, in_flight)
+        self._ledger.report_close(left, in_flight)
         pending = len(left) + in_flight
         if self._http is not None:
             await self._http.aclose()
@@ -161,8 +168,8 @@ class AsyncAnalyticsClient(BaseClient):
 
     def __del__(self) -> None:
         try:
-            pending = len(self._queue) + self._in_flight_events()
-            closed = self._closed
+            pending = len(self._ledger.queue) + self._ledger.in_flight_events()
+            closed = self._ledger.closed
         except AttributeError:  # __init__ failed half-way
             return
         if pending and not closed:
@@ -175,13 +182,7 @@ class AsyncAnalyticsClient(BaseClient):
             )
 
     def _async_http(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=self._headers,
-            timeout=self._timeout,
-            transport=self._transport,
-            trust_env=True,  # HTTP(S)_PROXY, NO_PROXY, SSL_CERT_FILE are honoured
-        )
+        return _exchange.async_http(self._config, self._transport)
 
     # --- binding to a loop, waking the task
 
@@ -196,7 +197,7 @@ class AsyncAnalyticsClient(BaseClient):
         """Start the task in the running loop, unless it runs in another live loop."""
         loop = asyncio.get_running_loop()
         with self._lock:
-            if self._closed and not (self._queue or self._flights):
+            if self._ledger.closed and not (self._ledger.queue or self._ledger.flights):
                 return
             bound = self._loop
             if bound is not None and bound is not loop and not bound.is_closed():
@@ -205,7 +206,7 @@ class AsyncAnalyticsClient(BaseClient):
             elif self._worker_running and bound is loop:
                 return
             # Tasks that died with their loop: their batches go first.
-            self._give_back_flights_locked(list(self._flights))
+            self._ledger.give_back_flights_locked(list(self._ledger.flights))
             self._loop = loop
             self._loop_thread = threading.get_ident()
             self._wake = asyncio.Event()
@@ -213,7 +214,7 @@ class AsyncAnalyticsClient(BaseClient):
             # Each task sends one batch at a time: max_in_flight requests at once.
             self._tasks = [
                 loop.create_task(self._run(), name=f"labs-analytics-client-{index}")
-                for index in range(self._max_in_flight)
+                for index in range(self._config.max_in_flight)
             ]
             self._tasks_live = len(self._tasks)
 
@@ -232,7 +233,9 @@ class AsyncAnalyticsClient(BaseClient):
     def _resolve_waiters_locked(self) -> None:
         still = []
         for target, future in self._waiters:
-            if self._done_seq >= target or (self._closed and not self._worker_running):
+            if self._ledger.done_seq >= target or (
+                self._ledger.closed and not self._worker_running
+            ):
                 if not future.done():
                     future.set_result(None)
             else:
@@ -255,20 +258,18 @@ class AsyncAnalyticsClient(BaseClient):
                         self._sleep,
                     )
                 except Exception as exc:  # a bug: report the batch, keep the worker
-                    self._crashed(flight.events, exc)
+                    self._ledger.crashed(flight.events, exc)
                 with self._lock:
-                    self._batch_done_locked(flight)
+                    self._ledger.batch_done_locked(flight)
                     self._resolve_waiters_locked()
         except asyncio.CancelledError:
             with self._lock:
-                if flight is not None and flight in self._flights:
+                if flight is not None and flight in self._ledger.flights:
                     if self._keep_unanswered and flight.cancelled_unanswered:
                         # aclose() gave up waiting on its request: in flight for good.
-                        self._unanswered += max(0, len(flight.events) - flight.settled)
-                        flight.settled = len(flight.events)
-                        self._batch_done_locked(flight)
+                        self._ledger.keep_unanswered_locked(flight)
                     else:  # give the batch back: resent later, stored once
-                        self._give_back_flights_locked([flight])
+                        self._ledger.give_back_flights_locked([flight])
             raise
         except Exception:
             logger.exception("analytics.worker_crashed")
@@ -283,17 +284,17 @@ class AsyncAnalyticsClient(BaseClient):
         assert wake is not None
         while True:
             with self._lock:
-                wait = self._queue.seconds_until_ready(
+                wait = self._ledger.queue.seconds_until_ready(
                     now=time.monotonic(),
-                    batch=self._batch,
-                    flush_upto=self._flush_upto,
-                    closing=self._closing,
+                    batch=self._config.batch,
+                    flush_upto=self._ledger.flush_upto,
+                    closing=self._ledger.closed,
                 )
-                if self._closing and self._past_deadline_locked():
+                if self._ledger.closed and self._ledger.past_deadline_locked():
                     return None  # what is left is the close's to report, once
                 if wait == 0:
-                    return self._take_batch_locked()
-                if wait is None and self._closing:
+                    return self._ledger.take_batch_locked()
+                if wait is None and self._ledger.closed:
                     return None
                 wake.clear()
             try:
@@ -308,18 +309,18 @@ class AsyncAnalyticsClient(BaseClient):
         self._sending += 1
         started = time.monotonic()
         try:
-            response = await http.post("/v1/events", content=action.body, timeout=action.timeout)
+            response = await http.post(
+                _exchange.EVENTS_PATH, content=action.body, timeout=action.timeout
+            )
         except asyncio.CancelledError:
             flight.cancelled_unanswered = True
             raise
         except Exception as exc:
-            self._log_exchange(action, started, exc)
+            _exchange.log_exchange(self._config, action, started, exc)
             return exc
         finally:
             self._sending -= 1
-        reply = Reply(response.status_code, response.headers.get("retry-after"), response.content)
-        self._log_exchange(action, started, reply)
-        return reply
+        return _exchange.answered(self._config, action, started, response)
 
     async def _sleep(self, seconds: float) -> bool:
         end = time.monotonic() + seconds
@@ -327,7 +328,7 @@ class AsyncAnalyticsClient(BaseClient):
         assert wake is not None
         while True:
             now = time.monotonic()
-            abort_at = self._abort_at
+            abort_at = self._ledger.deadline
             if abort_at is not None and abort_at < end and now >= abort_at:
                 return False
             if now >= end:
@@ -340,19 +341,6 @@ class AsyncAnalyticsClient(BaseClient):
                 pass
 
     # --- shutdown
-
-    def _begin_close(self, deadline: float | None) -> None:
-        with self._lock:
-            self._closed = True
-            self._closing = True
-            if deadline is not None:
-                self._abort_at = (
-                    deadline if self._abort_at is None else min(self._abort_at, deadline)
-                )
-            self._wake_locked()
-
-    def _exit_begin(self, deadline: float | None) -> None:
-        self._begin_close(deadline)
 
     def _exit_finish(self, deadline: float | None) -> int:
         """At interpreter exit: the loop is gone or elsewhere; finish from this thread."""
@@ -369,14 +357,14 @@ class AsyncAnalyticsClient(BaseClient):
             try:
                 return future.result(None if remaining is None else remaining + 1.0)
             except Exception:
-                return len(self._queue) + self._in_flight_events()
+                return len(self._ledger.queue) + self._ledger.in_flight_events()
         # The loop has ended: deliver what is left (the batches of tasks that
         # died with their loop too; resending them is safe) with blocking I/O.
-        if self._queue or self._flights:
-            with self._sync_http() as http:
+        if self._ledger.queue or self._ledger.flights:
+            with _exchange.sync_http(self._config) as http:
                 self._drain_blocking(http)
         with self._lock:
-            left = self._abandon_queue_locked(worker_alive=False)
-            in_flight = self._unsettled_locked()
-        self._report_abandoned(left, in_flight)
+            left = self._ledger.abandon_queue_locked(worker_alive=False)
+            in_flight = self._ledger.unsettled_locked()
+        self._ledger.report_close(left, in_flight)
         return len(left) + in_flight

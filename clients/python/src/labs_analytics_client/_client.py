@@ -9,9 +9,11 @@ from typing import Unpack
 
 import httpx
 
+from labs_analytics_client import _exchange
 from labs_analytics_client._batching import QueuedEvent
-from labs_analytics_client._core import BaseClient, Flight, logger
+from labs_analytics_client._core import BaseClient, logger
 from labs_analytics_client._delivery import Reply, Send, drive
+from labs_analytics_client._ledger import Flight
 from labs_analytics_client._options import ClientOptions
 
 # How long close() lets a worker that is past the deadline, and not waiting on
@@ -57,8 +59,8 @@ class AnalyticsClient(BaseClient):
         # Built here, not lazily in the worker: httpx imports httpcore on first
         # use, and a fork() while the worker thread is halfway through that
         # import would leave the child a half-initialized module.
-        if self._enabled:
-            self._http = self._sync_http(transport)
+        if self._config.enabled:
+            self._http = _exchange.sync_http(self._config, transport)
 
     def _init_state(self) -> None:
         super()._init_state()
@@ -79,26 +81,26 @@ class AnalyticsClient(BaseClient):
         or given up). ``None`` waits up to ``shutdown_timeout``; ``math.inf``
         without limit.
         """
-        if not self._enabled:
+        if not self._config.enabled:
             return 0
         deadline = self._deadline(timeout)
         with self._cond:
-            target = self._next_seq
-            if self._done_seq >= target:
+            target = self._ledger.next_seq
+            if self._ledger.done_seq >= target:
                 return 0
-            self._flush_upto = max(self._flush_upto, target)
+            self._ledger.flush_upto = max(self._ledger.flush_upto, target)
             self._cond.notify_all()
             if threading.current_thread() in self._workers:
-                return target - self._done_seq  # called from on_error: cannot wait on itself
+                return target - self._ledger.done_seq  # called from on_error: cannot wait on itself
         if not self._worker_running:
             self._start_worker()
         with self._cond:
-            while self._done_seq < target:
+            while self._ledger.done_seq < target:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            return max(0, target - self._done_seq)
+            return max(0, target - self._ledger.done_seq)
 
     def close(self, timeout: float | None = None) -> int:
         """Stop accepting events, deliver the queue, join the thread (at most ``timeout``).
@@ -123,23 +125,13 @@ class AnalyticsClient(BaseClient):
 
     # --- shutdown, in two steps so the exit hook can drain several clients at once
 
-    def _exit_begin(self, deadline: float | None) -> None:
-        with self._cond:
-            self._closed = True
-            self._closing = True
-            if deadline is not None:
-                self._abort_at = (
-                    deadline if self._abort_at is None else min(self._abort_at, deadline)
-                )
-            self._cond.notify_all()
-
     def _exit_finish(self, deadline: float | None) -> int:
         with self._cond:
             workers = list(self._workers)
         if threading.current_thread() in workers:
             # close() from a callback: the workers drain once the callback returns.
             with self._cond:
-                return len(self._queue) + self._in_flight_events()
+                return len(self._ledger.queue) + self._ledger.in_flight_events()
         for worker in workers:
             worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if workers:
@@ -148,13 +140,13 @@ class AnalyticsClient(BaseClient):
         if not alive:
             # No thread (never started, or could not be): drain from this one.
             if self._http is None:
-                self._http = self._sync_http(self._transport)
+                self._http = _exchange.sync_http(self._config, self._transport)
             self._drain_blocking(self._http)
         with self._cond:
-            left = self._abandon_queue_locked(worker_alive=alive)
-            in_flight = self._unsettled_locked()
+            left = self._ledger.abandon_queue_locked(worker_alive=alive)
+            in_flight = self._ledger.unsettled_locked()
             self._cond.notify_all()
-        self._report_abandoned(left, in_flight)
+        self._ledger.report_close(left, in_flight)
         pending = len(left) + in_flight
         if not alive and self._http is not None:
             self._http.close()
@@ -184,11 +176,11 @@ class AnalyticsClient(BaseClient):
 
     def _start_worker(self) -> None:
         with self._cond:
-            if self._worker_running or self._closed:
+            if self._worker_running or self._ledger.closed:
                 return
             # Each worker sends one batch at a time: max_in_flight requests at once.
             workers = []
-            for index in range(self._max_in_flight):
+            for index in range(self._config.max_in_flight):
                 worker = threading.Thread(
                     target=self._run, name=f"labs-analytics-client-{index}", daemon=True
                 )
@@ -206,7 +198,7 @@ class AnalyticsClient(BaseClient):
         try:
             with self._cond:
                 if self._http is None:
-                    self._http = self._sync_http(self._transport)
+                    self._http = _exchange.sync_http(self._config, self._transport)
                 http = self._http
             while (flight := self._next_batch()) is not None:
                 try:
@@ -216,9 +208,9 @@ class AnalyticsClient(BaseClient):
                         self._sleep,
                     )
                 except Exception as exc:  # a bug: report the batch, keep the worker
-                    self._crashed(flight.events, exc)
+                    self._ledger.crashed(flight.events, exc)
                 with self._cond:
-                    self._batch_done_locked(flight)
+                    self._ledger.batch_done_locked(flight)
                     self._cond.notify_all()
         except Exception:  # a bug outside any batch: say so; close() drains inline
             logger.exception("analytics.worker_crashed")
@@ -231,35 +223,28 @@ class AnalyticsClient(BaseClient):
     def _next_batch(self) -> Flight | None:
         with self._cond:
             while True:
-                wait = self._queue.seconds_until_ready(
+                wait = self._ledger.queue.seconds_until_ready(
                     now=time.monotonic(),
-                    batch=self._batch,
-                    flush_upto=self._flush_upto,
-                    closing=self._closing,
+                    batch=self._config.batch,
+                    flush_upto=self._ledger.flush_upto,
+                    closing=self._ledger.closed,
                 )
-                if self._closing and self._past_deadline_locked():
+                if self._ledger.closed and self._ledger.past_deadline_locked():
                     return None  # what is left is the close's to report, once
                 if wait == 0:
-                    return self._take_batch_locked()
-                if wait is None and self._closing:
+                    return self._ledger.take_batch_locked()
+                if wait is None and self._ledger.closed:
                     return None
                 self._cond.wait(wait)
 
     def _send(self, http: httpx.Client, action: Send) -> Reply | Exception:
         with self._cond:
             self._sending += 1
-        started = time.monotonic()
         try:
-            response = http.post("/v1/events", content=action.body, timeout=action.timeout)
-        except Exception as exc:
-            self._log_exchange(action, started, exc)
-            return exc
+            return _exchange.post(self._config, http, action)
         finally:
             with self._cond:
                 self._sending -= 1
-        reply = Reply(response.status_code, response.headers.get("retry-after"), response.content)
-        self._log_exchange(action, started, reply)
-        return reply
 
     def _sleep(self, seconds: float) -> bool:
         """Back off; False if the close deadline comes first."""
@@ -267,7 +252,7 @@ class AnalyticsClient(BaseClient):
         with self._cond:
             while True:
                 now = time.monotonic()
-                abort_at = self._abort_at
+                abort_at = self._ledger.deadline
                 if abort_at is not None and abort_at < end and now >= abort_at:
                     return False
                 if now >= end:
@@ -279,7 +264,7 @@ class AnalyticsClient(BaseClient):
     def _send_inline(self, event_id: str, data: bytes) -> bool:
         with self._cond:
             if self._http is None:
-                self._http = self._sync_http(self._transport)
+                self._http = _exchange.sync_http(self._config, self._transport)
             http = self._http
         # Bounded by shutdown_timeout, retries included: a script's track() must
         # not hang for max_retry_time (minutes) while the server is down.

@@ -31,6 +31,7 @@ A retry resends the same events (same ids and timestamps), with a new
 
 from __future__ import annotations
 
+import enum
 import json
 import random
 from collections import deque
@@ -190,6 +191,34 @@ def _invalid_indices(reply: Reply, count: int) -> set[int] | None:
     return indices
 
 
+class _End(enum.Enum):
+    """How a step leaves a part: on to the next part, or the whole delivery ends."""
+
+    NEXT_PART = "next part"  # delivered, split or given up
+    STOP = "stop"  # handed back at the close deadline, or the sync_mode limit came
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    reason: str
+    retry_after: float | None = None
+
+
+@dataclass(slots=True)
+class _Tries:
+    """One part's attempts so far: what a give-up reports."""
+
+    started: float
+    retries: int = 0
+    last: str = "no attempt"
+    last_status: int | None = None
+    last_exception: BaseException | None = None
+
+
+# What judging an answer decides: retry, send a smaller part at once, or end.
+_Verdict = _Retry | list[QueuedEvent] | _End
+
+
 class Delivery:
     def __init__(
         self,
@@ -213,132 +242,174 @@ class Delivery:
         outlasts it (each request's timeout is cut to what is left) and no retry
         starts after it; what is not delivered by then is ``RetriesExhausted``.
         """
-        hooks = self.hooks
         parts: deque[list[QueuedEvent]] = deque([list(batch)])
         while parts:
             part = parts.popleft()
-            started = hooks.monotonic()
-            retries = 0
-            last = "no attempt"
-            last_status: int | None = None
-            last_exception: BaseException | None = None
-            while True:
-                abort_at = hooks.abort_at()
-                now = hooks.monotonic()
-                if abort_at is not None and now >= abort_at:
-                    self._shutdown(part, parts)
-                    return
-                if give_up_at is not None and now >= give_up_at:
-                    self._time_limit(part, parts, retries, last, last_status, last_exception)
-                    return
-                timeout = self.timeout if abort_at is None else min(self.timeout, abort_at - now)
-                if give_up_at is not None:
-                    timeout = min(timeout, give_up_at - now)
-                body = encode_body(part, sent_at=hooks.sent_at(), gzip=self.gzip)
-                outcome = yield Send(body, timeout, len(part))
-                retry_after: float | None = None
-                if isinstance(outcome, Reply):
-                    status = outcome.status
-                    if 200 <= status < 300:
-                        hooks.delivered(part)
-                        break
-                    if status == 413 and len(part) > 1:
-                        first, second = halves(part)
-                        parts.appendleft(second)
-                        parts.appendleft(first)
-                        break
-                    if status == 422:
-                        invalid = _invalid_indices(outcome, len(part))
-                        if invalid is not None and len(invalid) < len(part):
-                            bad = [e for i, e in enumerate(part) if i in invalid]
-                            hooks.failed(bad, _rejected(outcome, bad))
-                            part = [e for i, e in enumerate(part) if i not in invalid]
-                            continue  # nothing of the request was queued: send the rest now
-                    if not is_retryable_status(status):
-                        hooks.failed(part, _rejected(outcome, part))
-                        break
-                    retry_after = parse_retry_after(outcome.retry_after)
-                    reason = f"status {status}"
-                    last_status, last_exception = status, None
-                elif isinstance(outcome, Exception):
-                    abort_at = hooks.abort_at()
-                    if (
-                        isinstance(outcome, httpx.ReadTimeout)
-                        and abort_at is not None
-                        and hooks.monotonic() >= abort_at
-                    ):
-                        # Sent in full, unanswered at the close deadline: in flight.
-                        self.hooks.abandoned(
-                            [event for rest in parts for event in rest], unanswered=part
-                        )
-                        return
-                    if not is_retryable_exception(outcome):
-                        error = UnexpectedError(
-                            f"{type(outcome).__name__}: {outcome}; {len(part)} events dropped",
-                            event_ids=_ids(part),
-                            payloads=_payloads(part),
-                        )
-                        error.__cause__ = outcome
-                        hooks.failed(part, error)
-                        break
-                    reason = type(outcome).__name__
-                    last_status, last_exception = None, outcome
-                else:  # pragma: no cover - a driver bug
-                    raise TypeError(f"unexpected outcome for Send: {outcome!r}")
+            if (yield from self._deliver_part(part, parts, give_up_at)) is _End.STOP:
+                return
 
-                retries += 1
-                last = reason
-                delay = self.policy.delay(retries, retry_after, self.rng)
-                now = hooks.monotonic()
-                if give_up_at is not None and now + delay >= give_up_at:
-                    self._time_limit(part, parts, retries, last, last_status, last_exception)
-                    return
-                max_retries = self.policy.max_retries
-                if (max_retries is not None and retries > max_retries) or (
-                    now + delay - started > self.policy.max_retry_time
-                ):
-                    hooks.failed(
-                        part,
-                        RetriesExhausted(
-                            f"gave up after {retries} attempts over {now - started:.1f} s "
-                            f"(last: {reason}); {len(part)} events dropped",
-                            event_ids=_ids(part),
-                            payloads=_payloads(part),
-                            attempts=retries,
-                            last_status=last_status,
-                            last_exception=last_exception,
-                        ),
-                    )
-                    break
-                abort_at = hooks.abort_at()
-                if abort_at is not None and now + delay > abort_at:
-                    self._shutdown(part, parts)
-                    return
-                hooks.retrying(part, delay, reason)
-                if not (yield Sleep(delay)):
-                    self._shutdown(part, parts)
-                    return
+    def _deliver_part(
+        self, part: list[QueuedEvent], parts: deque[list[QueuedEvent]], give_up_at: float | None
+    ) -> Generator[Action, Outcome, _End]:
+        """Send one part until it is delivered, split or given up (``parts``: what follows)."""
+        tries = _Tries(started=self.hooks.monotonic())
+        while True:
+            timeout = self._time_left(part, parts, tries, give_up_at)
+            if timeout is None:
+                return _End.STOP
+            body = encode_body(part, sent_at=self.hooks.sent_at(), gzip=self.gzip)
+            outcome = yield Send(body, timeout, len(part))
+            if isinstance(outcome, Reply):
+                verdict = self._judge_reply(outcome, part, parts, tries)
+            elif isinstance(outcome, Exception):
+                verdict = self._judge_exception(outcome, part, parts, tries)
+            else:  # pragma: no cover - a driver bug
+                raise TypeError(f"unexpected outcome for Send: {outcome!r}")
+            if isinstance(verdict, _End):
+                return verdict
+            if isinstance(verdict, list):
+                part = verdict  # nothing of the request was queued: send the rest now
+                continue
+            delay = self._backoff(verdict, part, parts, tries, give_up_at)
+            if isinstance(delay, _End):
+                return delay
+            self.hooks.retrying(part, delay, verdict.reason)
+            if not (yield Sleep(delay)):
+                self._shutdown(part, parts)
+                return _End.STOP
 
-    def _time_limit(
+    def _time_left(
         self,
         part: list[QueuedEvent],
         parts: deque[list[QueuedEvent]],
-        attempts: int,
-        last: str,
-        last_status: int | None,
-        last_exception: BaseException | None,
+        tries: _Tries,
+        give_up_at: float | None,
+    ) -> float | None:
+        """The next request's timeout, cut to the deadlines; None if one has come."""
+        hooks = self.hooks
+        abort_at = hooks.abort_at()
+        now = hooks.monotonic()
+        if abort_at is not None and now >= abort_at:
+            self._shutdown(part, parts)
+            return None
+        if give_up_at is not None and now >= give_up_at:
+            self._time_limit(part, parts, tries)
+            return None
+        timeout = self.timeout if abort_at is None else min(self.timeout, abort_at - now)
+        return timeout if give_up_at is None else min(timeout, give_up_at - now)
+
+    def _judge_reply(
+        self,
+        reply: Reply,
+        part: list[QueuedEvent],
+        parts: deque[list[QueuedEvent]],
+        tries: _Tries,
+    ) -> _Verdict:
+        hooks = self.hooks
+        status = reply.status
+        if 200 <= status < 300:
+            hooks.delivered(part)
+            return _End.NEXT_PART
+        if status == 413 and len(part) > 1:
+            first, second = halves(part)
+            parts.appendleft(second)
+            parts.appendleft(first)
+            return _End.NEXT_PART
+        if status == 422:
+            invalid = _invalid_indices(reply, len(part))
+            if invalid is not None and len(invalid) < len(part):
+                bad = [event for i, event in enumerate(part) if i in invalid]
+                hooks.failed(bad, _rejected(reply, bad))
+                return [event for i, event in enumerate(part) if i not in invalid]
+        if not is_retryable_status(status):
+            hooks.failed(part, _rejected(reply, part))
+            return _End.NEXT_PART
+        tries.last_status, tries.last_exception = status, None
+        return _Retry(f"status {status}", parse_retry_after(reply.retry_after))
+
+    def _judge_exception(
+        self,
+        exc: Exception,
+        part: list[QueuedEvent],
+        parts: deque[list[QueuedEvent]],
+        tries: _Tries,
+    ) -> _Verdict:
+        hooks = self.hooks
+        abort_at = hooks.abort_at()
+        if (
+            isinstance(exc, httpx.ReadTimeout)
+            and abort_at is not None
+            and hooks.monotonic() >= abort_at
+        ):
+            # Sent in full, unanswered at the close deadline: in flight.
+            hooks.abandoned([event for rest in parts for event in rest], unanswered=part)
+            return _End.STOP
+        if not is_retryable_exception(exc):
+            error = UnexpectedError(
+                f"{type(exc).__name__}: {exc}; {len(part)} events dropped",
+                event_ids=_ids(part),
+                payloads=_payloads(part),
+            )
+            error.__cause__ = exc
+            hooks.failed(part, error)
+            return _End.NEXT_PART
+        tries.last_status, tries.last_exception = None, exc
+        return _Retry(type(exc).__name__)
+
+    def _backoff(
+        self,
+        retry: _Retry,
+        part: list[QueuedEvent],
+        parts: deque[list[QueuedEvent]],
+        tries: _Tries,
+        give_up_at: float | None,
+    ) -> float | _End:
+        """How long to wait before the next attempt, or the end: out of retries or time."""
+        hooks = self.hooks
+        tries.retries += 1
+        tries.last = retry.reason
+        delay = self.policy.delay(tries.retries, retry.retry_after, self.rng)
+        now = hooks.monotonic()
+        if give_up_at is not None and now + delay >= give_up_at:
+            self._time_limit(part, parts, tries)
+            return _End.STOP
+        max_retries = self.policy.max_retries
+        if (max_retries is not None and tries.retries > max_retries) or (
+            now + delay - tries.started > self.policy.max_retry_time
+        ):
+            hooks.failed(
+                part,
+                RetriesExhausted(
+                    f"gave up after {tries.retries} attempts over {now - tries.started:.1f} s "
+                    f"(last: {retry.reason}); {len(part)} events dropped",
+                    event_ids=_ids(part),
+                    payloads=_payloads(part),
+                    attempts=tries.retries,
+                    last_status=tries.last_status,
+                    last_exception=tries.last_exception,
+                ),
+            )
+            return _End.NEXT_PART
+        abort_at = hooks.abort_at()
+        if abort_at is not None and now + delay > abort_at:
+            self._shutdown(part, parts)
+            return _End.STOP
+        return delay
+
+    def _time_limit(
+        self, part: list[QueuedEvent], parts: deque[list[QueuedEvent]], tries: _Tries
     ) -> None:
         left = part + [event for rest in parts for event in rest]
         self.hooks.failed(
             left,
             RetriesExhausted(
-                f"gave up after {attempts} attempts at the sync_mode time limit "
-                f"(shutdown_timeout; last: {last}); {len(left)} events dropped",
+                f"gave up after {tries.retries} attempts at the sync_mode time limit "
+                f"(shutdown_timeout; last: {tries.last}); {len(left)} events dropped",
                 event_ids=_ids(left),
                 payloads=_payloads(left),
-                attempts=attempts,
-                last_status=last_status,
-                last_exception=last_exception,
+                attempts=tries.retries,
+                last_status=tries.last_status,
+                last_exception=tries.last_exception,
             ),
         )
 

@@ -24,15 +24,20 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
-
-if TYPE_CHECKING:
-    from labs_analytics_client._core import BaseClient
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 P = ParamSpec("P")
 R = TypeVar("R")
 MAX_ERROR_MESSAGE = 1000
 logger = logging.getLogger("labs_analytics_client")
+
+
+class Tracker(Protocol):
+    """What a span needs of its client: ``track()`` (both clients have it)."""
+
+    def track(
+        self, name: str, user: str | None = None, properties: dict[str, Any] | None = None
+    ) -> str | None: ...
 
 
 class Span:
@@ -70,7 +75,7 @@ class Timed:
     """A decorator and a (sync or async) context manager; see the module docstring."""
 
     def __init__(
-        self, client: BaseClient, name: str, user: str | None, properties: dict[str, Any]
+        self, client: Tracker, name: str, user: str | None, properties: dict[str, Any]
     ) -> None:
         self.client = client
         self.name = name

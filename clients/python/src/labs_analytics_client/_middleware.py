@@ -110,7 +110,7 @@ class AnalyticsMiddleware:
 
     async def _flush_at_shutdown(self) -> None:
         client = self.client
-        if client._closed or not client.enabled:
+        if client.is_closed or not client.enabled:
             return  # closed by the application's own shutdown: delivered or reported there
         try:
             if isinstance(client, AsyncAnalyticsClient):

@@ -35,16 +35,34 @@ import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from labs_analytics_client._events import reseed_after_fork
 
-if TYPE_CHECKING:
-    from labs_analytics_client._core import BaseClient
-
 logger = logging.getLogger("labs_analytics_client")
 
-_clients: weakref.WeakSet[BaseClient] = weakref.WeakSet()
+
+class Drainable(Protocol):
+    """What the hooks need of a client (both clients are one)."""
+
+    def _exit_timeout(self) -> float | None:
+        """Its shutdown_timeout if it is open and may hold events; None: nothing to drain."""
+        ...
+
+    def _exit_begin(self, deadline: float | None) -> None:
+        """Stop accepting and ask the workers to drain (returns at once)."""
+        ...
+
+    def _exit_finish(self, deadline: float | None) -> int:
+        """Wait for the drain until ``deadline``, finish it here if need be, report once."""
+        ...
+
+    def _after_fork_in_child(self) -> None:
+        """Start over: what the parent queued is the parent's."""
+        ...
+
+
+_clients: weakref.WeakSet[Drainable] = weakref.WeakSet()
 _hooks_lock = threading.Lock()
 _hooks_installed = False
 
@@ -64,7 +82,7 @@ _sigterm_drain_started = False
 _sigterm_drained = False
 
 
-def register(client: BaseClient) -> None:
+def register(client: Drainable) -> None:
     global _hooks_installed
     with _hooks_lock:
         _clients.add(client)
@@ -106,10 +124,13 @@ def close_all_at_exit() -> None:
 
 
 def _close_all() -> None:
-    clients = [client for client in list(_clients) if not client._closed and client._enabled]
+    timeouts = {client: client._exit_timeout() for client in list(_clients)}
+    clients = [client for client, timeout in timeouts.items() if timeout is not None]
     if not clients:
         return
-    deadline = time.monotonic() + max(client._shutdown_timeout for client in clients)
+    deadline = time.monotonic() + max(
+        timeout for timeout in timeouts.values() if timeout is not None
+    )
     for client in clients:  # first ask every worker to drain, so they drain in parallel
         try:
             client._exit_begin(deadline)
