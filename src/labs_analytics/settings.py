@@ -181,6 +181,11 @@ class Settings(BaseSettings):
         description="Longest wait on shutdown for requests and the flusher's batch to finish.",
     )
     run_flusher: bool = Field(default=True, description="Run a flusher inside `serve`.")
+    fast_path: bool = Field(
+        default=True,
+        description="Answer POST /v1/events before the framework's layers (api/fast_path.py); "
+        "false: through the FastAPI route, slower, the same answers.",
+    )
 
     # --- process -------------------------------------------------------------
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")

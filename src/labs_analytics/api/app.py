@@ -24,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labs_analytics import __version__
 from labs_analytics.api import health, ingest, metrics_route
-from labs_analytics.api.errors import install_error_handlers
+from labs_analytics.api.errors import UnexpectedErrorMiddleware, install_error_handlers
+from labs_analytics.api.fast_path import FastPathMiddleware
 from labs_analytics.api.state import AppState
 from labs_analytics.auth.cache import KeyCache
 from labs_analytics.auth.repository import KeyRepository
@@ -43,22 +44,9 @@ from labs_analytics.storage.database import create_copy_pool, create_engine
 log = get_logger(__name__)
 
 CORS_PATH_PREFIX = "/v1/"
-
-
-class LabsAnalyticsApp(FastAPI):
-    """FastAPI, with server-to-server ingest answered before the framework's layers.
-
-    Every other request, and ingest from browsers (CORS), takes the full stack.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = ingest.takes_fast_path(scope)
-        if headers is not None:
-            labs: AppState | None = getattr(self.state, "labs", None)
-            if labs is not None:  # None only before the lifespan has run
-                await ingest.serve_ingest(labs, headers, receive, send)
-                return
-        await super().__call__(scope, receive, send)
+# The routes the fast path answers (api.fast_path); each also has its
+# documented FastAPI route, which answers the same when the fast path is off.
+FAST_ROUTES = (ingest.FAST_ROUTE,)
 
 
 class ApiPathsCORSMiddleware:
@@ -79,9 +67,9 @@ class ApiPathsCORSMiddleware:
             await self.app(scope, receive, send)
 
 
-def create_app(settings: Settings | None = None) -> LabsAnalyticsApp:
+def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = LabsAnalyticsApp(
+    app = FastAPI(
         # No redirects: a 307 to `/v1/events` would be built from the client's Host header.
         redirect_slashes=False,
         title="Labs Analytics",
@@ -95,6 +83,12 @@ def create_app(settings: Settings | None = None) -> LabsAnalyticsApp:
     )
     app.state.settings = settings
     install_error_handlers(app)
+    # The layers, innermost first (each add_middleware wraps what is there):
+    # 1. the fast path, innermost, so every middleware below and any added
+    #    later see its requests too; it answers FAST_ROUTES itself.
+    if settings.fast_path:
+        app.add_middleware(FastPathMiddleware, routes=FAST_ROUTES)
+    # 2. CORS, for the public API only.
     if settings.cors_origins:
         app.add_middleware(
             ApiPathsCORSMiddleware,
@@ -103,6 +97,8 @@ def create_app(settings: Settings | None = None) -> LabsAnalyticsApp:
             allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
             max_age=600,
         )
+    # 3. one answer and one log line for a bug, whichever path raised it.
+    app.add_middleware(UnexpectedErrorMiddleware)
     app.include_router(ingest.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)

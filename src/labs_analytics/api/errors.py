@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labs_analytics import metrics
 from labs_analytics.errors import AppError
@@ -78,12 +80,38 @@ async def _http_error(_request: Request, exc: Exception) -> JsonErrorResponse:
     )
 
 
-async def _unexpected(_request: Request, exc: Exception) -> Response:
-    return Response(unexpected_error_body(exc), status_code=500, media_type="application/json")
-
-
 def install_error_handlers(app: FastAPI) -> None:
+    """The framework's answers to the errors a client causes (4xx, and our 503s)."""
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+
+
+class UnexpectedErrorMiddleware:
+    """The one place a bug becomes a 500: logged once, the same JSON body on every path.
+
+    Installed as the outermost of the app's own middleware, so it sees what
+    the fast path and the framework's routes raise alike. (An ``Exception``
+    handler on the app would answer too, but Starlette re-raises after it, so
+    the server logs the same traceback a second time.) If the answer had
+    already begun, nothing more can be sent: the error is logged and the
+    server ends the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            if scope["type"] != "http":
+                raise
+            body = unexpected_error_body(exc)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            with contextlib.suppress(Exception):  # the answer had begun: nothing to add
+                await send({"type": "http.response.start", "status": 500, "headers": headers})
+                await send({"type": "http.response.body", "body": body})

@@ -1,8 +1,9 @@
 """POST /v1/events.
 
-Two ways in, one behaviour: ``serve_ingest`` answers server-to-server requests
-straight from the ASGI app (see ``api.app.LabsAnalyticsApp``), and the
-documented FastAPI route answers the rest (browsers, through CORS).
+Two ways in, one behaviour: ``FAST_ROUTE`` is answered by the fast path
+(``api.fast_path``) before the framework's layers, and the documented FastAPI
+route is what the OpenAPI document describes and what answers when the fast
+path is off. Both call ``ingest``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from labs_analytics.api.dependencies import authorize
-from labs_analytics.api.errors import ErrorBody, app_error_body, unexpected_error_body
+from labs_analytics.api.errors import ErrorBody
+from labs_analytics.api.fast_path import FastResponse, FastRoute
 from labs_analytics.api.state import AppState
 from labs_analytics.auth.keys import Scope as KeyScope
-from labs_analytics.errors import AppError
 from labs_analytics.events import IngestResponse
 from labs_analytics.ingest.body import MAX_GZIP_MEMBERS, IngestHeaders
 from labs_analytics.ingest.problems import MAX_LISTED_PROBLEMS
@@ -25,6 +26,13 @@ from labs_analytics.ingest.problems import MAX_LISTED_PROBLEMS
 INGEST_PATH = "/v1/events"
 
 router = APIRouter(tags=["ingest"])
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before sending again.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {
@@ -57,6 +65,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "work: a refused request (400, 403 for another product, 413, 415, 422) costs "
         "max(1, its events, its KiB). Retry after `Retry-After` seconds; until then the key is "
         "refused without its body being read.",
+        "headers": _RETRY_AFTER,
     },
     500: {
         "model": ErrorBody,
@@ -66,7 +75,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {
         "model": ErrorBody,
         "description": "The queue cannot take events right now; nothing "
-        "was acknowledged. Retry after `Retry-After` seconds.",
+        "was acknowledged (`error`: `queue_unavailable` while the queue is down, "
+        "`overloaded` while the backlog or Redis's memory is over its limit). Retry after "
+        "`Retry-After` seconds.",
+        "headers": _RETRY_AFTER,
     },
 }
 
@@ -115,8 +127,6 @@ _REQUEST_BODY = {
     openapi_extra={"requestBody": _REQUEST_BODY, "security": [{"HTTPBearer": []}]},
 )
 async def ingest_events(request: Request) -> Response:
-    # Serves the requests `serve_ingest` leaves to the framework: those from
-    # browsers, which need the CORS middleware.
     headers = IngestHeaders.from_scope(request.scope["headers"])
     body = await ingest(request.app.state.labs, headers, request.receive)
     return Response(body, status_code=202, media_type="application/json")
@@ -129,42 +139,9 @@ async def ingest(state: AppState, headers: IngestHeaders, receive: Receive) -> b
     return orjson.dumps({"accepted": len(ids), "ids": ids})
 
 
-def takes_fast_path(scope: Scope) -> IngestHeaders | None:
-    """The headers of a request ``serve_ingest`` answers; None for anything else.
-
-    Requests with an ``Origin`` come from browsers: they go through the
-    framework and its CORS middleware.
-    """
-    if (
-        scope["type"] != "http"
-        or scope["path"] != INGEST_PATH
-        or scope["method"] != "POST"
-        or scope.get("root_path")
-    ):
-        return None
-    headers = IngestHeaders.from_scope(scope["headers"])
-    return None if headers.origin is not None else headers
+async def _ingest_fast(state: AppState, scope: Scope, receive: Receive) -> FastResponse:
+    body = await ingest(state, IngestHeaders.from_scope(scope["headers"]), receive)
+    return FastResponse(202, body)
 
 
-async def serve_ingest(
-    state: AppState, headers: IngestHeaders, receive: Receive, send: Send
-) -> None:
-    """POST /v1/events as a bare ASGI handler: the hot path.
-
-    The framework's per-request layers (middleware, routing, exception
-    handlers, Request objects) cost more CPU than the work of ingest itself
-    (BENCHMARKS.md). This answers exactly as the documented route and the
-    error handlers would: the same bodies, status codes and headers.
-    """
-    response_headers = [(b"content-type", b"application/json")]
-    try:
-        body = await ingest(state, headers, receive)
-        status = 202
-    except AppError as exc:
-        body, status = app_error_body(exc), exc.status_code
-        response_headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    except Exception as exc:
-        body, status = unexpected_error_body(exc), 500
-    response_headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": response_headers})
-    await send({"type": "http.response.body", "body": body})
+FAST_ROUTE = FastRoute("POST", INGEST_PATH, _ingest_fast)
