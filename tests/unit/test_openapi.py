@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+import httpx
 
 from labs_analytics.api.app import create_app
 from labs_analytics.settings import Settings
@@ -60,3 +63,29 @@ def test_event_schema_carries_the_contracts_limits() -> None:
     }
     batch = openapi()["components"]["schemas"]["EventBatchIn"]
     assert batch["properties"]["events"]["minItems"] == 1
+
+
+def test_rate_limits_and_outages_document_retry_after() -> None:
+    responses = openapi()["paths"]["/v1/events"]["post"]["responses"]
+    for status in ("429", "503"):
+        header = responses[status]["headers"]["Retry-After"]
+        assert header["schema"]["type"] == "integer", status
+
+
+async def test_the_docs_pages_load_their_assets_from_the_service_not_a_cdn() -> None:
+    settings = Settings(
+        _env_file=None, database_url="postgresql://u@localhost/db", redis_url="redis://localhost"
+    )
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for page in ("/docs", "/redoc"):
+            html = (await client.get(page)).text
+            assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css|png))"', html)
+            assert assets, page
+            for asset in assets:
+                assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+                answer = await client.get(asset)
+                assert answer.status_code == 200, asset
+                assert len(answer.content) > 1000, asset
+            assert "cdn." not in html, page

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
@@ -69,7 +70,9 @@ class ApiPathsCORSMiddleware:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    app = FastAPI(
+    # FastAPI with /docs and /redoc served from the package's own copies of
+    # Swagger UI and ReDoc (fastapi-offline), not from a CDN: they load offline.
+    app = FastAPIOffline(
         # No redirects: a 307 to `/v1/events` would be built from the client's Host header.
         redirect_slashes=False,
         title="Labs Analytics",
