@@ -55,7 +55,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from bench import git_commit  # noqa: E402  (stress/ is this script's folder)
+from benchmark.machine import git_commit  # noqa: E402  (stress/ is this script's folder)
 
 from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port  # noqa: E402
 from labs_analytics.storage import migrations  # noqa: E402

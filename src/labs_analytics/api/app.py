@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi_offline import FastAPIOffline
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send

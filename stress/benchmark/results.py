@@ -1,0 +1,106 @@
+"""What one `make bench` run measured: a frozen dataclass per measurement, and the run's whole.
+
+Plain data, no I/O: the targets (`targets.py`) and the report (`report.py`)
+read only these, so both are tested from hand-made values.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """One load generator run against one URL. Paced runs have no latencies (NaN)."""
+
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    generator_cpu_percent: float
+    generator: str
+
+
+@dataclass(frozen=True)
+class IngestRounds:
+    """(a) the framework floor and (b) single-event ingest, alternating round by round."""
+
+    floor: LoadResult  # the round with the median throughput
+    single: LoadResult  # likewise
+    ratios: tuple[float, ...]  # single ÷ floor, one per round
+    single_p99_worst_ms: float
+    single_errors: int  # over all rounds
+
+    @property
+    def ratio(self) -> float:
+        """Single-event ingest as a share of the floor: the median of the rounds' ratios."""
+        return statistics.median(self.ratios)
+
+
+@dataclass(frozen=True)
+class Drain:
+    """The flushers alone, emptying what (b) and (c) queued."""
+
+    rows_per_second: float
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    """(d) events landed in PostgreSQL at a paced rate, and the 202 → row freshness."""
+
+    seconds: int
+    paced_from_events_per_second: float
+    offered_events_per_second: float
+    landed_events_per_second: float
+    errors: int
+    freshness_p50_s: float
+    freshness_p99_s: float
+    probes: int
+
+
+@dataclass(frozen=True)
+class CopyCeiling:
+    """(e) raw asyncpg COPY into `events`: the storage ceiling."""
+
+    rows_per_second: float
+
+
+@dataclass(frozen=True)
+class Soak:
+    """The API's RSS early in a run at half the sustained rate, and at its end."""
+
+    seconds: int
+    early_bytes: float
+    late_bytes: float
+
+    @property
+    def growth_percent(self) -> float:
+        return 100 * (self.late_bytes - self.early_bytes) / self.early_bytes
+
+
+@dataclass(frozen=True)
+class RssPeaks:
+    """The API's peak RSS (all workers), in bytes, while ingesting and end to end."""
+
+    ingest: int
+    end_to_end: int
+
+
+@dataclass(frozen=True)
+class BenchResults:
+    workers: int  # `serve --workers`
+    connections: int  # the load generator's, for (a), (b) and (c)
+    ingest: IngestRounds  # (a) and (b)
+    batch: LoadResult  # (c), 100 events per request
+    drain: Drain
+    end_to_end: EndToEnd  # (d)
+    copy: CopyCeiling  # (e)
+    rss: RssPeaks
+    soak: Soak | None  # None when run with --soak 0
+
+    @property
+    def end_to_end_share_of_copy(self) -> float:
+        return self.end_to_end.landed_events_per_second / self.copy.rows_per_second

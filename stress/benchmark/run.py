@@ -1,0 +1,136 @@
+"""The run: start the stack, take the measurements in order, write the report.
+
+Each phase starts the server processes it needs and stops them after:
+
+  1. the floor app and `serve --no-flusher`: (a) and (b) in rounds, then (c)
+  2. `serve` with its flushers: drain what (b) and (c) queued
+  3. a fresh `serve`: (d) end to end
+  4. no API: (e) the COPY ceiling
+  5. a fresh `serve`: the soak (skipped with --soak 0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from labs_analytics.settings import to_asyncpg_dsn
+from labs_analytics.storage import migrations
+
+from . import measure, report
+from .load import CONNECTIONS
+from .machine import this_machine
+from .results import BenchResults, RssPeaks, Soak
+from .stack import (
+    create_key,
+    floor_command,
+    process,
+    sampling_rss,
+    serve_command,
+    stack_env,
+    wait_http,
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    workers: int  # `serve --workers`, and the floor app's
+    seconds: int  # each load phase of (a), (b), (c), and (e)
+    rounds: int  # of (a) and (b)
+    sustain: int  # (d)
+    soak: int  # 0: no soak
+    output: Path  # BENCHMARKS.md
+
+
+def main(options: Options) -> None:
+    work = Path(tempfile.mkdtemp(prefix="labs-bench-"))
+    print(f"bench: working in {work}", flush=True)
+    postgres = EmbeddedPostgres(work / "postgres", database="bench")
+    redis = EmbeddedRedis(work / "redis")
+    try:
+        postgres.start()
+        redis.start()
+        migrations.upgrade(postgres.url)
+        results = asyncio.run(run(options, work, postgres.url, redis.url))
+    finally:
+        redis.stop()
+        postgres.stop()
+    write_report(options.output, results)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+async def run(options: Options, work: Path, database_url: str, redis_url: str) -> BenchResults:
+    env = stack_env(database_url, redis_url, work)
+    dsn = to_asyncpg_dsn(database_url)
+    key = await asyncio.to_thread(create_key, env)
+    floor_port, port = free_port(), free_port()
+    floor_base, base = f"http://127.0.0.1:{floor_port}", f"http://127.0.0.1:{port}"
+    serve = serve_command(port, options.workers)
+
+    with (
+        process(floor_command(floor_port, options.workers), env, work / "floor.log"),
+        process([*serve, "--no-flusher"], env, work / "serve-ingest.log") as api,
+    ):
+        await asyncio.to_thread(wait_http, f"{floor_base}/docs")
+        await asyncio.to_thread(wait_http, f"{base}/healthz")
+        async with sampling_rss(api.pid) as ingest_rss:
+            ingest = await measure.ingest_rounds(
+                f"{floor_base}/v1/events",
+                f"{base}/v1/events",
+                key,
+                options.rounds,
+                options.seconds,
+                work,
+            )
+            # (c) on the same server: ingest only, flushers off, so the API has the machine
+            batch = await measure.batch_ingest(f"{base}/v1/events", key, options.seconds, work)
+
+    with process(serve, env, work / "serve-drain.log"):
+        await asyncio.to_thread(wait_http, f"{base}/healthz")
+        drain = await measure.drain(base, dsn)
+    print(report.drain_line(drain), flush=True)
+
+    with process(serve, env, work / "serve-e2e.log") as api:
+        await asyncio.to_thread(wait_http, f"{base}/healthz")
+        start_rate = measure.E2E_START_SHARE_OF_CAPACITY * measure.pipeline_capacity(drain, batch)
+        async with sampling_rss(api.pid) as e2e_rss:
+            e2e = await measure.end_to_end(base, key, dsn, start_rate, options.sustain, work)
+    print(report.end_to_end_line(e2e), flush=True)
+
+    copy = await measure.copy_ceiling(dsn, options.seconds)
+    print(report.copy_line(copy), flush=True)
+
+    soak: Soak | None = None
+    if options.soak > 0:
+        # half the rate (d) sustained
+        with process(serve, env, work / "serve-soak.log") as api:
+            await asyncio.to_thread(wait_http, f"{base}/healthz")
+            soak = await measure.soak(
+                base, key, api.pid, e2e.offered_events_per_second / 2, options.soak, work
+            )
+        print(report.soak_line(soak), flush=True)
+
+    return BenchResults(
+        workers=options.workers,
+        connections=CONNECTIONS,
+        ingest=ingest,
+        batch=batch,
+        drain=drain,
+        end_to_end=e2e,
+        copy=copy,
+        rss=RssPeaks(ingest=ingest_rss.peak, end_to_end=e2e_rss.peak),
+        soak=soak,
+    )
+
+
+def write_report(output: Path, results: BenchResults) -> None:
+    """Print the "Latest run" section and put it into ``output`` in place of the last one."""
+    latest = report.latest_run(results, this_machine())
+    print("\n" + latest)
+    existing = output.read_text() if output.exists() else ""
+    output.write_text(report.replace_latest_run(existing, latest))
+    print(f"bench: wrote {output}")
