@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,11 +10,11 @@ import asyncpg
 import httpx
 import pytest
 
-from labs_analytics.embedded import free_port
 from labs_analytics.settings import Settings
 from labs_analytics_client import AnalyticsMiddleware, AsyncAnalyticsClient
 from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
-from tests.sdk.support import SDK, new_product, rows
+from tests.sdk.frameworks import app_env, uvicorn
+from tests.sdk.support import new_product, rows
 
 # The README's plain set-up: the middleware, and a lifespan that never closes the client.
 APP = """
@@ -74,40 +69,6 @@ REQUESTS = {  # path: (times, the route recorded)
 }
 
 
-def start_uvicorn(tmp_path: Path, port: int, **env: str) -> subprocess.Popen[bytes]:
-    (tmp_path / "app_under_test.py").write_text(textwrap.dedent(APP))
-    with (tmp_path / "uvicorn.log").open("wb") as log:
-        return subprocess.Popen(
-            # --root-path: a proxy's prefix, never part of a route
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "app_under_test:app",
-                "--port",
-                str(port),
-                "--root-path",
-                "/proxy",
-            ],
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": f"{SDK / 'src'}{os.pathsep}{tmp_path}", **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_until_ready(process: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
-    for _ in range(600):
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{base_url}/ready", timeout=0.5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"uvicorn did not start:\n{log.read_text()}")
-
-
 @pytest.mark.parametrize("client", ["async", "sync"])
 async def test_a_uvicorn_app_with_the_middleware_delivers_everything_at_sigterm(
     client: str,
@@ -118,26 +79,21 @@ async def test_a_uvicorn_app_with_the_middleware_delivers_everything_at_sigterm(
 ) -> None:
     product = new_product()
     key = await create_key(sdk_settings, product=product)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    process = start_uvicorn(
-        tmp_path, port, APP_KEY=key, APP_URL=shared_server.base_url, APP_CLIENT=client
-    )
-    log = tmp_path / "uvicorn.log"
-    try:
-        wait_until_ready(process, base_url, log)
+    (tmp_path / "app_under_test.py").write_text(textwrap.dedent(APP))
+    app_settings = {"APP_KEY": key, "APP_URL": shared_server.base_url, "APP_CLIENT": client}
+    env = app_env(key, shared_server.base_url, **app_settings)
+    # --root-path: a proxy's prefix, never part of a route
+    args = ["--app-dir", str(tmp_path), "--root-path", "/proxy"]
+    with uvicorn("app_under_test:app", env, tmp_path, health_path="/ready", args=args) as (
+        running,
+        base_url,
+    ):
         with httpx.Client(base_url=base_url) as http:
             for path, (times, _) in REQUESTS.items():
                 for n in range(times):
                     assert http.get(path.format(n=n)).status_code == 200
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    output = log.read_text()
-    assert "analytics." not in output  # nothing dropped, failed or left pending
+        running.terminate(timeout=60)
+    assert "analytics." not in running.logs()  # nothing dropped, failed or left pending
 
     expected = Counter({route: times for times, route in REQUESTS.values() if route})
     total = sum(expected.values()) + 1  # and the app's "app.stopped"

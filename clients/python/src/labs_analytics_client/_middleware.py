@@ -28,7 +28,9 @@ application closed itself is left alone.
 
 It is plain ASGI: it imports nothing from Starlette and works with either
 client (``track()`` is a plain call on both). ``user`` may be a function of the
-ASGI scope returning the user id (e.g. from ``scope["state"]`` or a header).
+ASGI scope returning the user id (e.g. from ``scope["state"]`` or a header),
+called once the app answered; one that raises leaves the event without a user
+(the first failure is logged, ``analytics.user_function_failed``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from labs_analytics_client._async_client import AsyncAnalyticsClient
 from labs_analytics_client._client import AnalyticsClient
-from labs_analytics_client._request_event import track_request
+from labs_analytics_client._request_event import UserOf, track_request
 
 if TYPE_CHECKING:
     from labs_analytics_client._core import BaseClient
@@ -70,6 +72,7 @@ class AnalyticsMiddleware:
         self.event_name = event_name
         self.exclude_routes = frozenset(exclude_routes)
         self.user = user
+        self._user_of: UserOf[Scope] = UserOf(user)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -142,13 +145,12 @@ class AnalyticsMiddleware:
         track_request(
             self.client,
             self.event_name,
-            request=scope,
             method=scope.get("method"),
             route=route,
             status_code=status_code,
             start=start,
             error=error,
-            user=self.user,
+            user=self._user_of(scope),
         )
 
 

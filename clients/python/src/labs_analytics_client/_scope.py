@@ -67,7 +67,16 @@ class Scope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _CURRENT.reset(self._tokens.pop())
+        token = self._tokens.pop()
+        try:
+            _CURRENT.reset(token)
+        except ValueError:
+            # Closed in another context than the one it was opened in: a
+            # framework ran the opening code in a copy of the context and
+            # copied the changes back (asgiref's sync_to_async, as Django
+            # under ASGI does for a middleware's process_view). Put back what
+            # the scope replaced, here.
+            _CURRENT.set(None if token.old_value is contextvars.Token.MISSING else token.old_value)
 
     async def __aenter__(self) -> ScopeData:
         return self.__enter__()

@@ -29,8 +29,18 @@ no error handler answered (Flask then sends a 500), ``error_type``.
 The timing starts in a ``before_request`` function placed first, the status is
 read in ``after_request`` (Flask runs it for the 500 of an unhandled exception
 too), and the event is tracked in ``teardown_request``, which always runs and
-is handed that exception. ``user`` may be a function of the request returning
-the user id.
+is handed that exception.
+
+``user`` may be a function of the request returning the user id. It is called
+once per request, right before the view (after every ``before_request``
+function, so what they set, ``g.user`` say, is there), and the view runs
+inside ``scope(user=…)``: a ``track()`` in the view, or in code it calls, gets
+that user without ``user=``. The ``http.request`` event gets the same value
+(when no view was reached, a ``before_request`` function having answered, the
+function is called at the end instead). A function that raises never breaks
+the request: the user is ``None``, and the first failure is logged
+(``analytics.user_function_failed``). The scope is opened by wrapping the
+app's ``dispatch_request``, the one call Flask makes around the view alone.
 
 Draining: the client is an ordinary ``AnalyticsClient``, so the SDK's exit hook
 delivers what is queued when the process ends (a gunicorn sync worker leaves
@@ -39,14 +49,17 @@ through ``sys.exit`` on ``SIGTERM``, running it).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 from flask import Flask, Request, Response, current_app, request
 
 from labs_analytics_client._client import AnalyticsClient
 from labs_analytics_client._core import BaseClient
-from labs_analytics_client._request_event import track_request
+from labs_analytics_client._request_event import UserOf, track_request
+from labs_analytics_client._scope import Scope
 
 __all__ = ["LabsAnalytics"]
 
@@ -55,6 +68,7 @@ EXTENSION_KEY = "labs_analytics"
 # Per-request marks, kept in the WSGI environ: it lives exactly as long as the request.
 _START = "labs_analytics.start"
 _STATUS = "labs_analytics.status_code"
+_USER = "labs_analytics.user"  # (user,): the user function's value, once it was called
 
 
 class LabsAnalytics:
@@ -73,6 +87,7 @@ class LabsAnalytics:
         self.event_name = event_name
         self.exclude_routes = frozenset(exclude_routes)
         self.user = user
+        self._user_of: UserOf[Request] = UserOf(user)
         if app is not None:
             self.init_app(app)
 
@@ -89,9 +104,25 @@ class LabsAnalytics:
         app.before_request_funcs.setdefault(None, []).insert(0, self._start)
         app.after_request(self._note_status)
         app.teardown_request(self._track)
+        if self.user is not None:
+            # An instance attribute over the method, as app.wsgi_app is wrapped.
+            app.dispatch_request = functools.partial(  # type: ignore[method-assign]
+                self._dispatch_in_scope, app.dispatch_request
+            )
 
     def _start(self) -> None:
         request.environ[_START] = time.perf_counter()
+
+    def _dispatch_in_scope(self, dispatch: Callable[[], Any]) -> Any:
+        # Every before_request function has run; the view (or the routing
+        # error, a 404) comes next.
+        rule = request.url_rule
+        if rule is not None and rule.rule in self.exclude_routes:
+            return dispatch()
+        user = self._user_of(request)
+        request.environ[_USER] = (user,)
+        with Scope(user=user):
+            return dispatch()
 
     def _note_status(self, response: Response) -> Response:
         request.environ[_STATUS] = response.status_code
@@ -108,14 +139,15 @@ class LabsAnalytics:
         # No status noted: the exception propagated (PROPAGATE_EXCEPTIONS) and
         # the server will answer 500.
         client: BaseClient = current_app.extensions[EXTENSION_KEY]
+        # The value the view's scope had, or (no view was reached) asked for now.
+        noted = request.environ.get(_USER)
         track_request(
             client,
             self.event_name,
-            request=request,
             method=request.method,
             route=route,
             status_code=request.environ.get(_STATUS, 500),
             start=start,
             error=error,
-            user=self.user,
+            user=noted[0] if noted is not None else self._user_of(request),
         )
