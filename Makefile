@@ -10,6 +10,7 @@ WORKERS ?= 2
 SUSTAIN ?= 60
 SOAK    ?= 60
 ROUNDS  ?= 3
+PORT    ?= 8000
 
 .PHONY: install run test test-unit test-integration test-faults lint format stress bench attacks chaos clean
 
@@ -22,8 +23,8 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the service with dev, test and stress extras
 
-run: install  ## embedded PostgreSQL + Redis, migrate, create a dev key, serve on :8000
-	$(BIN)/labs-analytics dev
+run: install  ## embedded PostgreSQL + Redis, migrate, create a dev key, serve on :8000 (PORT=8010: elsewhere)
+	$(BIN)/labs-analytics dev --port $(PORT)
 
 test: install  ## the whole suite: unit, integration, faults
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

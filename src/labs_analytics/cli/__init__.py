@@ -1,4 +1,4 @@
-"""The `labs-analytics` command: serve, flusher, migrate, keys, txlog, deadletters, dev."""
+"""The `labs-analytics` command: serve, flusher, migrate, keys, txlog, deadletters, dev, psql."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import asyncio
 import os
 import shutil
 import signal
-import sys
 import tempfile
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,10 +17,9 @@ from labs_analytics.api.protocol import (
     connection_cap,
     raise_descriptor_limit,
 )
-from labs_analytics.auth.keys import Scope
-from labs_analytics.auth.repository import KeyRepository
-from labs_analytics.cli import keys, operations
-from labs_analytics.cli.common import load_settings, require, with_engine
+from labs_analytics.cli import keys, operations, psql
+from labs_analytics.cli.common import CommandGroup, load_settings, require
+from labs_analytics.cli.dev_servers import dev_servers
 from labs_analytics.flusher import Flusher
 from labs_analytics.flusher.flusher import default_consumer_name
 from labs_analytics.logs import configure_logging, get_logger, uvicorn_log_config
@@ -33,6 +30,7 @@ from labs_analytics.storage.database import create_copy_pool
 
 app = typer.Typer(
     help="Labs Analytics: ingest analytics events over HTTP into PostgreSQL, via a Redis Stream.",
+    cls=CommandGroup,  # an unreachable server: one line, not a traceback
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -191,73 +189,23 @@ def dev(
 ) -> None:
     """Start embedded PostgreSQL and Redis (under DATA_DIR), migrate, create a key, serve.
 
-    With DATABASE_URL / REDIS_URL set, those servers are used instead. Data
-    survives a restart; Ctrl-C stops everything this command started.
+    With DATABASE_URL / REDIS_URL set (environment or .env), those servers are
+    used instead. Data and ports survive a restart; the servers' URLs go to
+    DATA_DIR/dev.env, where the other commands run from this folder find them.
+    Ctrl-C stops everything this command started.
     """
-    from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis
-
-    settings = load_settings()
-    data_dir = Path(settings.data_dir)
-    started: list[EmbeddedPostgres | EmbeddedRedis] = []
-    try:
-        database_url = settings.database_url
-        if not database_url:
-            postgres = EmbeddedPostgres(data_dir / "postgres")
-            postgres.start()
-            started.append(postgres)
-            database_url = postgres.url
-        redis_url = settings.redis_url
-        if not redis_url:
-            redis = EmbeddedRedis(data_dir / "redis")
-            redis.start()
-            started.append(redis)
-            redis_url = redis.url
-        # Handed to uvicorn's app factory, which reads Settings from the environment.
-        os.environ["DATABASE_URL"] = database_url
-        os.environ["REDIS_URL"] = redis_url
-
-        migrations.upgrade(database_url)
-        new_key = with_engine(
-            database_url,
-            lambda engine: KeyRepository(engine).create(
-                product="dev", scopes=[Scope.INGEST, Scope.READ], label="labs-analytics dev"
-            ),
-        )
-        _print_dev_banner(
-            host=host,
-            port=port,
-            key=new_key.plaintext,
-            database_url=database_url,
-            redis_url=redis_url,
-        )
+    with dev_servers(host=host, port=port):
         _serve(host=host, port=port, workers=1, run_flusher=True, access_log=True)
-    finally:
-        for server in reversed(started):
-            server.stop()
 
 
 def _ignore_signal(_signum: int, _frame: object) -> None:
     """The signal was handled already; nothing is left to do."""
 
 
-def _print_dev_banner(*, host: str, port: int, key: str, database_url: str, redis_url: str) -> None:
-    base = f"http://{host}:{port}"
-    body = '{"name": "hello.world", "user": "me", "properties": {"source": "curl"}}'
-    lines = [
-        "",
-        "Labs Analytics dev server",
-        f"  API        {base}   (docs: {base}/docs)",
-        f"  PostgreSQL {database_url}",
-        f"  Redis      {redis_url}",
-        "  API key    (product 'dev', scopes ingest+read; shown once)",
-        f"             {key}",
-        "",
-        "Send an event:",
-        f"  curl -sS -X POST {base}/v1/events -H 'Authorization: Bearer {key}' "
-        f"-H 'Content-Type: application/json' -d '{body}'",
-        "See it in PostgreSQL (after ~0.5 s):",
-        f"  psql '{database_url}' -c 'SELECT * FROM events ORDER BY stored_at DESC LIMIT 5'",
-        "",
-    ]
-    sys.stdout.write("\n".join(lines) + "\n")
-    sys.stdout.flush()
+# --- psql --------------------------------------------------------------------
+
+# Everything after `psql` is psql's, options included.
+app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[PSQL ARGUMENTS]...",
+)(psql.psql)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Annotated
 
+import orjson
 import typer
 
 from labs_analytics.auth.keys import (
@@ -17,7 +19,7 @@ from labs_analytics.auth.keys import (
     check_product,
     check_rate_limit,
 )
-from labs_analytics.auth.repository import KeyRepository
+from labs_analytics.auth.repository import KeyInfo, KeyRepository
 from labs_analytics.cli.common import T, load_settings, require, with_engine
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -94,19 +96,42 @@ def keys_list(
         str | None,
         typer.Option(help="Only this product's keys.", callback=_checked(check_product)),
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """List keys (ids and metadata; the keys themselves are never stored)."""
+    """List keys (ids and metadata; the keys themselves are never stored).
+
+    RATE is the key's own ingest rate limit in events per second; `default`:
+    the deployment's RATE_LIMIT_EVENTS_PER_SECOND (null in --json).
+    """
     database_url = require(load_settings().database_url, "DATABASE_URL")
     rows = _with_keys(database_url, lambda repo: repo.list_keys(product=product))
-    typer.echo(f"{'KEY_ID':<14} {'PRODUCT':<16} {'SCOPES':<20} {'CREATED':<20} {'STATUS':<8} LABEL")
+    if as_json:
+        for row in rows:
+            typer.echo(orjson.dumps({**asdict(row), "status": _status(row)}).decode())
+        return
+    typer.echo(
+        f"{'KEY_ID':<14} {'PRODUCT':<16} {'SCOPES':<20} {'RATE (/s)':<10} {'CREATED':<20} "
+        f"{'STATUS':<8} LABEL"
+    )
     for row in rows:
-        status = "revoked" if row.revoked_at else "active"
         created = f"{row.created_at:%Y-%m-%d %H:%M:%S}"
         scopes = _shown(",".join(row.scopes))
+        rate = _rate(row.rate_limit_per_second)
         typer.echo(
-            f"{_shown(row.key_id):<14} {_shown(row.product):<16} {scopes:<20} "
-            f"{created:<20} {status:<8} {_shown(row.label)}"
+            f"{_shown(row.key_id):<14} {_shown(row.product):<16} {scopes:<20} {rate:<10} "
+            f"{created:<20} {_status(row):<8} {_shown(row.label)}"
         )
+
+
+def _status(key: KeyInfo) -> str:
+    return "revoked" if key.revoked_at else "active"
+
+
+def _rate(events_per_second: float | None) -> str:
+    """1000000, 2.5, 0.001 (never 1e+06); `default` for the deployment's."""
+    if events_per_second is None:
+        return "default"
+    return f"{events_per_second:f}".rstrip("0").rstrip(".")
 
 
 @app.command("revoke")

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from sqlalchemy.engine import Row
 
 from labs_analytics.cli.common import database_url, load_settings, require, with_engine
 from labs_analytics.queue.connection import create_redis
@@ -42,6 +43,12 @@ def parse_since(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def json_line(row: Row[Any]) -> str:
+    """A row as one JSON object. Its keys are SQLAlchemy's ``quoted_name``, a str
+    subclass orjson refuses as a key: plain str here."""
+    return orjson.dumps({str(k): v for k, v in row._mapping.items()}, default=str).decode()
+
+
 def txlog(
     failed: Annotated[bool, typer.Option("--failed", help="Only failed attempts.")] = False,
     since: Annotated[
@@ -58,7 +65,7 @@ def txlog(
     )
     if as_json:
         for row in rows:
-            typer.echo(orjson.dumps(dict(row._mapping), default=str).decode())
+            typer.echo(json_line(row))
         return
     typer.echo(
         f"{'FINISHED (UTC)':<20} {'STATUS':<10} {'BATCH':<9} {'TRY':>3} {'EVENTS':>6} "
@@ -84,7 +91,7 @@ def deadletters_list(
     rows = with_engine(database_url(), lambda engine: DeadLetterStore(engine).fetch(limit=limit))
     if as_json:
         for row in rows:
-            typer.echo(orjson.dumps(dict(row._mapping), default=str).decode())
+            typer.echo(json_line(row))
         return
     typer.echo(f"{'ID':>6} {'CREATED (UTC)':<20} {'KIND':<6} {'STREAM ID':<18} ERROR")
     for row in rows:
