@@ -190,6 +190,16 @@ class Settings(BaseSettings):
         description="Longest wait on shutdown for requests and the flusher's batch to finish.",
     )
     run_flusher: bool = Field(default=True, description="Run a flusher inside `serve`.")
+    # --- read side -----------------------------------------------------------
+    query_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="A read query running longer is cancelled."
+    )
+    read_pool_size: int = Field(
+        default=4, ge=1, le=64, description="PostgreSQL connections for reads, per process."
+    )
+    read_rate_limit_per_second: float = Field(
+        default=10.0, gt=0, le=10_000, description="Read queries a key may start per second."
+    )
     fast_path: bool = Field(
         default=True,
         description="Answer POST /v1/events before the framework's layers (api/fast_path.py); "

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labs_analytics import __version__
-from labs_analytics.api import health, ingest, metrics_route
+from labs_analytics.api import health, ingest, metrics_route, read
 from labs_analytics.api.errors import UnexpectedErrorMiddleware, install_error_handlers
 from labs_analytics.api.fast_path import FastPathMiddleware
 from labs_analytics.api.state import AppState
@@ -39,6 +39,7 @@ from labs_analytics.queue.connection import create_redis
 from labs_analytics.queue.producer import StreamProducer
 from labs_analytics.queue.service import EventQueue
 from labs_analytics.queue.spool import Spool
+from labs_analytics.read.service import ReadService, create_read_pool
 from labs_analytics.settings import Settings
 from labs_analytics.storage.database import create_copy_pool, create_engine
 
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # 3. one answer and one log line for a bug, whichever path raised it.
     app.add_middleware(UnexpectedErrorMiddleware)
     app.include_router(ingest.router)
+    app.include_router(read.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -188,6 +190,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         flusher = Flusher(redis=flusher_redis, pool=pool, settings=settings, consumer_name=consumer)
         tasks.append(asyncio.create_task(_supervise("flusher", flusher.run, stop)))
 
+    read_pool = await create_read_pool(settings)  # min_size 0: connects on first use
     app.state.labs = AppState(
         settings=settings,
         redis=redis,
@@ -196,6 +199,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue=queue,
         ingest=IngestService(queue, settings),
         flusher=flusher,
+        reads=ReadService(read_pool, settings),
     )
     # Everything built so far lives as long as the process: move it out of
     # the collector's reach, so full collections stay short (they showed up
@@ -220,6 +224,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.gather(*pending, return_exceptions=True)
         if spool is not None:
             await spool.seal()  # the next process (or this one restarted) replays it
+        await read_pool.close()
         if pool is not None:
             await pool.close()
         if flusher_redis is not None:

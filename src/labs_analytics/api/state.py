@@ -11,6 +11,7 @@ from labs_analytics.auth.cache import KeyCache
 from labs_analytics.flusher import Flusher
 from labs_analytics.ingest.service import IngestService
 from labs_analytics.queue.service import EventQueue
+from labs_analytics.read.service import ReadService
 from labs_analytics.settings import Settings
 
 
@@ -23,3 +24,4 @@ class AppState:
     queue: EventQueue
     ingest: IngestService
     flusher: Flusher | None
+    reads: ReadService
