@@ -189,7 +189,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest wait on shutdown for requests and the flusher's batch to finish.",
     )
-    run_flusher: bool = Field(default=True, description="Run a flusher inside `serve`.")
+    run_flusher: bool = Field(
+        default=True,
+        description="Run a flusher in the app's own event loop (create_app); `serve` turns it "
+        "off and runs flusher processes instead.",
+    )
     # --- read side -----------------------------------------------------------
     query_timeout_seconds: float = Field(
         default=10.0, gt=0, le=600, description="A read query running longer is cancelled."
