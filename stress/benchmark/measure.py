@@ -2,7 +2,7 @@
 
 ingest_rounds   (a) the framework floor and (b) single-event ingest, alternating
 batch_ingest    (c) 100 events per request
-drain           the flushers alone, emptying what (b) and (c) queued
+drain           the flushers alone, emptying what (c) queued
 end_to_end      (d) events landed at a paced rate, and freshness (202 → row visible)
 copy_ceiling    (e) raw asyncpg COPY into `events`
 soak            the API's RSS over a run at a steady rate
@@ -70,6 +70,9 @@ async def ingest_rounds(
         ),
         single_p99_worst_ms=max(run.p99_ms for run in single_runs),
         single_errors=sum(run.errors for run in single_runs),
+        p99_gaps_ms=tuple(
+            s.p99_ms - f.p99_ms for f, s in zip(floor_runs, single_runs, strict=True)
+        ),
     )
 
 

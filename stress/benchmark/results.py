@@ -6,6 +6,7 @@ read only these, so both are tested from hand-made values.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -33,16 +34,24 @@ class IngestRounds:
     ratios: tuple[float, ...]  # single ÷ floor, one per round
     single_p99_worst_ms: float
     single_errors: int  # over all rounds
+    # Single-event p99 minus the floor's, one per round: (b) runs the default
+    # `serve`, its flusher process landing the events meanwhile.
+    p99_gaps_ms: tuple[float, ...] = ()
 
     @property
     def ratio(self) -> float:
         """Single-event ingest as a share of the floor: the median of the rounds' ratios."""
         return statistics.median(self.ratios)
 
+    @property
+    def p99_gap_ms(self) -> float:
+        """How far single-event p99 is above the floor's: the median of the rounds."""
+        return statistics.median(self.p99_gaps_ms) if self.p99_gaps_ms else math.nan
+
 
 @dataclass(frozen=True)
 class Drain:
-    """The flushers alone, emptying what (b) and (c) queued."""
+    """The flushers alone, emptying what (c) queued."""
 
     rows_per_second: float
 

@@ -2,7 +2,8 @@
 
 Each phase starts the server processes it needs and stops them after:
 
-  1. the floor app and `serve --no-flusher`: (a) and (b) in rounds, then (c)
+  1. the floor app and the default `serve` (flushing meanwhile): (a) and (b) in rounds,
+     then `serve --no-flusher`: (c)
   2. `serve` with its flushers: drain what (b) and (c) queued
   3. a fresh `serve`: (d) end to end
   4. no API: (e) the COPY ceiling
@@ -71,9 +72,11 @@ async def run(options: Options, work: Path, database_url: str, redis_url: str) -
     floor_base, base = f"http://127.0.0.1:{floor_port}", f"http://127.0.0.1:{port}"
     serve = serve_command(port, options.workers)
 
+    # (a) and (b): the default `serve`, as deployed: its flusher process lands
+    # the events while the API answers, and (b)'s p99 is held to the floor's.
     with (
         process(floor_command(floor_port, options.workers), env, work / "floor.log"),
-        process([*serve, "--no-flusher"], env, work / "serve-ingest.log") as api,
+        process(serve, env, work / "serve-ingest.log") as api,
     ):
         await asyncio.to_thread(wait_http, f"{floor_base}/docs")
         await asyncio.to_thread(wait_http, f"{base}/healthz")
@@ -86,8 +89,10 @@ async def run(options: Options, work: Path, database_url: str, redis_url: str) -
                 options.seconds,
                 work,
             )
-            # (c) on the same server: ingest only, flushers off, so the API has the machine
-            batch = await measure.batch_ingest(f"{base}/v1/events", key, options.seconds, work)
+    # (c) ingest only, flushers off, so the API has the machine; its backlog is (d)'s drain.
+    with process([*serve, "--no-flusher"], env, work / "serve-batch.log"):
+        await asyncio.to_thread(wait_http, f"{base}/healthz")
+        batch = await measure.batch_ingest(f"{base}/v1/events", key, options.seconds, work)
 
     with process(serve, env, work / "serve-drain.log"):
         await asyncio.to_thread(wait_http, f"{base}/healthz")

@@ -50,6 +50,7 @@ RESULTS = BenchResults(
         ratios=(0.77, 0.92, 0.79),
         single_p99_worst_ms=6.1,
         single_errors=0,
+        p99_gaps_ms=(0.61, 1.2, 0.3),
     ),
     batch=wrk(1_618.15, 19.8, 73.6, 3),
     drain=Drain(rows_per_second=64_626),
@@ -78,8 +79,9 @@ LATEST_RUN = """\
 |---|---|
 | (a) floor: bare FastAPI POST → 202 (median of 3 rounds) | 17,691 req/s, p50 1.76 ms, \
 p99 5.10 ms |
-| (b) `POST /v1/events`, 1 event (median round) | 14,430 req/s, p50 2.09 ms, p99 5.71 ms \
-(worst round 6.1 ms), **79% of (a)** (rounds: 77%, 92%, 79%), 0 errors in all rounds |
+| (b) `POST /v1/events`, 1 event, the default `serve` (its flusher process landing the events \
+meanwhile; median round) | 14,430 req/s, p50 2.09 ms, p99 5.71 ms (worst round 6.1 ms; +0.6 ms \
+from the floor's), **79% of (a)** (rounds: 77%, 92%, 79%), 0 errors in all rounds |
 | (c) `POST /v1/events`, 100 events | 161,815 events/s (1,618 req/s, p99 73.6 ms), 0 errors |
 | flushers draining alone | 64,626 rows/s |
 | (d) end to end, paced, 60 s | 41,062 events/s landed (offered 40,593), **62% of (e)**; \
@@ -93,6 +95,7 @@ freshness p50 0.23 s, p99 0.52 s (417 probes), 0 errors |
 |---|---|---|
 | single-event ingest ≥ 70% of the floor | yes | 79% |
 | single-event p99 ≤ 25 ms at 32 connections (worst round) | yes | 6.1 ms |
+| p99 above the floor's ≤ 5 ms, default `serve` flushing meanwhile (median round) | yes | +0.6 ms |
 | end to end ≥ 50% of raw COPY | yes | 62% |
 | freshness p99 ≤ 2 s | yes | 0.52 s |
 | API RSS flat within 10% over a 60 s soak | yes | +1.1% |
@@ -139,6 +142,11 @@ def with_worst_p99(value: float) -> BenchResults:
     return dataclasses.replace(RESULTS, ingest=ingest)
 
 
+def with_p99_gap(value: float) -> BenchResults:
+    ingest = dataclasses.replace(RESULTS.ingest, p99_gaps_ms=(value,))
+    return dataclasses.replace(RESULTS, ingest=ingest)
+
+
 def with_share_of_copy(value: float) -> BenchResults:
     landed = value * RESULTS.copy.rows_per_second
     e2e = dataclasses.replace(RESULTS.end_to_end, landed_events_per_second=landed)
@@ -159,6 +167,7 @@ def with_soak_growth(percent: float) -> BenchResults:
 AROUND_THRESHOLDS: list[tuple[str, Callable[[float], BenchResults], float, float, float]] = [
     ("single-event ingest", with_ingest_ratio, 0.69, 0.70, 0.71),
     ("single-event p99", with_worst_p99, 24.9, 25.0, 25.1),
+    ("p99 above the floor", with_p99_gap, 4.9, 5.0, 5.1),
     ("end to end", with_share_of_copy, 0.49, 0.50, 0.51),
     ("freshness p99", with_freshness_p99, 1.9, 2.0, 2.1),
     ("API RSS flat", with_soak_growth, 9.5, 10.0, 10.5),
@@ -199,6 +208,7 @@ def test_a_run_without_a_soak_leaves_the_soak_target_out() -> None:
     assert [check.text for check in checks] == [
         "single-event ingest ≥ 70% of the floor",
         "single-event p99 ≤ 25 ms at 32 connections (worst round)",
+        "p99 above the floor's ≤ 5 ms, default `serve` flushing meanwhile (median round)",
         "end to end ≥ 50% of raw COPY",
         "freshness p99 ≤ 2 s",
     ]
