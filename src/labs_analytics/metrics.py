@@ -92,8 +92,14 @@ SPOOL_BYTES = Gauge(
 )
 BACKLOG_EVENTS = Gauge(
     "labs_stream_backlog_events",
-    "Events in the Redis stream not yet flushed.",
+    "Events in the Redis stream not yet flushed (the backlog counter: never negative, "
+    "recounted from the stream every few seconds).",
     multiprocess_mode="mostrecent",
+)
+BACKLOG_CORRECTIONS = Counter(
+    "labs_stream_backlog_corrections_total",
+    "Recounts of the stream that found the backlog counter wrong and set it right "
+    "(entries written to the stream by something other than this service).",
 )
 PENDING_ENTRIES = Gauge(
     "labs_stream_pending_entries",

@@ -121,6 +121,9 @@ async def test_a_full_backlog_is_the_same_503_both_ways(api: ApiFactory) -> None
         fast, slow = await both_ways(apps, batch, key)
         assert fast.status_code == 503
         assert fast.json()["error"] == "overloaded"
+        # It says why: what is queued, what this request adds, and the limit.
+        assert "holds 0 unflushed events and this request adds 5" in fast.json()["message"]
+        assert "over the backlog limit of 3" in fast.json()["message"]
         assert_same_answer(fast, slow)
 
 

@@ -35,10 +35,9 @@ async def readyz(state: State) -> JSONResponse:
     spool = state.queue.spool
     spool_ok = spool is not None and spool.writable()
     settings = state.settings
-    backlog = None
-    if redis_ok:
-        raw = await _value_within_timeout(state.redis.get(settings.backlog_key))
-        backlog = int(raw) if raw is not None else 0
+    # Never negative, and recounted from the stream by the queue's maintenance;
+    # None when Redis is down or the counter is not an integer.
+    backlog = await _value_within_timeout(state.queue.backlog.read()) if redis_ok else None
     body: dict[str, Any] = {
         "status": "ready" if redis_ok or spool_ok else "unavailable",
         "redis": "up" if redis_ok else "down",

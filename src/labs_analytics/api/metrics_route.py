@@ -55,7 +55,7 @@ async def _refresh_shared_gauges(state: State) -> None:
     metrics.POSTGRES_UP.set(1 if await check_postgres(state) else 0)
     try:
         async with asyncio.timeout(STATE_TIMEOUT_SECONDS):
-            backlog = await state.redis.get(settings.backlog_key)
+            backlog = await state.queue.backlog.read()  # None: not an integer
             oldest: Any = await state.redis.xrange(settings.stream_key, count=1)
             try:
                 pending: Any = await state.redis.xpending(
@@ -67,7 +67,8 @@ async def _refresh_shared_gauges(state: State) -> None:
         metrics.REDIS_UP.set(0)
         return
     metrics.REDIS_UP.set(1)
-    metrics.BACKLOG_EVENTS.set(int(backlog or 0))
+    if backlog is not None:
+        metrics.BACKLOG_EVENTS.set(backlog)
     metrics.PENDING_ENTRIES.set(int(pending["pending"]))
     metrics.OLDEST_ENTRY_AGE.set(_age_seconds(oldest[0][0]) if oldest else 0)
 

@@ -4,7 +4,8 @@ Pitfalls this module guards against:
 - XDEL does not clear the pending list, so entries are acknowledged first.
 - The backlog counter drops only by entries this call really deleted: a late
   ack from a flusher that was frozen while another took over its batch must
-  not count the same events twice.
+  not count the same events twice. It never drops below zero (the scripts,
+  in ``labs_analytics.queue.lua``, and ``labs_analytics.queue.backlog``).
 - XAUTOCLAIM may report entries that vanished (deleted while pending): they
   are logged loudly and acknowledged, since there is nothing to write.
 """
@@ -19,43 +20,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from labs_analytics.logs import get_logger
+from labs_analytics.queue.backlog import recount_key
+from labs_analytics.queue.entries import entry_events
+from labs_analytics.queue.lua import ACK_SCRIPT, DEAD_LETTER_SCRIPT
 
 log = get_logger(__name__)
-
-# KEYS: stream, backlog counter. ARGV: group, then entry id, event count pairs.
-ACK_SCRIPT = """
-local deleted_events = 0
-for i = 2, #ARGV, 2 do
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
-    deleted_events = deleted_events + tonumber(ARGV[i + 1])
-  end
-end
-if deleted_events > 0 then
-  redis.call('DECRBY', KEYS[2], deleted_events)
-end
-if redis.call('XLEN', KEYS[1]) == 0 then
-  -- Empty stream, empty backlog: heals any drift of the counter.
-  redis.call('SET', KEYS[2], 0)
-end
-return deleted_events
-"""
-
-# KEYS: stream, backlog counter, dead-letter stream. ARGV: group, then per entry:
-# id, events, error, deliveries, payload. Moves poison entries out in one step.
-DEAD_LETTER_SCRIPT = """
-local moved = 0
-for i = 2, #ARGV, 5 do
-  redis.call('XADD', KEYS[3], '*', 'stream_id', ARGV[i], 'error', ARGV[i + 2],
-             'deliveries', ARGV[i + 3], 'payload', ARGV[i + 4])
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
-    redis.call('DECRBY', KEYS[2], tonumber(ARGV[i + 1]))
-  end
-  moved = moved + 1
-end
-return moved
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +35,7 @@ class StreamEntry:
 
     @property
     def event_count(self) -> int:
-        try:
-            return int(self.fields.get(b"n", b"1"))
-        except ValueError:
-            return 1
+        return entry_events(self.fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +66,7 @@ class StreamConsumer:
         self.consumer = consumer
         self.backlog_key = backlog_key
         self.dead_letter_key = dead_letter_key
+        self._recount_key = recount_key(backlog_key)
         self._claim_cursor = "0-0"
         self._ack = redis.register_script(ACK_SCRIPT)
         self._dead_letter = redis.register_script(DEAD_LETTER_SCRIPT)
@@ -181,7 +148,9 @@ class StreamConsumer:
         args: list[str | int] = [self.group]
         for entry in entries:
             args += [entry.entry_id, entry.event_count]
-        removed = await self._ack(keys=[self.stream_key, self.backlog_key], args=args)
+        removed = await self._ack(
+            keys=[self.stream_key, self.backlog_key, self._recount_key], args=args
+        )
         return int(removed)
 
     async def move_to_dead_letters(self, poison: Sequence[PoisonEntry]) -> None:
@@ -199,7 +168,8 @@ class StreamConsumer:
                 item.payload,
             ]
         await self._dead_letter(
-            keys=[self.stream_key, self.backlog_key, self.dead_letter_key], args=args
+            keys=[self.stream_key, self.backlog_key, self.dead_letter_key, self._recount_key],
+            args=args,
         )
 
     async def read_dead_letters(self, count: int) -> list[tuple[str, dict[bytes, bytes]]]:

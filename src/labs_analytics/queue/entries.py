@@ -15,6 +15,8 @@ import orjson
 from labs_analytics.events import EventRecord, parse_uuid
 
 ENTRY_FORMAT_VERSION = b"1"
+# The most digits an entry's ``n`` may have; 9 stay exact in Lua's numbers too.
+_MAX_COUNT_DIGITS = 9
 
 
 class UndecodableEntry(ValueError):
@@ -38,6 +40,20 @@ def encode_entry(records: Sequence[EventRecord]) -> dict[bytes, bytes]:
         ]
     )
     return {b"v": ENTRY_FORMAT_VERSION, b"n": str(len(records)).encode(), b"events": payload}
+
+
+def entry_events(fields: Mapping[bytes, bytes]) -> int:
+    """The events an entry holds, from its ``n``: one to nine ASCII digits, else 1.
+
+    The backlog counter counts entries out by this number and the recount
+    (``labs_analytics.queue.lua``, ``entry_events``) counts them by the same
+    rule, so an entry written by something else (``n`` missing, ``-2``,
+    ``3.0``) weighs the same in both.
+    """
+    n = fields.get(b"n")
+    if n is not None and 0 < len(n) <= _MAX_COUNT_DIGITS and n.isdigit():
+        return int(n)
+    return 1
 
 
 def decode_entry(fields: Mapping[bytes, bytes]) -> list[EventRecord]:

@@ -1,13 +1,16 @@
 """Appending accepted events to the stream, with the rate limit and backlog bound.
 
-One Lua script does it all, atomically: check the stream backlog, take the
-request's events from the key's token bucket, XADD the entry, count its
-events into the backlog. Two API workers can never both squeeze under a limit.
+One Lua script (``labs_analytics.queue.lua.APPEND_SCRIPT``) does it all,
+atomically: check the stream backlog, take the request's events from the
+key's token bucket, XADD the entry, count its events into the backlog. Two
+API workers can never both squeeze under a limit.
 
 Concurrent requests share the call: appends made while the event loop is busy
-go to Redis together, as one script call, and each request still waits for
-its own verdict before answering (nothing is acknowledged before Redis
-confirmed it).
+go to Redis together, as one script call (several for a large burst) in one
+write, and each request still waits for its own verdict before answering
+(nothing is acknowledged before Redis confirmed it). The write goes out on
+connections of the producer's own (``labs_analytics.queue.wire``: the one
+place that relies on redis-py internals).
 
 **Errors are classified, not all taken for an outage.** What Redis answers
 when it cannot serve anyone for now — connection errors, timeouts, and the
@@ -26,112 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from labs_analytics.events import EventRecord
-from labs_analytics.queue.entries import encode_entry
-
-# KEYS: stream, backlog counter.
-# ARGV: the number of entries, then for each entry: a header
-#   "events rate burst backlog_limit fields bucket_key" (rate 0 = unlimited,
-#   backlog_limit 0 = none; one argument rather than six, as packing arguments
-#   is a measurable share of the hot path), then the fields as name, value pairs.
-# Returns three values per entry: 'ok', entry id, backlog | 'rate', seconds to
-#   wait, '' | 'backlog', backlog, '' | 'error', the error reply, ''.
-# The bucket keys are passed as arguments, not KEYS, because one call serves
-# many API keys; that is fine on a single Redis (not on Redis Cluster).
-# The bucket is written only once the XADD succeeded: a failed entry costs no tokens.
-APPEND_SCRIPT = """
-local results = {}
-local backlog = tonumber(redis.call('GET', KEYS[2]) or '0')
-if backlog == nil or backlog ~= math.floor(backlog) then
-  -- Checked before any XADD: a failing INCRBY at the end would fail the
-  -- whole call after its entries were added.
-  return redis.error_reply('ERR the backlog counter is not an integer')
-end
-local added = 0
-local now = nil
-local i = 2
-for _ = 1, tonumber(ARGV[1]) do
-  local n, rate, burst, max_backlog, fields, bucket_key =
-    string.match(ARGV[i], '^(%S+) (%S+) (%S+) (%S+) (%S+) (.*)$')
-  n, rate, burst, max_backlog = tonumber(n), tonumber(rate), tonumber(burst), tonumber(max_backlog)
-  local first = i + 1
-  local last = first + 2 * tonumber(fields) - 1
-  i = last + 1
-  local verdict = 'ok'
-  local detail = ''
-  local tokens = nil
-  if max_backlog > 0 and backlog + added + n > max_backlog then
-    verdict, detail = 'backlog', tostring(backlog + added)
-  elseif rate > 0 then
-    if now == nil then
-      local t = redis.call('TIME')
-      now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-    end
-    local bucket = redis.pcall('HMGET', bucket_key, 'tokens', 'ts')
-    if bucket.err then
-      verdict, detail = 'error', bucket.err
-    else
-      tokens = tonumber(bucket[1]) or burst
-      local ts = tonumber(bucket[2]) or now
-      tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-      if tokens < n then
-        verdict, detail = 'rate', tostring((n - tokens) / rate)
-      end
-    end
-  end
-  if verdict == 'ok' then
-    local id = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, first, last))
-    if type(id) == 'table' and id.err then
-      verdict, detail = 'error', id.err
-    else
-      if tokens ~= nil then
-        redis.pcall('HSET', bucket_key, 'tokens', tostring(tokens - n), 'ts', tostring(now))
-        redis.pcall('PEXPIRE', bucket_key, math.ceil(burst / rate * 1000) + 1000)
-      end
-      added = added + n
-      results[#results + 1] = 'ok'
-      results[#results + 1] = id
-      results[#results + 1] = tostring(backlog + added)
-    end
-  end
-  if verdict ~= 'ok' then
-    results[#results + 1] = verdict
-    results[#results + 1] = detail
-    results[#results + 1] = ''
-  end
-end
-if added > 0 then
-  redis.call('INCRBY', KEYS[2], added)
-end
-return results
-"""
-
-# KEYS: the key's bucket. ARGV: cost, rate, burst.
-# Takes ``cost`` tokens whatever the bucket holds (refused work was done
-# already), down to at most -burst, and returns the tokens left. The bucket
-# expires only once it would have refilled, so a debt is never forgotten early.
-DEBIT_SCRIPT = """
-local cost, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(bucket[1]) or burst
-local ts = tonumber(bucket[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-tokens = math.max(-burst, tokens - cost)
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return tostring(tokens)
-"""
+from labs_analytics.queue.lua import APPEND_SCRIPT, DEBIT_SCRIPT
+from labs_analytics.queue.wire import DirectConnections, pack_bulk_strings
 
 # Error replies that mean Redis cannot serve anyone for now (the caller spools).
 OUTAGE_ERROR_CODES = frozenset(
@@ -154,8 +61,6 @@ MAX_BUCKET_SECONDS = 10**8
 # of requests becomes several calls in one write.
 MAX_ENTRIES_PER_CALL = 128
 MAX_BYTES_PER_CALL = 4 * 1024 * 1024
-# Connections kept for the next send; more are opened while sends overlap.
-MAX_IDLE_CONNECTIONS = 4
 
 
 class QueueWriteFailed(Exception):
@@ -172,10 +77,17 @@ class InvalidRateLimit(ValueError):
 
 
 class BacklogFull(Exception):
-    """The stream holds as many unflushed events as allowed."""
+    """The stream holds as many unflushed events as allowed (or Redis is out of memory)."""
 
-    def __init__(self, backlog: int) -> None:
-        super().__init__(f"stream backlog is {backlog} events")
+    def __init__(self, backlog: int, *, adding: int = 0, limit: int = 0) -> None:
+        if limit:
+            message = (
+                f"the stream holds {backlog} unflushed events and this request adds {adding}: "
+                f"{backlog} + {adding} is over the backlog limit of {limit}"
+            )
+        else:
+            message = "Redis refused the write: it is out of memory"
+        super().__init__(message)
         self.backlog = backlog
 
 
@@ -256,35 +168,16 @@ class StreamProducer:
         self, redis: Redis, *, stream_key: str, backlog_key: str, backlog_max_events: int = 0
     ) -> None:
         self._redis = redis
+        self.stream_key = stream_key
+        self.backlog_key = backlog_key
         self._keys = (stream_key.encode(), backlog_key.encode())
         self._backlog_max = backlog_max_events
         self._sha: str | None = None
         self._debit_script: AsyncScript | None = None
         self._waiting: list[_Waiting] = []
         self._sending: set[asyncio.Task[None]] = set()
-        self._idle: list[AbstractConnection] = []
-
-    async def append(
-        self,
-        records: Sequence[EventRecord],
-        *,
-        rate_limit: RateLimit | None = None,
-        rate_key: str = "",
-        enforce_backlog: bool = True,
-    ) -> Appended:
-        """Append one request's events as one entry.
-
-        Raises ``RateLimited`` or ``BacklogFull`` (nothing written), or
-        ``QueueWriteFailed`` unless Redis confirmed the write. No MAXLEN:
-        trimming could drop entries that no flusher has acknowledged yet.
-        """
-        return await self.append_fields(
-            encode_entry(records),
-            events=len(records),
-            rate_limit=rate_limit or RateLimit.unlimited(),
-            rate_key=rate_key,
-            enforce_backlog=enforce_backlog,
-        )
+        # Made by the client's pool (same address, timeouts, credentials), not taken from it.
+        self._connections = DirectConnections(redis.connection_pool)
 
     async def append_fields(
         self,
@@ -293,12 +186,16 @@ class StreamProducer:
         events: int,
         rate_limit: RateLimit,
         rate_key: str = "",
-        enforce_backlog: bool = True,
     ) -> Appended:
+        """Append one stream entry (``fields``, holding ``events`` events).
+
+        Raises ``RateLimited`` or ``BacklogFull`` (nothing written), or
+        ``QueueWriteFailed`` unless Redis confirmed the write. No MAXLEN:
+        trimming could drop entries that no flusher has acknowledged yet.
+        """
         rate_limit.check()
-        backlog_limit = self._backlog_max if enforce_backlog else 0
         header = (
-            f"{events} {rate_limit.events_per_second!r} {rate_limit.burst!r} {backlog_limit} "
+            f"{events} {rate_limit.events_per_second!r} {rate_limit.burst!r} {self._backlog_max} "
             f"{len(fields)} {rate_key or '-'}"
         ).encode()
         args = [header]
@@ -314,7 +211,7 @@ class StreamProducer:
         if status == "rate":
             raise RateLimited(float(detail))
         if status == "backlog":
-            raise BacklogFull(int(float(detail)))
+            raise BacklogFull(int(float(detail)), adding=events, limit=self._backlog_max)
         # 'error': this entry's command failed inside the script.
         raise _failure(classify_error_reply(detail.split(" ", 1)[0]), detail)
 
@@ -378,47 +275,21 @@ class StreamProducer:
                     waiting.future.set_result(reply[3 * index : 3 * index + 3])
 
     async def _evalsha_all(self, calls: list[list[_Waiting]]) -> list[Any]:
+        """One EVALSHA per call, all in one write, one round trip; a call's error
+        reply comes back in its place (that call failed, the others stand)."""
         if self._sha is None:
             self._sha = await self._redis.script_load(APPEND_SCRIPT)
-        commands = []
+        chunks = []
         for call in calls:
             head = [b"EVALSHA", self._sha.encode(), b"2", *self._keys, b"%d" % len(call)]
-            commands.append(b"*%d\r\n" % (len(head) + sum(w.arg_count for w in call)))
-            commands.append(pack_bulk_strings(head))
-            commands += (waiting.packed for waiting in call)
-        # All calls in one write, one round trip, on a connection of our own:
-        # the client's pool and pipeline bookkeeping cost more per call than
-        # the call itself.
-        connection = self._idle.pop() if self._idle else self._new_connection()
-        try:
-            await connection.send_packed_command(commands)
-            replies: list[Any] = []
-            for _ in calls:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:  # this call failed; the others stand
-                    replies.append(exc)
-        except BaseException:
-            # Whatever was written or half read, the connection is out of step.
-            await connection.disconnect(nowait=True)
-            raise
-        if len(self._idle) < MAX_IDLE_CONNECTIONS:
-            self._idle.append(connection)
-        else:
-            await connection.disconnect()
-        return replies
-
-    def _new_connection(self) -> AbstractConnection:
-        # Made by the client's pool (same address, timeouts, credentials), not taken from it.
-        pool = self._redis.connection_pool
-        made: AbstractConnection = pool.make_connection()  # type: ignore[no-untyped-call]
-        return made
+            chunks.append(b"*%d\r\n" % (len(head) + sum(w.arg_count for w in call)))
+            chunks.append(pack_bulk_strings(head))
+            chunks += (waiting.packed for waiting in call)
+        return await self._connections.exchange(chunks, len(calls))
 
     async def aclose(self) -> None:
         """Close the connections this producer opened (the client's pool is the caller's)."""
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            await connection.disconnect()
+        await self._connections.aclose()
 
 
 class _Waiting(NamedTuple):
@@ -440,11 +311,6 @@ def _group(batch: list[_Waiting]) -> Iterator[list[_Waiting]]:
         size += len(waiting.packed)
     if call:
         yield call
-
-
-def pack_bulk_strings(args: Iterable[bytes]) -> bytes:
-    """Arguments in the Redis protocol (RESP), as they follow a command's ``*<count>`` line."""
-    return b"".join([b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in args])
 
 
 def retry_after(seconds: float) -> int:

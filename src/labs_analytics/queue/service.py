@@ -15,7 +15,9 @@
   by a token bucket in this process (``LocalBuckets``: same rate and burst),
   and the spool by its own size bound (``SPOOL_MAX_BYTES``, then 503).
 - **Maintenance** (``run``): probe Redis while it is down, replay the spool
-  once it answers, watch Redis memory.
+  once it answers, watch Redis memory, and take the next step of the backlog
+  counter's recount (``labs_analytics.queue.backlog``), so the counter stays
+  true whatever road entries took into the stream.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from redis.exceptions import RedisError
 from labs_analytics import metrics
 from labs_analytics.events import EventRecord
 from labs_analytics.logs import get_logger
+from labs_analytics.queue.backlog import BacklogCounter
 from labs_analytics.queue.buckets import LocalBuckets
 from labs_analytics.queue.entries import encode_entry
 from labs_analytics.queue.producer import (
@@ -76,9 +79,15 @@ class EventQueue:
         redis: Redis,
         spool: Spool | None,
         memory_max_ratio: float,
+        backlog: BacklogCounter | None = None,
     ) -> None:
         self._producer = producer
         self._redis = redis
+        if backlog is None:
+            backlog = BacklogCounter(
+                redis, stream_key=producer.stream_key, backlog_key=producer.backlog_key
+            )
+        self.backlog = backlog
         self.spool = spool
         self._memory_max_ratio = memory_max_ratio
         self._down_until = 0.0
@@ -167,6 +176,8 @@ class EventQueue:
             if time.monotonic() - last_memory_check >= MEMORY_CHECK_SECONDS:
                 last_memory_check = time.monotonic()
                 await self._check_memory()
+            if self.health.redis_up:
+                await self._recount_backlog()
             if self.spool is not None:
                 metrics.SPOOL_BYTES.set(self.spool.total_bytes())
             metrics.flush_batched()
@@ -204,6 +215,24 @@ class EventQueue:
             # backlog bound holds: replay waits rather than flood Redis.
             await self._producer.append_fields(
                 entry.fields, events=entry.events, rate_limit=RateLimit.unlimited()
+            )
+
+    async def _recount_backlog(self) -> None:
+        try:
+            step = await self.backlog.recount_step()
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.debug("backlog.recount_postponed", error=repr(exc))
+            return
+        if step.corrected:
+            metrics.BACKLOG_CORRECTIONS.inc()
+            log.warning("backlog.corrected", was=step.previous, events=step.events)
+        elif step.status == "invalid":
+            log.error(
+                "backlog.counter_invalid",
+                key=self.backlog.key,
+                value=step.raw,
+                events=step.events,
+                hint="not an integer: appends are refused until it is deleted or set",
             )
 
     async def _check_memory(self) -> None:
