@@ -12,6 +12,7 @@ from sqlalchemy.engine import Row
 
 from labs_analytics.cli.common import database_url, load_settings, require, with_engine
 from labs_analytics.queue.connection import create_redis
+from labs_analytics.queue.entries import entry_events
 from labs_analytics.queue.producer import RateLimit, StreamProducer
 from labs_analytics.storage.reports import DeadLetterStore, TransactionLog
 
@@ -135,7 +136,7 @@ def deadletters_replay(
                     }
                     await producer.append_fields(
                         fields,
-                        events=int(fields.get(b"n", b"1") or 1),
+                        events=entry_events(fields),
                         rate_limit=RateLimit.unlimited(),
                     )
                     replayed += await store.remove([r.id])
