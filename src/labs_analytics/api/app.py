@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labs_analytics import __version__
-from labs_analytics.api import health, ingest, metrics_route, read
+from labs_analytics.api import analysis, health, ingest, metrics_route, read, records
 from labs_analytics.api.errors import UnexpectedErrorMiddleware, install_error_handlers
 from labs_analytics.api.fast_path import FastPathMiddleware
 from labs_analytics.api.state import AppState
@@ -105,6 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UnexpectedErrorMiddleware)
     app.include_router(ingest.router)
     app.include_router(read.router)
+    app.include_router(analysis.router)
+    app.include_router(records.router)
     app.include_router(health.router)
     app.include_router(metrics_route.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -11,9 +11,11 @@ instead of taking connections or CPU the pipeline needs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -134,7 +136,17 @@ class ReadService:
             },
         }
 
-    async def fetch(self, sql: str, args: list[Any]) -> list[asyncpg.Record]:
+    @property
+    def timeout(self) -> float:
+        """How long one statement may run (the client cancels it; the server too, a bit later)."""
+        return self._timeout
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A read connection (read-only session), or ``ReadBusy`` / ``ReadUnavailable``.
+
+        A statement that runs out of time raises ``QueryTimeout`` out of the block.
+        """
         try:
             async with asyncio.timeout(POOL_WAIT_SECONDS):
                 connection = await self._pool.acquire()
@@ -144,8 +156,7 @@ class ReadService:
             log.warning("read.database_unavailable", error=f"{type(exc).__name__}: {exc}")
             raise ReadUnavailable("the database is unavailable; retry later") from exc
         try:
-            rows: list[asyncpg.Record] = await connection.fetch(sql, *args, timeout=self._timeout)
-            return rows
+            yield connection
         except (TimeoutError, asyncpg.QueryCanceledError):
             raise QueryTimeout(
                 f"the query ran longer than {self._timeout:g} s and was cancelled; "
@@ -153,3 +164,9 @@ class ReadService:
             ) from None
         finally:
             await self._pool.release(connection)
+
+    async def fetch(self, sql: str, args: list[Any]) -> list[asyncpg.Record]:
+        """Run one statement, bounded by the query timeout; its rows."""
+        async with self.connection() as connection:
+            rows: list[asyncpg.Record] = await connection.fetch(sql, *args, timeout=self._timeout)
+            return rows
