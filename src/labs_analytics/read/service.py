@@ -111,8 +111,12 @@ class ReadService:
             )
 
     async def query(self, key: ApiKey, request: QueryRequest) -> dict[str, Any]:
+        """``POST /v1/query`` for a key: its rate limit, then its product's answer."""
         self.admit(key)
-        product = self.product_for(key, request.product)
+        return await self.answer(self.product_for(key, request.product), request)
+
+    async def answer(self, product: str, request: QueryRequest) -> dict[str, Any]:
+        """The answer to ``request`` over ``product``'s events (no key: the CLI's way in)."""
         started = time.monotonic()
         interval = request.interval(dt.datetime.now(dt.UTC))
         compiled = compile_query(
