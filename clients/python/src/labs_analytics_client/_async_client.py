@@ -19,7 +19,7 @@ from labs_analytics_client._client import HAND_BACK_GRACE
 from labs_analytics_client._config import Config
 from labs_analytics_client._core import BaseClient, logger
 from labs_analytics_client._delivery import Reply, Send, adrive
-from labs_analytics_client._ledger import Flight
+from labs_analytics_client._ledger import Flight, Wait
 from labs_analytics_client._options import ClientOptions
 
 
@@ -284,21 +284,12 @@ class AsyncAnalyticsClient(BaseClient):
         assert wake is not None
         while True:
             with self._lock:
-                wait = self._ledger.queue.seconds_until_ready(
-                    now=time.monotonic(),
-                    batch=self._config.batch,
-                    flush_upto=self._ledger.flush_upto,
-                    closing=self._ledger.closed,
-                )
-                if self._ledger.closed and self._ledger.past_deadline_locked():
-                    return None  # what is left is the close's to report, once
-                if wait == 0:
-                    return self._ledger.take_batch_locked()
-                if wait is None and self._ledger.closed:
-                    return None
+                step = self._ledger.next_batch_locked()
+                if not isinstance(step, Wait):
+                    return step
                 wake.clear()
             try:
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(step.seconds):
                     await wake.wait()
             except TimeoutError:
                 pass

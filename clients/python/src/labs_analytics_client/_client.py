@@ -13,7 +13,7 @@ from labs_analytics_client import _exchange
 from labs_analytics_client._batching import QueuedEvent
 from labs_analytics_client._core import BaseClient, logger
 from labs_analytics_client._delivery import Reply, Send, drive
-from labs_analytics_client._ledger import Flight
+from labs_analytics_client._ledger import Flight, Wait
 from labs_analytics_client._options import ClientOptions
 
 # How long close() lets a worker that is past the deadline, and not waiting on
@@ -222,20 +222,9 @@ class AnalyticsClient(BaseClient):
 
     def _next_batch(self) -> Flight | None:
         with self._cond:
-            while True:
-                wait = self._ledger.queue.seconds_until_ready(
-                    now=time.monotonic(),
-                    batch=self._config.batch,
-                    flush_upto=self._ledger.flush_upto,
-                    closing=self._ledger.closed,
-                )
-                if self._ledger.closed and self._ledger.past_deadline_locked():
-                    return None  # what is left is the close's to report, once
-                if wait == 0:
-                    return self._ledger.take_batch_locked()
-                if wait is None and self._ledger.closed:
-                    return None
-                self._cond.wait(wait)
+            while isinstance(step := self._ledger.next_batch_locked(), Wait):
+                self._cond.wait(step.seconds)
+            return step
 
     def _send(self, http: httpx.Client, action: Send) -> Reply | Exception:
         with self._cond:

@@ -59,6 +59,13 @@ class Flight:
         return any(member is event for member in self.events)
 
 
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """No batch is ready: wait this long (None: until woken) and ask again."""
+
+    seconds: float | None
+
+
 class Ledger:
     """The queue, the flights and the counters of one client (in one process)."""
 
@@ -206,6 +213,19 @@ class Ledger:
             or length >= self.batch.max_events
             or self.queue.bytes + ENVELOPE_BYTES >= self.batch.max_bytes
         )
+
+    def next_batch_locked(self) -> Flight | Wait | None:
+        """What a worker does next: send this batch, wait (how long), or stop (None)."""
+        wait = self.queue.seconds_until_ready(
+            now=time.monotonic(), batch=self.batch, flush_upto=self.flush_upto, closing=self.closed
+        )
+        if self.closed and self.past_deadline_locked():
+            return None  # what is left is the close's to report, once
+        if wait == 0:
+            return self.take_batch_locked()
+        if wait is None and self.closed:
+            return None  # closing and nothing left to send
+        return Wait(wait)
 
     def take_batch_locked(self) -> Flight | None:
         """The next batch, now in flight; None if the queue is empty."""
