@@ -214,15 +214,12 @@ class QueryRequest(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
-        if value not in _zones():
-            raise ValueError(f"unknown time zone {value[:60]!r}: use an IANA name")
-        return value
+        return check_timezone(value)
 
     @field_validator("date_range")
     @classmethod
     def _date_range(cls, value: str | list[str]) -> str | list[str]:
-        resolve(value, ZoneInfo("UTC"), dt.datetime.now(dt.UTC))  # its shape, checked now
-        return value
+        return check_date_range(value)
 
     @model_validator(mode="after")
     def _order_by(self) -> QueryRequest:
@@ -256,8 +253,28 @@ _ZONES: frozenset[str] | None = None
 def _zones() -> frozenset[str]:
     global _ZONES
     if _ZONES is None:
-        _ZONES = frozenset(available_timezones()) | {"UTC"}
+        # "localtime" is the host's own zone file, not an IANA name: PostgreSQL refuses it.
+        _ZONES = (frozenset(available_timezones()) - {"localtime"}) | {"UTC"}
     return _ZONES
+
+
+def check_timezone(value: str) -> str:
+    """An IANA time zone name, as every read request takes one."""
+    if value not in _zones():
+        raise ValueError(f"unknown time zone {value[:60]!r}: use an IANA name")
+    return value
+
+
+def check_date_range(value: str | list[str]) -> str | list[str]:
+    """A date range's shape, checked now (resolved again, in the request's zone, when run)."""
+    try:
+        interval = resolve(value, ZoneInfo("UTC"), dt.datetime.now(dt.UTC))
+        # Bounds past year 9999 in UTC cannot be sent to the database: a 422, not a 500.
+        for bound in (interval.start, interval.end):
+            bound.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("date_range must end before the year 10000") from None
+    return value
 
 
 def check_zone(name: str) -> ZoneInfo:

@@ -1,0 +1,317 @@
+"""``GET /v1/users/{user}/summary``: one user's year ("Labs Wrapped"), exactly.
+
+Every number is plain SQL over the stored events of the product whose
+``user_id`` is the user, inside ``[from, to]`` (local days, both included;
+default the current calendar year in the time zone). The statements run in
+one read-only, repeatable-read transaction: one snapshot, so the parts agree
+even while events arrive.
+
+Definitions (the README says the same):
+
+- ``events_by_name``: events per name, most first, ties by name in byte
+  order; the 1,000 most frequent names.
+- ``top``: for each ``prop:KEY`` / ``context:KEY``, its 10 most frequent
+  values as text (a JSON string unquoted, numbers, booleans and objects as
+  JSON text), most first, ties by value in byte order; events without the key,
+  or with JSON ``null`` there, are not counted.
+- ``first_seen`` / ``last_seen``: the earliest and latest event in the range,
+  RFC 3339 in the time zone's offset at that instant.
+- Weekday and hour are local: ISO weekdays, Monday = 0 … Sunday = 6, and the
+  wall-clock hour 0 to 23. On the day clocks go back, both passes through the
+  repeated hour count towards it; the skipped hour of spring has no events.
+  ``most_active_*``: the one with most events, ties to the earliest
+  (Monday before Tuesday, 09 before 14).
+- ``longest_streak``: the longest run of consecutive local calendar days with
+  at least one event each, inside the range; ties to the earliest run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
+
+from labs_analytics.auth.keys import ApiKey
+from labs_analytics.read.dates import Interval
+from labs_analytics.read.fields import FieldRef, parse_field
+from labs_analytics.read.request import check_timezone
+from labs_analytics.read.service import ReadService
+from labs_analytics.read.sql import SqlBuilder
+
+MAX_TOP_FIELDS = 5
+TOP_VALUES = 10
+MAX_NAMES = 1_000
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+_DATE = re.compile(DATE_PATTERN)
+_FIRST_DAY = dt.date(1970, 1, 1)
+_LAST_DAY = dt.date(9998, 12, 31)  # the midnight after it, in any zone, is still a timestamp
+_KEY = r"[^.\x00-\x1f]{1,128}(\.[^.\x00-\x1f]{1,128}){0,7}"
+TOP_PATTERN = rf"^(prop|context):{_KEY}$"
+
+TopField = Annotated[str, StringConstraints(max_length=300, pattern=TOP_PATTERN)]
+
+
+def _day(text: str) -> dt.date:
+    if not _DATE.match(text):
+        raise ValueError(f"{text[:40]!r} is not a date (YYYY-MM-DD)")
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not a date (YYYY-MM-DD)") from None
+    if not _FIRST_DAY <= day <= _LAST_DAY:
+        raise ValueError(f"a date from {_FIRST_DAY} to {_LAST_DAY}")
+    return day
+
+
+class SummaryParams(BaseModel):
+    """The query parameters of ``GET /v1/users/{user}/summary`` (checked in this order)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    timezone: str = Field(
+        default="UTC", max_length=64, description="An IANA time zone: days, weekdays and hours."
+    )
+    from_: str | None = Field(
+        default=None,
+        alias="from",
+        max_length=10,
+        pattern=DATE_PATTERN,
+        description="The first local day (YYYY-MM-DD). Default: 1 January of `to`'s year, "
+        "or of this year.",
+    )
+    to: str | None = Field(
+        default=None,
+        max_length=10,
+        pattern=DATE_PATTERN,
+        description="The last local day, included (YYYY-MM-DD). Default: 31 December of "
+        "`from`'s year, or of this year.",
+    )
+    top: list[TopField] = Field(
+        default_factory=list,
+        max_length=MAX_TOP_FIELDS,
+        description="`prop:KEY` or `context:KEY` (repeat, at most 5): the 10 most frequent "
+        "values of each.",
+    )
+    product: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Another product's name: `admin` keys only.",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @field_validator("from_")
+    @classmethod
+    def _from(cls, value: str | None) -> str | None:
+        if value is not None:
+            _day(value)
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _to(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        last = _day(value)
+        first = info.data.get("from_")
+        if first is not None and _day(first) > last:
+            raise ValueError("to must not be before from")
+        return value
+
+    @field_validator("top")
+    @classmethod
+    def _top(cls, value: list[str]) -> list[str]:
+        for text in value:
+            field = parse_field(text)
+            if not field.is_json:
+                raise ValueError("top takes prop:KEY or context:KEY")
+        if len(set(value)) != len(value):
+            raise ValueError("each top field at most once")
+        return value
+
+    def days(self, now: dt.datetime) -> tuple[dt.date, dt.date]:
+        """``(first, last)`` local days, both included."""
+        zone = ZoneInfo(self.timezone)
+        if self.from_ is not None:
+            first = _day(self.from_)
+            last = _day(self.to) if self.to is not None else first.replace(month=12, day=31)
+        elif self.to is not None:
+            last = _day(self.to)
+            first = last.replace(month=1, day=1)
+        else:
+            year = now.astimezone(zone).year
+            first, last = dt.date(year, 1, 1), dt.date(year, 12, 31)
+        return first, last
+
+    def top_fields(self) -> list[FieldRef]:
+        return [parse_field(text) for text in self.top]
+
+
+def _interval(first: dt.date, last: dt.date, zone: ZoneInfo) -> Interval:
+    start = dt.datetime.combine(first, dt.time(), tzinfo=zone)
+    end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=zone)
+    return Interval(start, end)
+
+
+class _Statements:
+    """The summary's statements, each with the same WHERE: this product, this user, this range."""
+
+    def __init__(self, product: str, user: str, interval: Interval, zone: str) -> None:
+        self.product = product
+        self.user = user
+        self.interval = interval
+        self.zone = zone
+
+    def _where(self, builder: SqlBuilder) -> str:
+        return (
+            f"product = {builder.param(self.product)} AND user_id = {builder.param(self.user)} "
+            f'AND "timestamp" >= {builder.param(self.interval.start)} '
+            f'AND "timestamp" < {builder.param(self.interval.end)}'
+        )
+
+    def totals(self) -> tuple[str, list[Any]]:
+        builder = SqlBuilder()
+        sql = (
+            'SELECT count(*) AS events, min("timestamp") AS first_seen, '
+            f'max("timestamp") AS last_seen FROM events WHERE {self._where(builder)}'
+        )
+        return sql, builder.args
+
+    def names(self) -> tuple[str, list[Any]]:
+        builder = SqlBuilder()
+        sql = (
+            f"SELECT name, count(*) AS events FROM events WHERE {self._where(builder)} "
+            f'GROUP BY name ORDER BY events DESC, name COLLATE "C" '
+            f"LIMIT {builder.param(MAX_NAMES)}"
+        )
+        return sql, builder.args
+
+    def clock(self) -> tuple[str, list[Any]]:
+        """Events per local (ISO weekday, hour): at most 168 rows."""
+        builder = SqlBuilder()
+        local = f'"timestamp" AT TIME ZONE {builder.param(self.zone, "text")}'
+        sql = (
+            "SELECT extract(isodow FROM local)::int - 1 AS weekday, "
+            "extract(hour FROM local)::int AS hour, count(*) AS events "
+            f"FROM (SELECT {local} AS local FROM events WHERE {self._where(builder)}) AS moments "
+            "GROUP BY 1, 2"
+        )
+        return sql, builder.args
+
+    def streak(self) -> tuple[str, list[Any]]:
+        """The longest run of consecutive local days (gaps and islands), the earliest on ties."""
+        builder = SqlBuilder()
+        local = f'("timestamp" AT TIME ZONE {builder.param(self.zone, "text")})::date'
+        # Consecutive days minus their rank are one constant date per run.
+        sql = (
+            f"WITH days AS (SELECT DISTINCT {local} AS day FROM events "
+            f"WHERE {self._where(builder)}), "
+            "runs AS (SELECT day, day - (row_number() OVER (ORDER BY day))::int AS run "
+            "FROM days) "
+            "SELECT min(day) AS first_day, max(day) AS last_day, count(*) AS days, "
+            "(SELECT count(*) FROM days) AS active_days "
+            "FROM runs GROUP BY run ORDER BY days DESC, first_day ASC LIMIT 1"
+        )
+        return sql, builder.args
+
+    def top(self, field: FieldRef) -> tuple[str, list[Any]]:
+        builder = SqlBuilder()
+        value = builder.text_of(field)
+        sql = (
+            f"SELECT value, count(*) AS events FROM (SELECT {value} AS value FROM events "
+            f"WHERE {self._where(builder)}) AS answers WHERE value IS NOT NULL "
+            f'GROUP BY value ORDER BY events DESC, value COLLATE "C" '
+            f"LIMIT {builder.param(TOP_VALUES)}"
+        )
+        return sql, builder.args
+
+
+def _most(counts: list[int]) -> int | None:
+    """The index with the most events, the earliest on ties; None when all are 0."""
+    best = max(range(len(counts)), key=lambda index: (counts[index], -index))
+    return best if counts[best] else None
+
+
+async def user_summary(
+    reads: ReadService, key: ApiKey, user: str, params: SummaryParams, now: dt.datetime
+) -> dict[str, Any]:
+    """The summary of ``user`` in the key's product (or the one an admin names)."""
+    reads.admit(key)
+    product = reads.product_for(key, params.product)
+    started = time.monotonic()
+    zone = ZoneInfo(params.timezone)
+    first_day, last_day = params.days(now)
+    interval = _interval(first_day, last_day, zone)
+    statements = _Statements(product, user, interval, params.timezone)
+    fields = params.top_fields()
+    timeout = reads.timeout
+
+    async with reads.connection() as connection:
+        # One snapshot for every part: they agree even while events arrive.
+        async with connection.transaction(isolation="repeatable_read", readonly=True):
+
+            async def fetch(statement: tuple[str, list[Any]]) -> list[asyncpg.Record]:
+                sql, args = statement
+                rows: list[asyncpg.Record] = await connection.fetch(sql, *args, timeout=timeout)
+                return rows
+
+            (totals,) = await fetch(statements.totals())
+            empty = totals["events"] == 0
+            names = [] if empty else await fetch(statements.names())
+            clock = [] if empty else await fetch(statements.clock())
+            streaks = [] if empty else await fetch(statements.streak())
+            tops = {
+                field.text: [] if empty else await fetch(statements.top(field)) for field in fields
+            }
+
+    weekdays, hours = [0] * 7, [0] * 24
+    for row in clock:
+        weekdays[row["weekday"]] += row["events"]
+        hours[row["hour"]] += row["events"]
+    weekday, hour = _most(weekdays), _most(hours)
+    streak = streaks[0] if streaks else None
+    first_seen, last_seen = totals["first_seen"], totals["last_seen"]
+    return {
+        "user": user,
+        "product": product,
+        "timezone": params.timezone,
+        "from": first_day,
+        "to": last_day,
+        "date_range": [interval.start.isoformat(), interval.end.isoformat()],
+        "total_events": totals["events"],
+        "active_days": streak["active_days"] if streak else 0,
+        "first_seen": first_seen.astimezone(zone) if first_seen else None,
+        "last_seen": last_seen.astimezone(zone) if last_seen else None,
+        "events_by_name": [{"name": row["name"], "events": row["events"]} for row in names],
+        "top": {
+            text: [{"value": row["value"], "events": row["events"]} for row in rows]
+            for text, rows in tops.items()
+        },
+        "events_by_weekday": weekdays,
+        "events_by_hour": hours,
+        "most_active_weekday": None
+        if weekday is None
+        else {"weekday": weekday, "name": WEEKDAYS[weekday], "events": weekdays[weekday]},
+        "most_active_hour": None if hour is None else {"hour": hour, "events": hours[hour]},
+        "longest_streak": None
+        if streak is None
+        else {"days": streak["days"], "start": streak["first_day"], "end": streak["last_day"]},
+        "took_ms": round((time.monotonic() - started) * 1000, 1),
+    }
