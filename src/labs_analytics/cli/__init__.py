@@ -26,6 +26,8 @@ app.add_typer(migrate_app, name="migrate")
 app.add_typer(operations.deadletters_app, name="deadletters")
 app.command()(operations.txlog)
 app.command()(read.query)
+app.command()(read.export)
+app.command()(read.summary)
 
 
 @app.callback()

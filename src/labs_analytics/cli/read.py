@@ -1,14 +1,16 @@
-"""`labs-analytics query`: the read API's answers from the command line.
+"""`labs-analytics query`, `export` and `summary`: the read API from the command line.
 
-The same request and the same code as ``POST /v1/query`` (a JSON file, or
-flags for the common fields), run with the configured database's read-only
-pool; an operator names the product, as an admin key would.
+The same requests and the same code as ``POST /v1/query``, ``GET /v1/export``
+and ``GET /v1/users/{user}/summary``, run with the configured database's
+read-only pool; an operator names the product, as an admin key would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,10 +18,13 @@ import orjson
 import typer
 from pydantic import ValidationError
 
+from labs_analytics.auth.keys import ApiKey, Scope
 from labs_analytics.cli.common import database_url, load_settings
 from labs_analytics.errors import AppError
+from labs_analytics.read.export import ExportParams, count_statement, open_export
 from labs_analytics.read.request import QueryRequest
 from labs_analytics.read.service import ReadService, create_read_pool
+from labs_analytics.read.summary import SummaryParams, user_summary
 from labs_analytics.settings import Settings
 
 
@@ -137,3 +142,119 @@ def _table(request: QueryRequest, answer: dict[str, Any]) -> str:
         f"from {meta['date_range'][0]} to {meta['date_range'][1]}"
     )
     return "\n".join([line(header), *(line(row) for row in rows), footer])
+
+
+def _operator(product: str) -> ApiKey:
+    """The CLI reads as an admin key of the product it names would (it has the database)."""
+    return ApiKey(key_id="cli", product=product, scopes=frozenset({Scope.ADMIN}), key_hash="")
+
+
+def _checked(model: type[Any], values: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "parameters"
+            typer.echo(f"invalid {field}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+
+def export(
+    product: Annotated[str, typer.Option(help="Whose events.")],
+    out: Annotated[Path, typer.Option(help="The file to write (created or replaced).")],
+    format_: Annotated[str, typer.Option("--format", help="csv or ndjson.")] = "csv",
+    date_range: Annotated[
+        str | None, typer.Option("--range", help="7d, 30d, month, year, all (default 30d).")
+    ] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="First day or instant.")] = None,
+    to: Annotated[str | None, typer.Option(help="Last day (included) or end instant.")] = None,
+    timezone: Annotated[str, typer.Option(help="An IANA time zone.")] = "UTC",
+    name: Annotated[list[str] | None, typer.Option(help="Only these names; repeat.")] = None,
+    user: Annotated[list[str] | None, typer.Option(help="Only these users; repeat.")] = None,
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help='A filter as JSON: \'["gte", "prop:n", [5]]\'; repeat.'),
+    ] = None,
+    gzip: Annotated[bool, typer.Option(help="Write it gzip-compressed.")] = False,
+) -> None:
+    """Every matching event to a CSV or NDJSON file, with a progress bar, as GET /v1/export."""
+    values: dict[str, Any] = {"format": format_, "timezone": timezone}
+    for field, value in (("date_range", date_range), ("from", from_), ("to", to)):
+        if value is not None:
+            values[field] = value
+    values |= {"name": name or [], "user": user or [], "filter": filter_ or []}
+    params: ExportParams = _checked(ExportParams, values)
+    settings = load_settings()
+    database_url()
+    try:
+        rows = asyncio.run(_export(settings, product, params, out, gzip=gzip))
+    except AppError as exc:
+        typer.echo(f"{exc.code}: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {rows:,} events to {out}", err=True)
+
+
+async def _export(
+    settings: Settings, product: str, params: ExportParams, out: Path, *, gzip: bool
+) -> int:
+    now = dt.datetime.now(dt.UTC)
+    pool = await create_read_pool(settings)
+    try:
+        reads = ReadService(pool, settings)
+        sql, args = count_statement(product, params.interval(now), params.filters())
+        ((expected,),) = await reads.fetch(sql, args)
+        export = await open_export(
+            reads, _operator(product), params, gzip=gzip, max_running=1, now=now
+        )
+        try:
+            with (
+                await asyncio.to_thread(out.open, "wb") as file,
+                typer.progressbar(length=expected, label="exporting", file=sys.stderr) as bar,
+            ):
+                done = 0
+                async for chunk in export:
+                    await asyncio.to_thread(file.write, chunk)
+                    bar.update(min(export.rows, expected) - done)
+                    done = min(export.rows, expected)
+        finally:
+            await export.aclose()
+        return export.rows
+    finally:
+        await pool.close()
+
+
+def summary(
+    user: Annotated[str, typer.Argument(help="The user id, as events carry it.")],
+    product: Annotated[str, typer.Option(help="Whose events.")],
+    from_: Annotated[str | None, typer.Option("--from", help="First day (YYYY-MM-DD).")] = None,
+    to: Annotated[str | None, typer.Option(help="Last day, included (YYYY-MM-DD).")] = None,
+    timezone: Annotated[str, typer.Option(help="An IANA time zone.")] = "UTC",
+    top: Annotated[
+        list[str] | None, typer.Option(help="prop:KEY whose top values to list; repeat.")
+    ] = None,
+) -> None:
+    """A user's summary (default: this calendar year), as GET /v1/users/{user}/summary."""
+    values: dict[str, Any] = {"timezone": timezone, "top": top or []}
+    for field, value in (("from", from_), ("to", to)):
+        if value is not None:
+            values[field] = value
+    params: SummaryParams = _checked(SummaryParams, values)
+    settings = load_settings()
+    database_url()
+    try:
+        answer = asyncio.run(_summary(settings, product, user, params))
+    except AppError as exc:
+        typer.echo(f"{exc.code}: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+
+
+async def _summary(
+    settings: Settings, product: str, user: str, params: SummaryParams
+) -> dict[str, Any]:
+    pool = await create_read_pool(settings)
+    try:
+        reads = ReadService(pool, settings)
+        return await user_summary(reads, _operator(product), user, params, dt.datetime.now(dt.UTC))
+    finally:
+        await pool.close()

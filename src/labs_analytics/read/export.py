@@ -93,6 +93,15 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
     return False
 
 
+def count_statement(
+    product: str, interval: Interval, filters: list[Filter]
+) -> tuple[str, list[Any]]:
+    """How many rows the export would send (for a progress bar: rows may still arrive)."""
+    builder = SqlBuilder()
+    where = event_conditions(builder, product, interval, filters)
+    return f"SELECT count(*) FROM events WHERE {' AND '.join(where)}", builder.args
+
+
 def export_statement(
     product: str, interval: Interval, filters: list[Filter]
 ) -> tuple[str, list[Any]]:
@@ -145,16 +154,33 @@ def _filename(product: str, interval: Interval, zone: ZoneInfo, extension: str) 
     return f"{name}-events-{first:%Y%m%d}-{last:%Y%m%d}.{extension}"
 
 
+class _Sent:
+    """Rows handed out so far (the CLI's progress bar and its count at the end)."""
+
+    rows = 0
+
+
 class Export:
     """An export begun (its first chunk fetched): iterate for the bytes, then ``aclose``."""
 
     def __init__(
-        self, filename: str, media_type: str, first: bytes, rest: AsyncGenerator[bytes, None]
+        self,
+        filename: str,
+        media_type: str,
+        first: bytes,
+        rest: AsyncGenerator[bytes, None],
+        sent: _Sent,
     ) -> None:
         self.filename = filename
         self.media_type = media_type
         self._first: bytes | None = first
         self._rest = rest
+        self._sent = sent
+
+    @property
+    def rows(self) -> int:
+        """Rows in the chunks handed out so far."""
+        return self._sent.rows
 
     def __aiter__(self) -> Export:
         return self
@@ -187,12 +213,13 @@ async def open_export(
     sql, args = export_statement(product, interval, params.filters())
     encode = encode_csv if params.format == "csv" else encode_ndjson
     header = (",".join(COLUMNS) + "\r\n").encode() if params.format == "csv" else b""
-    chunks = _chunks(reads, sql, args, encode, header, gzip=gzip)
+    sent = _Sent()
+    chunks = _chunks(reads, sql, args, encode, header, gzip=gzip, sent=sent)
     # Fetched now, before the status is sent: a 503 can still say why.
     first = await anext(chunks)
     log.info("export.started", product=product, format=params.format, gzip=gzip)
     filename = _filename(product, interval, ZoneInfo(params.timezone), params.format)
-    return Export(filename, MEDIA_TYPES[params.format], first, chunks)
+    return Export(filename, MEDIA_TYPES[params.format], first, chunks, sent)
 
 
 async def _chunks(
@@ -203,6 +230,7 @@ async def _chunks(
     header: bytes,
     *,
     gzip: bool,
+    sent: _Sent,
 ) -> AsyncGenerator[bytes, None]:
     _running[reads] = _running.get(reads, 0) + 1
     # wbits 31: a gzip stream. Each chunk is flushed (Z_SYNC_FLUSH), so what has
@@ -227,6 +255,7 @@ async def _chunks(
                     data = header + encode(rows)
                     header = b""
                     rows_sent += len(rows)
+                    sent.rows = rows_sent
                     if compressor is not None:
                         data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
                     yield data
