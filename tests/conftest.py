@@ -24,7 +24,7 @@ from labs_analytics.settings import Settings, to_asyncpg_dsn
 from labs_analytics.storage import migrations
 from tests.helpers import ApiFactory, Servers, fast_settings, running_api
 
-TABLES = ("events", "api_keys", "ingest_batches", "dead_letters")
+TABLES = ("events", "api_keys", "ingest_batches", "dead_letters", "product_retention")
 
 
 @pytest.fixture(scope="session")

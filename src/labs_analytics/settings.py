@@ -189,6 +189,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest wait on shutdown for requests and the flusher's batch to finish.",
     )
+    retention_interval_seconds: float = Field(
+        default=86_400,
+        ge=0,
+        description="How often each flusher process runs raw-data retention (one runner at a "
+        "time across processes; the first run a minute after start); 0: never, run "
+        "`labs-analytics retention run` yourself.",
+    )
+    retention_delete_batch_rows: int = Field(
+        default=10_000,
+        gt=0,
+        le=1_000_000,
+        description="Rows per DELETE when retention removes expired events batch by batch.",
+    )
     run_flusher: bool = Field(
         default=True,
         description="Run a flusher in the app's own event loop (create_app); `serve` turns it "

@@ -44,10 +44,12 @@ from labs_analytics.queue.entries import encode_entry
 from labs_analytics.settings import Settings
 from labs_analytics.storage.bulk_writer import BatchOutcome, BulkWriter, DeadLetter, is_data_error
 from labs_analytics.storage.partitions import ensure_partitions
+from labs_analytics.storage.retention import RetentionBusy, run_retention
 
 log = get_logger(__name__)
 
 PARTITION_CHECK_SECONDS = 3600.0
+RETENTION_FIRST_RUN_SECONDS = 60.0  # after start; then every retention_interval_seconds
 DEAD_LETTER_DRAIN_COUNT = 100
 LOGGED_STREAM_IDS = 100  # a log line names at most this many entries (and counts all)
 MAX_ENTRIES_PER_READ = 1000
@@ -93,20 +95,63 @@ class Flusher:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("flusher.started", consumer=self.name, stream=self.settings.stream_key)
+        retention = (
+            asyncio.create_task(self._retention_loop(stop))
+            if self.settings.retention_interval_seconds > 0
+            else None
+        )
         failures = 0
-        while not stop.is_set():
-            try:
-                await self.run_once(stop)
-                failures = 0
-            except (RedisError, OSError) as exc:
-                # Redis unreachable: nothing to read, nothing lost; wait and retry.
-                failures += 1
-                delay = self._backoff(failures)
-                log.error(
-                    "flusher.redis_unavailable", error=repr(exc), retry_in_ms=round(delay * 1000)
-                )
-                await _sleep_unless_stopped(stop, delay)
+        try:
+            while not stop.is_set():
+                try:
+                    await self.run_once(stop)
+                    failures = 0
+                except (RedisError, OSError) as exc:
+                    # Redis unreachable: nothing to read, nothing lost; wait and retry.
+                    failures += 1
+                    delay = self._backoff(failures)
+                    log.error(
+                        "flusher.redis_unavailable",
+                        error=repr(exc),
+                        retry_in_ms=round(delay * 1000),
+                    )
+                    await _sleep_unless_stopped(stop, delay)
+        finally:
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
         log.info("flusher.stopped", consumer=self.name)
+
+    async def _retention_loop(self, stop: asyncio.Event) -> None:
+        """Raw-data retention, beside the flushing: every flusher process tries
+        it; the advisory lock lets one run at a time. A failure is logged and
+        tried again next time: it never stops the flushing."""
+        interval = self.settings.retention_interval_seconds
+        delay = min(RETENTION_FIRST_RUN_SECONDS, interval)
+        while not await _sleep_unless_stopped(stop, delay):
+            delay = interval
+            started = time.monotonic()
+            try:
+                async with self._pool.acquire() as conn:
+                    report = await run_retention(
+                        conn,
+                        dry_run=False,
+                        batch_rows=self.settings.retention_delete_batch_rows,
+                    )
+            except RetentionBusy:
+                log.info("retention.skipped", reason="another runner holds the lock")
+                continue
+            except Exception as exc:  # PostgreSQL away, a lock timeout: next time
+                log.error("retention.failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            log.info(
+                "retention.finished",
+                products=len(report.policies),
+                partitions_dropped=len(report.dropped_partitions),
+                rows=report.rows_by_product,
+                ms=round((time.monotonic() - started) * 1000),
+            )
 
     async def run_once(self, stop: asyncio.Event | None = None) -> BatchOutcome | None:
         """Collect one batch, set poison aside, write the rest (retrying until

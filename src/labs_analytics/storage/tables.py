@@ -121,3 +121,15 @@ dead_letters = Table(
     Index(None, "created_at"),
     Index("uq_dead_letters_dedup_key", "dedup_key", unique=True),
 )
+
+# Days of raw events a product keeps; a product without a row keeps everything.
+# `storage.retention` enforces it (whole daily partitions dropped, else
+# batched deletes).
+product_retention = Table(
+    "product_retention",
+    metadata,
+    Column("product", Text, primary_key=True),
+    Column("keep_days", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("keep_days >= 1", name="keep_days_positive"),
+)
