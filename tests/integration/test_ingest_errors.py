@@ -234,6 +234,6 @@ async def test_unknown_route_and_method_use_the_same_error_shape(api: ApiFactory
         missing = await app.client.get("/v1/nothing")
         assert missing.status_code == 404
         assert_error_shape(missing.json(), "not_found")
-        wrong_method = await app.client.get("/v1/events")
+        wrong_method = await app.client.delete("/v1/events")  # GET lists them, DELETE is none
         assert wrong_method.status_code == 405
         assert_error_shape(wrong_method.json(), "method_not_allowed")

@@ -229,7 +229,7 @@ async def test_browser_requests_get_cors_headers_on_both_ways(api: ApiFactory) -
 
 async def test_other_methods_and_paths_still_get_the_framework_answers(api: ApiFactory) -> None:
     async with api(run_flusher=False) as app:
-        assert (await app.client.get("/v1/events")).status_code == 405
+        assert (await app.client.delete("/v1/events")).status_code == 405
         assert (await app.client.post("/v1/events/")).status_code in (307, 404)
         assert (await app.client.get("/healthz")).status_code == 200
 
