@@ -1,31 +1,43 @@
-"""What many tests need: a running app, keys, events, and waiting for rows."""
+"""What many tests need: a running app, servers in child processes, keys, events,
+scripts, and waiting for rows (or anything else observable) instead of sleeping."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
 from alembic import command
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from labs_analytics.api.app import create_app
+from labs_analytics.auth.cache import KeyCache
 from labs_analytics.auth.keys import Scope
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from labs_analytics.settings import Settings, to_asyncpg_dsn
 from labs_analytics.storage import migrations
 from labs_analytics.storage.database import create_engine
+
+T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parents[1]
+SDK = REPO / "clients" / "python"  # the SDK's distribution: scripts import it from src/
 
 
 @dataclass
@@ -125,8 +137,40 @@ def make_events(n: int, **overrides: Any) -> list[dict[str, Any]]:
     return [make_event(**overrides) for _ in range(n)]
 
 
+def new_product() -> str:
+    """A product of the test's own, so the rows it counts are only its own (the SDK
+    tests share one server and one stream)."""
+    return f"sdk-{uuid.uuid4().hex[:10]}"
+
+
+async def event_rows(db: asyncpg.Connection, product: str) -> list[dict[str, Any]]:
+    """The events stored for ``product``, oldest first, their JSON columns decoded."""
+    records = await db.fetch(
+        "SELECT event_id, name, user_id, timestamp, properties, context FROM events "
+        "WHERE product = $1 ORDER BY timestamp, event_id",
+        product,
+    )
+    out = []
+    for record in records:
+        row = dict(record)
+        for column in ("properties", "context"):
+            if isinstance(row[column], str):
+                row[column] = json.loads(row[column])
+        out.append(row)
+    return out
+
+
+# Every wait below is on something observable (rows, stream entries, a counter, a
+# log line), polled; its timeout only bounds a hang, so it is generous: a busy
+# machine must not fail a test that a quiet one passes.
+WAIT_SECONDS = 30.0
+
+
 async def wait_for(
-    check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, what: str = "condition"
+    check: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float = WAIT_SECONDS,  # noqa: ASYNC109 - the poll's own deadline, this helper's API
+    what: str = "condition",
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -143,12 +187,60 @@ async def count_events(db: asyncpg.Connection, product: str | None = None) -> in
 
 
 async def wait_for_events(
-    db: asyncpg.Connection, expected: int, *, timeout: float = 10.0, product: str | None = None
+    db: asyncpg.Connection,
+    expected: int,
+    *,
+    timeout: float = WAIT_SECONDS,  # noqa: ASYNC109 - the poll's own deadline, this helper's API
+    product: str | None = None,
 ) -> None:
     async def enough() -> bool:
         return await count_events(db, product) >= expected
 
     await wait_for(enough, timeout=timeout, what=f"{expected} rows in events")
+
+
+async def stream_state(redis: Redis, settings: Settings) -> tuple[int, int | None]:
+    """(XLEN of the stream, pending count of the group; None if there is no group)."""
+    length = int(await redis.xlen(settings.stream_key))
+    try:
+        summary: Any = await redis.xpending(settings.stream_key, settings.consumer_group)
+    except ResponseError:  # NOGROUP: no flusher ever started on this stream
+        return length, None
+    return length, int(summary["pending"])
+
+
+async def wait_for_drained_stream(settings: Settings) -> None:
+    """Every entry of the stream committed, acked and deleted: what was queued is all
+    in PostgreSQL, and nothing more will come of it."""
+    redis = Redis.from_url(settings.redis_url)
+    try:
+
+        async def drained() -> bool:
+            length, pending = await stream_state(redis, settings)
+            return length == 0 and not pending
+
+        await wait_for(drained, what=f"the stream {settings.stream_key} to drain")
+    finally:
+        await redis.aclose()
+
+
+async def wait_for_key_cache_reloads(cache: KeyCache, reloads: int = 1) -> None:
+    """Wait until ``cache`` finished ``reloads`` reloads that began after this call.
+
+    Each success stamps ``last_success``; the first change may be a reload that
+    was already running, so one more is awaited. Reloads are single flight:
+    each of the others began after the one before it ended.
+    """
+    changes = 0
+    seen = cache.last_success
+
+    async def reloaded() -> bool:
+        nonlocal changes, seen
+        if cache.last_success != seen:
+            changes, seen = changes + 1, cache.last_success
+        return changes > reloads
+
+    await wait_for(reloaded, what=f"{reloads} reloads of the key cache")
 
 
 async def duplicated_ids(db: asyncpg.Connection) -> list[uuid.UUID]:
@@ -239,12 +331,35 @@ def cli(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("labs-analytics")), *args]
 
 
+def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`labs-analytics *args`, as a user runs it, with ``settings``; its output captured."""
+    return subprocess.run(
+        cli(*args),
+        env=cli_env(settings, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def run_cli_async(
+    settings: Settings, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``run_cli`` for an async test: the child runs while the event loop goes on."""
+    return await asyncio.to_thread(run_cli, settings, *args, **env)
+
+
 @contextlib.contextmanager
 def serve_process(
     settings: Settings, log_dir: Path, *args: str, port: int | None = None, **env: str
 ) -> Iterator[ServeProcess]:
     """A real `labs-analytics serve`, ready (it answered /healthz); on a free port
-    unless ``port`` is given (so a client can be pointed at it before it starts)."""
+    unless ``port`` is given (so a client can be pointed at it before it starts).
+
+    Blocking while it starts and stops: from an async test,
+    ``async with in_a_thread(serve_process(...))``.
+    """
     port = port or free_port()
     log_path = log_dir / f"serve-{port}-{uuid.uuid4().hex[:6]}.log"
     with log_path.open("wb") as log_file:
@@ -284,3 +399,77 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.asynccontextmanager
+async def in_a_thread(manager: contextlib.AbstractContextManager[T]) -> AsyncIterator[T]:
+    """A blocking context manager (a server started and stopped: ``serve_process``,
+    ``gunicorn``…), entered and left in a thread, so an async test's event loop is
+    never held up while it starts or stops."""
+    stack = contextlib.ExitStack()
+    entered = await asyncio.to_thread(stack.enter_context, manager)
+    try:
+        yield entered
+    finally:
+        await asyncio.to_thread(stack.close)
+
+
+@dataclass
+class ScriptRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def run_script(code: str, *, timeout: float = 60.0, **env: str) -> ScriptRun:
+    """Run a small Python program that imports the SDK from src/, as a product would.
+
+    Blocking: from an async test, call it through ``asyncio.to_thread``.
+    """
+    environment = {**os.environ, "PYTHONPATH": str(SDK / "src"), **env}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return ScriptRun(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+@dataclass
+class Exchange:
+    at: float  # monotonic, when the answer (or the error) came
+    status: int | None
+    retry_after: str | None
+    error: str | None
+
+
+class RecordingTransport(httpx.HTTPTransport):
+    """The real transport, noting when each request ended and how (no faking)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exchanges: list[Exchange] = []
+        self._lock = threading.Lock()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = super().handle_request(request)
+        except Exception as exc:
+            with self._lock:
+                self.exchanges.append(Exchange(time.monotonic(), None, None, type(exc).__name__))
+            raise
+        with self._lock:
+            self.exchanges.append(
+                Exchange(
+                    time.monotonic(),
+                    response.status_code,
+                    response.headers.get("retry-after"),
+                    None,
+                )
+            )
+        return response

@@ -91,13 +91,24 @@ class Child:
         if self.alive():
             self.process.send_signal(signal.SIGCONT)
 
-    async def wait_for_log(self, event: str, *, timeout: float = 15.0) -> dict[str, Any]:
+    def stop(self) -> None:
+        """SIGTERM: a flusher finishes the batch in hand (its ack included) and stops."""
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+
+    async def wait_for_log(
+        self,
+        event: str,
+        *,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the poll's own deadline, this helper's API
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
+            alive = self.alive()  # before the read: a child that had exited wrote it all
             found = self.log_events(event)
             if found:
                 return found[0]
-            if not self.alive():
+            if not alive or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
         raise AssertionError(f"{self.name} never logged {event}:\n{self.logs()[-4000:]}")
@@ -198,7 +209,10 @@ WHERE datname = current_database() AND pid <> pg_backend_pid() AND xact_start IS
 
 
 async def wait_for_flush_transaction(
-    db: asyncpg.Connection, *, timeout: float, copy_only: bool = False
+    db: asyncpg.Connection,
+    *,
+    timeout: float,  # noqa: ASYNC109 - the poll's own deadline, this helper's API
+    copy_only: bool = False,
 ) -> asyncpg.Record:
     """Poll ``pg_stat_activity`` until some backend is inside a flush transaction
     (``copy_only``: in the middle of the COPY itself)."""

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
 from labs_analytics.settings import Settings
+from tests.faults.backlog import build_backlog
 from tests.faults.oracle import LoadGenerator, Oracle
 from tests.faults.processes import Child, Children, first_stream_id
 from tests.faults.proxy import CommitDroppingProxy
@@ -36,11 +37,15 @@ async def test_commit_whose_answer_is_lost_is_retried_and_deduplicated(
     database = make_url(settings.database_url)
     assert database.host is not None
     assert database.port is not None
-    server = await children.serve(settings, "--no-flusher")
+    # A backlog for the flusher's first batch, then steady load beside it.
+    backlog = await build_backlog(
+        children, settings, oracle, events=100, event_bytes=256, events_per_request=10
+    )
+    assert len(backlog.accepted) == 100, dict(backlog.statuses)
+    server = backlog.server
     load = LoadGenerator(oracle, [server.base_url], rate=20, duration=30, payload_bytes=256)
     with CommitDroppingProxy(database.host, database.port) as proxy:
         async with load:
-            await load.wait_for_acknowledged(100)
             proxied = database.set(port=proxy.port).render_as_string(hide_password=False)
             flusher = children.flusher(settings.model_copy(update={"database_url": proxied}))
             dropped = await asyncio.to_thread(proxy.dropped.wait, 20)
@@ -49,8 +54,9 @@ async def test_commit_whose_answer_is_lost_is_retried_and_deduplicated(
             async def retried() -> bool:
                 return retry_of_first_failure(flusher) is not None
 
-            await wait_for(retried, timeout=15, what="the flusher to retry and commit the batch")
-            await asyncio.sleep(0.5)  # load goes on after the retry
+            await wait_for(retried, what="the flusher to retry and commit the batch")
+            # Load goes on after the retry: half a second's worth more acknowledged.
+            await load.wait_for_acknowledged(oracle.acknowledged_count + 10 * 10)
         report = await oracle.check(db, redis, settings, api_url=server.base_url)
 
     retry = retry_of_first_failure(flusher)

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
 from labs_analytics.settings import Settings
+from tests.faults.backlog import build_backlog
 from tests.faults.oracle import LoadGenerator, Oracle
 from tests.faults.processes import (
     Child,
@@ -79,18 +80,9 @@ async def test_frozen_flusher_is_taken_over_and_its_late_commit_doubles_nothing(
 ) -> None:
     pg_port = make_url(settings.database_url).port
     assert pg_port is not None
-    server = await children.serve(settings, "--no-flusher")
-    backlog = LoadGenerator(
-        oracle,
-        [server.base_url],
-        rate=None,
-        max_requests=BACKLOG_EVENTS // 200,
-        events_per_request=200,
-        payload_bytes=2048,
-        duration=60,
-    )
-    await backlog.run()
-    assert oracle.acknowledged_count == BACKLOG_EVENTS, dict(backlog.statuses)
+    backlog = await build_backlog(children, settings, oracle, events=BACKLOG_EVENTS)
+    assert len(backlog.accepted) == BACKLOG_EVENTS, dict(backlog.statuses)
+    server = backlog.server
 
     timings = {"RECLAIM_IDLE_MS": str(RECLAIM_IDLE_MS), "FLUSH_INTERVAL_MS": "1000"}
     async with LoadGenerator(oracle, [server.base_url], rate=10, duration=30, payload_bytes=256):
@@ -124,9 +116,12 @@ async def test_frozen_flusher_is_taken_over_and_its_late_commit_doubles_nothing(
             return bool(stale_batch_lines())
 
         await wait_for(stale_batch_finished, timeout=20, what="the thawed flusher to finish")
-        await asyncio.sleep(0.5)  # its ack, after the commit
 
     report = await oracle.check(db, redis, settings, api_url=server.base_url)
+    # The stale batch's ack comes after its commit: a flusher told to stop
+    # finishes the batch in hand, ack included, before it logs that it stopped.
+    frozen.stop()
+    await frozen.wait_for_log("flusher.stopped")
 
     assert [line["event"] for line in stale_batch_lines()] == ["flush.committed"], (
         f"the thawed flusher's stale batch (frozen in {backend['query'][:30]!r}): "

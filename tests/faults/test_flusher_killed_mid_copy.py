@@ -18,7 +18,8 @@ import asyncpg
 from redis.asyncio import Redis
 
 from labs_analytics.settings import Settings
-from tests.faults.oracle import LoadGenerator, Oracle
+from tests.faults.backlog import build_backlog
+from tests.faults.oracle import Oracle
 from tests.faults.processes import Children, wait_for_flush_transaction
 from tests.helpers import wait_for
 
@@ -29,18 +30,10 @@ EVENTS_PER_REQUEST = 200  # x ~2 KB: well under the 1 MiB body limit
 async def test_flusher_killed_during_copy_loses_and_doubles_nothing(
     settings: Settings, db: asyncpg.Connection, redis: Redis, oracle: Oracle, children: Children
 ) -> None:
-    server = await children.serve(settings, "--no-flusher")
-    fill = LoadGenerator(
-        oracle,
-        [server.base_url],
-        rate=None,
-        max_requests=EVENTS // EVENTS_PER_REQUEST,
-        events_per_request=EVENTS_PER_REQUEST,
-        payload_bytes=2048,
-        duration=60,
+    backlog = await build_backlog(
+        children, settings, oracle, events=EVENTS, events_per_request=EVENTS_PER_REQUEST
     )
-    await fill.run()
-    assert oracle.acknowledged_count == EVENTS, dict(fill.statuses)
+    assert len(backlog.accepted) == EVENTS, dict(backlog.statuses)
 
     # One batch of everything, so the COPY is long enough to be caught running.
     victim = children.flusher(
@@ -60,7 +53,7 @@ async def test_flusher_killed_during_copy_loses_and_doubles_nothing(
     assert victim.crash_lines() == []  # SIGKILL leaves no trace: the log just stops
 
     successor = children.flusher(settings, name="successor")
-    report = await oracle.check(db, redis, settings, api_url=server.base_url)
+    report = await oracle.check(db, redis, settings, api_url=backlog.server.base_url)
     assert report.stored_rows == EVENTS
     assert successor.log_events("flush.committed"), successor.logs()[-2000:]
     assert successor.crash_lines() == []

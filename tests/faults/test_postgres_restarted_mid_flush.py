@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from labs_analytics.embedded import EmbeddedPostgres
 from labs_analytics.settings import Settings
+from tests.faults.backlog import build_backlog
 from tests.faults.oracle import LoadGenerator, Oracle, connect
 from tests.faults.processes import Children, first_stream_id, wait_for_flush_transaction
 
@@ -37,19 +38,12 @@ async def test_postgres_restarted_mid_flush_transaction_loses_and_doubles_nothin
     children: Children,
     postgres_server: EmbeddedPostgres,
 ) -> None:
-    server = await children.serve(settings, "--no-flusher")
-    backlog = LoadGenerator(
-        oracle,
-        [server.base_url],
-        rate=None,
-        max_requests=BACKLOG_EVENTS // 200,
-        events_per_request=200,
-        payload_bytes=2048,
-        duration=60,
-    )
-    await backlog.run()
-    assert oracle.acknowledged_count == BACKLOG_EVENTS, dict(backlog.statuses)
-    async with LoadGenerator(oracle, [server.base_url], rate=10, duration=30, payload_bytes=512):
+    backlog = await build_backlog(children, settings, oracle, events=BACKLOG_EVENTS)
+    assert len(backlog.accepted) == BACKLOG_EVENTS, dict(backlog.statuses)
+    server = backlog.server
+    async with LoadGenerator(
+        oracle, [server.base_url], rate=10, duration=30, payload_bytes=512
+    ) as load:
         flusher = children.flusher(
             settings, FLUSH_BATCH_EVENTS=str(BACKLOG_EVENTS), FLUSH_INTERVAL_MS="1000"
         )
@@ -59,7 +53,9 @@ async def test_postgres_restarted_mid_flush_transaction_loses_and_doubles_nothin
         await db.close()  # it dies with the server
         await asyncio.to_thread(postgres_server.stop, "immediate")
         await asyncio.to_thread(postgres_server.start)
-        await asyncio.sleep(2)  # load goes on across the restart and after it
+        # Load goes on across the restart and after it: another second's worth
+        # of requests acknowledged with PostgreSQL back.
+        await load.wait_for_acknowledged(oracle.acknowledged_count + 10 * 10)
     assert oracle.refused == {}, oracle.refusal_reasons
 
     conn = await connect(settings)

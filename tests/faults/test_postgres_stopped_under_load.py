@@ -48,7 +48,10 @@ async def test_postgres_stopped_for_thirty_seconds_under_load_loses_and_doubles_
         await asyncio.to_thread(postgres_server.start)
         await load.wait()  # the last few seconds of load, with PostgreSQL back
 
-    assert acknowledged_during >= OUTAGE_SECONDS * 20 * 10 * 0.8, acknowledged_during
+    # Requests kept being answered all through the outage: at least half of the
+    # paced load's events (the posters may fall behind on a busy machine; an
+    # ingest waiting on PostgreSQL would answer a handful, or refuse).
+    assert acknowledged_during >= OUTAGE_SECONDS * 20 * 10 * 0.5, acknowledged_during
     assert oracle.refused == {}, oracle.refusal_reasons
     logged = {line.get("event") for line in parse_log(server.logs())}
     assert "flush.failed" in logged, "the flusher never noticed the outage"

@@ -32,7 +32,7 @@ async def test_redis_outage_spools_events_then_replays_every_one_exactly_once(
                 acknowledged.extend(events)
 
         await post(3)
-        redis_server.stop()
+        await asyncio.to_thread(redis_server.stop)
         # Concurrent requests during the outage: they share the spool's fsyncs.
         await asyncio.gather(*(post(5) for _ in range(4)))
         spool = app.app.state.labs.queue.spool
@@ -42,7 +42,7 @@ async def test_redis_outage_spools_events_then_replays_every_one_exactly_once(
         assert ready.json()["redis"] == "down"
         assert ready.json()["spool"]["writable"] is True
 
-        redis_server.start()
+        await asyncio.to_thread(redis_server.start)
         await post(3)
         await wait_for_events(db, len(acknowledged), timeout=30)
 
@@ -64,14 +64,14 @@ async def test_without_a_spool_redis_outage_is_503_and_ingest_recovers_after(
         acknowledged = make_events(10)
         assert (await app.post({"events": acknowledged}, key)).status_code == 202
 
-        redis_server.stop()
+        await asyncio.to_thread(redis_server.stop)
         refused = await app.post({"events": make_events(10)}, key)
         assert refused.status_code == 503
         assert int(refused.headers["Retry-After"]) >= 1
         assert refused.json()["error"] == "queue_unavailable"
         assert (await app.client.get("/readyz")).status_code == 503
 
-        redis_server.start()
+        await asyncio.to_thread(redis_server.start)
 
         async def accepted_again() -> bool:
             response = await app.post({"events": after}, key)
@@ -93,7 +93,7 @@ async def test_a_full_spool_answers_503_and_acknowledges_nothing_it_cannot_keep(
 ) -> None:
     async with api(spool_max_bytes=20_000) as app:
         key = await create_key(app.settings)
-        redis_server.stop()
+        await asyncio.to_thread(redis_server.stop)
         acknowledged: list[dict[str, object]] = []
         statuses = []
         for _ in range(20):
@@ -107,7 +107,7 @@ async def test_a_full_spool_answers_503_and_acknowledges_nothing_it_cannot_keep(
                 assert response.headers["Retry-After"]
         assert 202 in statuses
         assert 503 in statuses
-        redis_server.start()
+        await asyncio.to_thread(redis_server.start)
         await wait_for_events(db, len(acknowledged), timeout=30)
     stored = {str(r["event_id"]) for r in await db.fetch("SELECT event_id FROM events")}
     assert stored == {str(e["event_id"]) for e in acknowledged}

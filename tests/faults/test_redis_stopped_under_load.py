@@ -21,6 +21,8 @@ from labs_analytics.settings import Settings
 from tests.faults.oracle import LoadGenerator, Oracle
 from tests.faults.processes import Children
 
+OUTAGE_SECONDS = 3.0
+
 
 async def test_redis_stopped_under_load_spools_then_replays_and_loses_nothing(
     settings: Settings,
@@ -37,7 +39,9 @@ async def test_redis_stopped_under_load_spools_then_replays_and_loses_nothing(
         await load.wait_for_acknowledged(100)
         await asyncio.to_thread(redis_server.stop)
         during = oracle.acknowledged_count
-        await asyncio.sleep(3)
+        await asyncio.sleep(OUTAGE_SECONDS)  # the outage itself
+        # Down until the spool has answered some requests, however slow the machine.
+        await load.wait_for_acknowledged(during + 1)
         spooled_while_down = oracle.acknowledged_count - during
         await asyncio.to_thread(redis_server.start)
         await load.wait()
@@ -46,5 +50,5 @@ async def test_redis_stopped_under_load_spools_then_replays_and_loses_nothing(
     assert dict(oracle.refusal_reasons) == {}, "the spool should have taken every request"
     assert '"event":"queue.redis_down"' in server.logs()
     await oracle.check(db, redis, settings, api_url=server.base_url, drain_timeout=30)
-    spools = [path for path in tmp_path.rglob("*.spool")]
+    spools = await asyncio.to_thread(lambda: list(tmp_path.rglob("*.spool")))
     assert spools == [], f"spool segments left behind: {spools}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 
 import asyncpg
@@ -10,7 +9,7 @@ import asyncpg
 from labs_analytics.auth.keys import Scope
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.storage.database import create_engine
-from tests.helpers import ApiFactory, create_key, make_event
+from tests.helpers import ApiFactory, create_key, make_event, wait_for_key_cache_reloads
 
 
 async def test_keys_are_stored_only_as_hashes(api: ApiFactory, db: asyncpg.Connection) -> None:
@@ -41,7 +40,9 @@ async def test_revoked_key_is_refused_within_the_refresh_interval(api: ApiFactor
         finally:
             await engine.dispose()
 
-        await asyncio.sleep(0.5 + 0.3)
+        # The cache's own background reload, the next one that read the table after
+        # the revocation: nothing else (no request, no refresh() call) reloads it.
+        await wait_for_key_cache_reloads(app.app.state.labs.key_cache)
         response = await app.post(make_event(), key)
         assert response.status_code == 401
         assert "revoked" in response.json()["message"]

@@ -10,7 +10,6 @@ stream, in bounded steps, sets the counter to what the stream holds.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -27,10 +26,9 @@ from labs_analytics.settings import Settings
 from tests.helpers import (
     ApiFactory,
     RunningApi,
-    cli,
-    cli_env,
     create_key,
     make_events,
+    run_cli_async,
     wait_for,
     wait_for_events,
 )
@@ -328,9 +326,7 @@ async def test_dead_letters_replayed_are_counted_and_counted_out_once_flushed(
         await wait_for(dead_lettered, what="the entry in dead_letters")
     assert await counter(redis, settings) == 0
 
-    replayed = subprocess.run(
-        cli("deadletters", "replay"), env=cli_env(settings), capture_output=True, text=True
-    )
+    replayed = await run_cli_async(settings, "deadletters", "replay")
     assert replayed.returncode == 0, replayed.stderr
     async with api(run_flusher=False) as app:
         assert await counter(redis, settings) == 3

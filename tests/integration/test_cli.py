@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import uuid
@@ -22,15 +23,11 @@ from tests.helpers import (
     cli_env,
     create_key,
     make_events,
+    run_cli,
+    run_cli_async,
     wait_for,
     wait_for_events,
 )
-
-
-def run_cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli(*args), env=cli_env(settings, **env), capture_output=True, text=True, timeout=60
-    )
 
 
 def without_server_urls(env: dict[str, str]) -> dict[str, str]:
@@ -41,7 +38,7 @@ def without_server_urls(env: dict[str, str]) -> dict[str, str]:
 async def test_keys_create_prints_the_key_alone_on_the_last_line(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    result = run_cli(
+    result = await run_cli_async(
         settings,
         "keys",
         "create",
@@ -71,9 +68,11 @@ async def test_keys_create_prints_the_key_alone_on_the_last_line(
 async def test_keys_list_shows_ids_never_secrets(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    created = run_cli(settings, "keys", "create", "--product", "clubs", "--scope", "ingest")
+    created = await run_cli_async(
+        settings, "keys", "create", "--product", "clubs", "--scope", "ingest"
+    )
     key = created.stdout.strip().splitlines()[-1]
-    listed = run_cli(settings, "keys", "list")
+    listed = await run_cli_async(settings, "keys", "list")
     assert listed.returncode == 0, listed.stderr
     assert key.split("_")[1] in listed.stdout
     assert key.rsplit("_", 1)[1] not in listed.stdout
@@ -83,12 +82,14 @@ async def test_keys_list_shows_ids_never_secrets(
 async def test_keys_revoke_then_revoke_again_fails(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    created = run_cli(settings, "keys", "create", "--product", "clubs", "--scope", "ingest")
+    created = await run_cli_async(
+        settings, "keys", "create", "--product", "clubs", "--scope", "ingest"
+    )
     key_id = created.stdout.strip().splitlines()[-1].split("_")[1]
-    first = run_cli(settings, "keys", "revoke", key_id)
+    first = await run_cli_async(settings, "keys", "revoke", key_id)
     assert first.returncode == 0, first.stderr
     assert await db.fetchval("SELECT revoked_at IS NOT NULL FROM api_keys") is True
-    again = run_cli(settings, "keys", "revoke", key_id)
+    again = await run_cli_async(settings, "keys", "revoke", key_id)
     assert again.returncode == 1
     assert "no active key" in again.stderr
 
@@ -132,16 +133,20 @@ async def test_standalone_flusher_writes_and_exits_cleanly_on_sigterm(
         assert (await app.post({"events": make_events(30)}, key)).status_code == 202
 
     log_path = tmp_path / "flusher.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            cli("flusher"), env=cli_env(settings), stdout=log_file, stderr=subprocess.STDOUT
-        )
+
+    def start_flusher() -> subprocess.Popen[bytes]:
+        with log_path.open("wb") as log_file:
+            return subprocess.Popen(
+                cli("flusher"), env=cli_env(settings), stdout=log_file, stderr=subprocess.STDOUT
+            )
+
+    process = await asyncio.to_thread(start_flusher)
     try:
         await wait_for_events(db, 30)
     finally:
         process.send_signal(signal.SIGTERM)
-        returncode = process.wait(timeout=15)
-    logs = log_path.read_text()
+        returncode = await asyncio.to_thread(process.wait, 15)
+    logs = await asyncio.to_thread(log_path.read_text)
     assert returncode == 0, logs
     assert '"event":"flush.committed"' in logs
     assert '"event":"flusher.stopped"' in logs
@@ -165,7 +170,7 @@ async def test_txlog_and_deadletters_json_print_one_object_per_row(
 
         await wait_for(dead_lettered, what="the garbage entry in dead_letters")
 
-    txlog = run_cli(settings, "txlog", "--json")
+    txlog = await run_cli_async(settings, "txlog", "--json")
     assert txlog.returncode == 0, txlog.stderr
     batches = [orjson.loads(line) for line in txlog.stdout.splitlines()]
     committed = [b for b in batches if b["status"] == "committed" and b["inserted"] == 3]
@@ -174,7 +179,7 @@ async def test_txlog_and_deadletters_json_print_one_object_per_row(
     assert uuid.UUID(committed[0]["batch_id"])
     assert datetime.fromisoformat(committed[0]["finished_at"]).tzinfo is not None
 
-    dead = run_cli(settings, "deadletters", "list", "--json")
+    dead = await run_cli_async(settings, "deadletters", "list", "--json")
     assert dead.returncode == 0, dead.stderr
     letters = [orjson.loads(line) for line in dead.stdout.splitlines()]
     assert len(letters) == 1, letters
@@ -190,7 +195,7 @@ async def test_keys_list_shows_each_keys_rate_limit(
     default_rate = await create_key(settings, "penn-mobile")
     million = await create_key(settings, "courses", rate_limit_per_second=1_000_000)
 
-    listed = run_cli(settings, "keys", "list")
+    listed = await run_cli_async(settings, "keys", "list")
     assert listed.returncode == 0, listed.stderr
     header, *lines = listed.stdout.splitlines()
     assert "RATE" in header
@@ -201,7 +206,7 @@ async def test_keys_list_shows_each_keys_rate_limit(
         million.split("_")[1]: "1000000",
     }
 
-    as_json = run_cli(settings, "keys", "list", "--json")
+    as_json = await run_cli_async(settings, "keys", "list", "--json")
     assert as_json.returncode == 0, as_json.stderr
     keys = {k["key_id"]: k for k in map(orjson.loads, as_json.stdout.splitlines())}
     assert keys[own_rate.split("_")[1]]["rate_limit_per_second"] == 2.5
@@ -217,7 +222,7 @@ async def test_psql_runs_sql_on_the_configured_database(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
     await create_key(settings, "clubs")
-    result = run_cli(settings, "psql", "-tA", "-c", "SELECT product FROM api_keys")
+    result = await run_cli_async(settings, "psql", "-tA", "-c", "SELECT product FROM api_keys")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clubs"
 
@@ -300,7 +305,7 @@ async def test_a_redis_that_is_not_there_is_one_line_naming_it_and_the_fix(
         """VALUES ('1-0', 'test', '{"v": "1", "n": "1", "events": "[]"}', 'entry', 'e:1-0')"""
     )
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"  # nothing listens
-    result = run_cli(settings, "deadletters", "replay", REDIS_URL=url)
+    result = await run_cli_async(settings, "deadletters", "replay", REDIS_URL=url)
     assert result.returncode == 1, result.stderr
     line = result.stderr.strip()
     assert len(line.splitlines()) == 1, result.stderr

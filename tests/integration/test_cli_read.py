@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from labs_analytics.settings import Settings
-from tests.helpers import cli, cli_env
+from tests.helpers import run_cli_async
 from tests.integration.test_query import generate_rows, store, stored_rows
 from tests.read_reference import reference_query
 
 RANGE = ["2026-10-26", "2026-11-08"]
-
-
-async def run(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        cli(*args),
-        env=cli_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 async def test_query_answers_as_the_api_does(
@@ -42,7 +28,9 @@ async def test_query_answers_as_the_api_does(
     }
     request = tmp_path / "request.json"
     request.write_text(json.dumps(body))
-    done = await run(settings, "query", "--product", "mobile", "--file", str(request), "--json")
+    done = await run_cli_async(
+        settings, "query", "--product", "mobile", "--file", str(request), "--json"
+    )
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     results, total = reference_query(await stored_rows(db), body, "mobile")
@@ -54,7 +42,7 @@ async def test_query_answers_as_the_api_does(
 
 async def test_query_flags_and_the_table(settings: Settings, db: asyncpg.Connection) -> None:
     await store(db, generate_rows())
-    done = await run(
+    done = await run_cli_async(
         settings,
         "query",
         "--product", "clubs",
@@ -72,7 +60,7 @@ async def test_query_flags_and_the_table(settings: Settings, db: asyncpg.Connect
 
 
 async def test_a_bad_query_says_which_field(settings: Settings) -> None:
-    done = await run(settings, "query", "--product", "clubs", "--metric", "clicks")
+    done = await run_cli_async(settings, "query", "--product", "clubs", "--metric", "clicks")
     assert done.returncode == 2
     assert "invalid metrics: " in done.stderr
     assert "Traceback" not in done.stderr

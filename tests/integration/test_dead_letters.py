@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from datetime import UTC, datetime
 
@@ -14,11 +13,10 @@ from labs_analytics.queue.entries import encode_entry
 from labs_analytics.settings import Settings
 from tests.helpers import (
     ApiFactory,
-    cli,
-    cli_env,
     count_events,
     create_key,
     make_events,
+    run_cli_async,
     wait_for,
     wait_for_events,
 )
@@ -142,12 +140,7 @@ async def test_deadletters_cli_lists_replays_and_purges(
 
         await wait_for(two_letters, what="two dead letters")
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            cli(*args), env=cli_env(settings), capture_output=True, text=True, timeout=60
-        )
-
-    listed = run("deadletters", "list")
+    listed = await run_cli_async(settings, "deadletters", "list")
     assert listed.returncode == 0, listed.stderr
     assert "delivered 2 times" in listed.stdout
     ids = [
@@ -156,12 +149,12 @@ async def test_deadletters_cli_lists_replays_and_purges(
             'SELECT id FROM dead_letters WHERE payload NOT LIKE \'%"v":"9"%\' ORDER BY id'
         )
     ]
-    replayed = run("deadletters", "replay", *map(str, ids))
+    replayed = await run_cli_async(settings, "deadletters", "replay", *map(str, ids))
     assert replayed.returncode == 0, replayed.stderr
     assert "replayed 1" in replayed.stdout
     async with api():
         await wait_for_events(db, 2)
-    purged = run("deadletters", "purge", "--yes")
+    purged = await run_cli_async(settings, "deadletters", "purge", "--yes")
     assert purged.returncode == 0, purged.stderr
     assert "purged 1" in purged.stdout
     assert await dead_letter_count(db) == 0
@@ -174,23 +167,11 @@ async def test_txlog_cli_shows_committed_and_failed_batches(
         key = await create_key(app.settings)
         assert (await app.post({"events": make_events(4)}, key)).status_code == 202
         await wait_for_events(db, 4)
-    result = subprocess.run(
-        cli("txlog", "--since", "1h"),
-        env=cli_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = await run_cli_async(settings, "txlog", "--since", "1h")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["FINISHED", "(UTC)", "STATUS"]
     assert any(" committed " in line and " 4 " in line for line in lines[1:])
-    failed_only = subprocess.run(
-        cli("txlog", "--failed", "--json"),
-        env=cli_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    failed_only = await run_cli_async(settings, "txlog", "--failed", "--json")
     assert failed_only.returncode == 0
     assert failed_only.stdout.strip() == ""

@@ -8,6 +8,7 @@ where nothing listens.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -20,7 +21,7 @@ from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.embedded import free_port
 from labs_analytics.settings import Settings
 from labs_analytics.storage.database import create_engine
-from tests.helpers import create_key
+from tests.helpers import create_key, wait_for
 
 
 class KeyTable:
@@ -60,12 +61,19 @@ async def test_refresh_does_not_join_a_reload_that_started_before_it(
     cache = KeyCache(table.load, refresh_seconds=60)
     table.hold = asyncio.Event()
     in_flight = asyncio.ensure_future(cache.refresh())
-    while table.reads == 0:  # that reload has read the table, still without the key
-        await asyncio.sleep(0.01)
+
+    async def read_once() -> bool:  # that reload has read the table, still without the key
+        return table.reads == 1
+
+    await wait_for(read_once, what="the first reload to read the table")
     token = await create_key(settings)
 
     refreshed = asyncio.ensure_future(cache.refresh())
-    await asyncio.sleep(0.05)
+
+    async def refresh_waiting() -> bool:  # started, and waiting on the reload in flight
+        return inspect.getcoroutinestate(refreshed.get_coro()) == inspect.CORO_SUSPENDED
+
+    await wait_for(refresh_waiting, what="the second refresh() to wait")
     table.hold.set()
     assert await in_flight is True
     assert await refreshed is True

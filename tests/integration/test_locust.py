@@ -19,7 +19,14 @@ import pytest
 from redis.asyncio import Redis
 
 from labs_analytics.settings import Settings
-from tests.helpers import count_events, create_key, duplicated_ids, serve_process, wait_for
+from tests.helpers import (
+    count_events,
+    create_key,
+    duplicated_ids,
+    in_a_thread,
+    serve_process,
+    wait_for_drained_stream,
+)
 
 LOCUST = Path(sys.executable).with_name("locust")
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "stress" / "locustfile.py"
@@ -30,9 +37,10 @@ async def run_locust(base_url: str, key: str, csv_prefix: Path) -> subprocess.Co
     env = dict(os.environ)
     env.update(
         LABS_API_KEY=key,
-        # This test checks the pipeline, not the speed of a CI machine that is
-        # also running PostgreSQL, Redis and the server: a generous p95 gate.
-        LABS_P95_MS="2000",
+        # This test checks the pipeline, not the speed of a machine that is also
+        # running PostgreSQL, Redis, the server and whatever else: a p95 gate that
+        # only a hang fails (the gate itself still runs, and still judges).
+        LABS_P95_MS="30000",
     )
     command = [
         str(LOCUST),
@@ -74,9 +82,10 @@ async def test_short_load_test_passes_and_every_acknowledged_event_lands_once(
             f"locust is not installed next to {sys.executable}: `make install` installs "
             "the stress extra (or: pip install -e '.[stress]')"
         )
+    del redis  # requested for its clean-up: the test's stream and keys
     key = await create_key(settings, product="loadtest")
 
-    with serve_process(settings, tmp_path) as server:
+    async with in_a_thread(serve_process(settings, tmp_path)) as server:
         result = await run_locust(server.base_url, key, tmp_path / "locust")
         assert result.returncode == 0, (
             f"locust exited {result.returncode}\n{result.stderr[-4000:]}\n"
@@ -88,10 +97,7 @@ async def test_short_load_test_passes_and_every_acknowledged_event_lands_once(
         assert count(stats, "Aggregated", "Failure Count") == 0, result.stderr[-4000:]
 
         # Acknowledged events leave the stream only once their rows are committed.
-        async def drained() -> bool:
-            return await redis.xlen(settings.stream_key) == 0
-
-        await wait_for(drained, timeout=10, what=f"the stream {settings.stream_key} to drain")
+        await wait_for_drained_stream(settings)
         rows = await count_events(db, "loadtest")
         await asyncio.sleep(0.5)  # ten flush intervals: nothing more may arrive
         assert await count_events(db, "loadtest") == rows

@@ -93,7 +93,13 @@ async def test_batch_redelivered_after_flusher_dies_between_commit_and_ack_is_st
     assert pending["pending"] == 1  # committed but never acknowledged
 
     # Flusher B finds the entry orphaned after reclaim_idle_ms and writes it again.
-    await asyncio.sleep(settings.reclaim_idle_ms / 1000 + 0.1)
+    async def orphaned() -> bool:
+        (entry,) = await redis.xpending_range(
+            settings.stream_key, settings.consumer_group, min="-", max="+", count=1
+        )
+        return int(entry["time_since_delivered"]) > settings.reclaim_idle_ms
+
+    await wait_for(orphaned, what=f"the entry idle for {settings.reclaim_idle_ms} ms")
     pool_b = await create_copy_pool(settings.database_url)
     redis_b = create_redis(settings.redis_url, timeout_seconds=2)
     try:

@@ -26,8 +26,19 @@ import httpx
 
 from labs_analytics.embedded import free_port
 from labs_analytics.settings import Settings
-from tests.helpers import ServeProcess, count_events, create_key, duplicated_ids, wait_for_events
-from tests.sdk.support import REPO, SDK, new_product, rows
+from tests.helpers import (
+    REPO,
+    SDK,
+    ServeProcess,
+    count_events,
+    create_key,
+    duplicated_ids,
+    event_rows,
+    in_a_thread,
+    new_product,
+    wait_for_drained_stream,
+    wait_for_events,
+)
 
 
 def app_env(key: str, base_url: str, **extra: str) -> dict[str, str]:
@@ -246,20 +257,22 @@ def get_clubs(
 
 async def stored_once(
     db: asyncpg.Connection,
+    settings: Settings,
     product: str,
     expected: list[tuple[Any, ...]],
     *,
     others: int = 0,
-    timeout: float = 10,
 ) -> list[dict[str, Any]]:
     """Wait for the ``http.request`` events ``expected`` and ``others`` of other names.
 
-    Checks that each was stored exactly once; returns the stored rows.
+    Checks that each was stored exactly once; returns the stored rows. Call it
+    once the app's server has stopped: nothing more is sent, so once the stream
+    of ``settings`` (the server it sent to) is drained, a duplicate would be in.
     """
     total = len(expected) + others
-    await wait_for_events(db, total, product=product, timeout=timeout)
-    await asyncio.sleep(0.3)  # a duplicate would come with the rest, give it time to land
-    stored = await rows(db, product)
+    await wait_for_events(db, total, product=product)
+    await wait_for_drained_stream(settings)
+    stored = await event_rows(db, product)
     assert len({row["event_id"] for row in stored}) == len(stored) == total
     requests = [row for row in stored if row["name"] == "http.request"]
     assert request_events(requests) == sorted(expected, key=repr)
@@ -282,32 +295,35 @@ async def every_request_stored_once_when_gunicorn_stops(
     product = new_product()
     key = await create_key(settings, product=product)
     env = app_env(key, shared_server.base_url)
-    with gunicorn(app.target, env, log_dir, health_path=app.health_path) as (running, base_url):
-        expected, _ = get_clubs(base_url, app, range(1, 7))
-        with httpx.Client(base_url=base_url) as http:
-            assert http.post(app.path("/api/clubs/7")).status_code == 200
+    async with in_a_thread(gunicorn(app.target, env, log_dir, health_path=app.health_path)) as (
+        running,
+        base_url,
+    ):
+        expected, _ = await asyncio.to_thread(get_clubs, base_url, app, range(1, 7))
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            assert (await http.post(app.path("/api/clubs/7"))).status_code == 200
             expected.append(("POST", app.club_route, 200, None, None))
             # The view tracks an event without user=: the request's user comes from the scope.
-            response = http.post(app.path("/api/clubs/8/join"), headers={"X-User": "u_8"})
+            response = await http.post(app.path("/api/clubs/8/join"), headers={"X-User": "u_8"})
             assert response.json() == {"joined": 8}
             join = f"{app.club_route.removesuffix('/')}/join{app.slash}"
             expected.append(("POST", join, 200, None, "u_8"))
             # A user function that raises: the request is served, tracked without a user.
             for _ in range(4):
-                response = http.get(app.path("/api/clubs/9"), headers={"X-User-Broken": "1"})
+                response = await http.get(app.path("/api/clubs/9"), headers={"X-User-Broken": "1"})
                 assert response.json() == {"club": 9}
                 expected.append(("GET", app.club_route, 200, None, None))
             for _ in range(2):
-                assert http.get(app.path("/boom")).status_code == 500
+                assert (await http.get(app.path("/boom"))).status_code == 500
                 expected.append(("GET", app.path("/boom"), 500, "BoomError", None))
-            assert http.get("/no/such/page").status_code == 404
+            assert (await http.get("/no/such/page")).status_code == 404
             # No pattern or rule matched: no route, never the raw path.
             expected.append(("GET", None, 404, None, None))
         # An hour's flush interval: nothing was sent yet, the drain at exit must do it.
         assert await count_events(db, product) == 0
-        assert running.terminate() == 0, running.logs()
+        assert await asyncio.to_thread(running.terminate) == 0, running.logs()
 
-    stored = await stored_once(db, product, expected, others=1)
+    stored = await stored_once(db, settings, product, expected, others=1)
     joined = [(row["name"], row["user_id"], row["properties"]) for row in stored]
     assert ("club.joined", "u_8", {"club": 8}) in joined
     # Logged once per worker at most (2 workers), not once per request (4).

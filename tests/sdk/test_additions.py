@@ -10,8 +10,14 @@ import pytest
 
 from labs_analytics.settings import Settings
 from labs_analytics_client import AnalyticsClient, AsyncAnalyticsClient
-from tests.helpers import ServeProcess, create_key, wait_for_events
-from tests.sdk.support import new_product, rows, run_script
+from tests.helpers import (
+    ServeProcess,
+    create_key,
+    event_rows,
+    new_product,
+    run_script,
+    wait_for_events,
+)
 
 
 async def test_a_script_tracks_through_the_module_and_the_exit_hook_delivers(
@@ -19,7 +25,8 @@ async def test_a_script_tracks_through_the_module_and_the_exit_hook_delivers(
 ) -> None:
     product = new_product()
     key = await create_key(sdk_settings, product=product)
-    run = run_script(
+    run = await asyncio.to_thread(
+        run_script,
         """
         import labs_analytics_client as analytics
 
@@ -31,7 +38,7 @@ async def test_a_script_tracks_through_the_module_and_the_exit_hook_delivers(
     )
     assert run.returncode == 0, run.stderr
     await wait_for_events(db, 1, product=product)
-    (row,) = await rows(db, product)
+    (row,) = await event_rows(db, product)
     assert str(row["event_id"]) == run.stdout.strip()
     assert row["user_id"] == "u_1"
     assert row["properties"] == {"job": "nightly", "rows": 3}
@@ -66,7 +73,7 @@ async def test_what_before_send_returns_is_stored_and_what_it_drops_is_not(
     assert stats.sent == 1
     assert stats.dropped_by_reason == {"before_send": 1}
     await wait_for_events(db, 1, product=product)
-    (row,) = await rows(db, product)
+    (row,) = await event_rows(db, product)
     assert str(row["event_id"]) == kept
     assert row["user_id"] == "u_9"
     assert row["properties"] == {"app": "web", "plan": "pro"}
@@ -88,7 +95,12 @@ async def test_the_async_client_stores_each_tasks_scope(
         await asyncio.gather(*(handle(f"u{i}") for i in range(4)))
         assert await client.flush(timeout=30) == 0
     await wait_for_events(db, 4, product=product)
-    assert sorted(row["user_id"] for row in await rows(db, product)) == ["u0", "u1", "u2", "u3"]
+    assert sorted(row["user_id"] for row in await event_rows(db, product)) == [
+        "u0",
+        "u1",
+        "u2",
+        "u3",
+    ]
 
 
 async def test_debug_logs_each_request_and_answer_without_the_key(

@@ -15,8 +15,14 @@ from fastapi import FastAPI
 
 from labs_analytics.settings import Settings
 from labs_analytics_client import AnalyticsClient, AnalyticsMiddleware, AsyncAnalyticsClient
-from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
-from tests.sdk.support import new_product, rows
+from tests.helpers import (
+    ServeProcess,
+    create_key,
+    duplicated_ids,
+    event_rows,
+    new_product,
+    wait_for_events,
+)
 
 
 def by_name(stored: list[dict[str, object]]) -> dict[str, list[dict[str, object]]]:
@@ -67,7 +73,7 @@ async def test_async_client_and_middleware_track_requests_of_a_fastapi_app(
             assert stats.dropped == 0
 
     await wait_for_events(db, 6, product=product)
-    events = by_name(await rows(db, product))
+    events = by_name(await event_rows(db, product))
     requests = sorted(
         (row["properties"] for row in events["http.request"]),
         key=lambda p: (str(p["route"]), p["status_code"]),  # type: ignore[index]
@@ -107,7 +113,7 @@ async def test_the_middleware_works_with_the_sync_client_too(
             assert (await http.post("/clubs/3/members/u_9")).status_code == 200
 
     await wait_for_events(db, 1, product=product)
-    (row,) = await rows(db, product)
+    (row,) = await event_rows(db, product)
     assert row["name"] == "api.call"
     assert row["properties"]["route"] == "/clubs/{club_id}/members/{member_id}"
     assert row["properties"]["method"] == "POST"
@@ -149,7 +155,7 @@ async def test_timed_tracks_duration_success_and_the_error_of_each_call(
         assert await aclient.flush() == 0
 
     await wait_for_events(db, 6, product=product)
-    events = by_name(await rows(db, product))
+    events = by_name(await event_rows(db, product))
     builds = sorted(
         (row["properties"] for row in events["report.build"]),
         key=lambda p: p["success"],  # type: ignore[index]
@@ -182,7 +188,10 @@ async def test_async_flush_returns_what_is_still_pending() -> None:
             client.track("page.view", properties={"i": i})
         started = time.monotonic()
         assert await client.flush(timeout=0.3) == 3
-        assert 0.25 <= time.monotonic() - started < 2.0
+        # It waited its timeout, then returned: not at delivery (never: nothing
+        # listens), nor after the 120 s retry budget. A generous upper bound: it only
+        # catches a flush that ignores its timeout, whatever the machine's load.
+        assert 0.25 <= time.monotonic() - started < 10
         assert client.stats().retried >= 1
     assert client.stats().failed_by_reason == {"shutdown_timeout": 3}
 

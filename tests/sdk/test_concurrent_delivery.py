@@ -19,8 +19,14 @@ import httpx
 
 from labs_analytics.settings import Settings
 from labs_analytics_client import AnalyticsClient, AsyncAnalyticsClient
-from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
-from tests.sdk.support import new_product, rows
+from tests.helpers import (
+    ServeProcess,
+    create_key,
+    duplicated_ids,
+    event_rows,
+    new_product,
+    wait_for_events,
+)
 
 HOLD_LIMIT = 20.0  # seconds: a guard against a hang, never reached when the client is right
 
@@ -135,7 +141,7 @@ async def test_the_sync_client_has_several_batches_in_flight_at_once(
     assert stats.batches == 10
     assert (stats.failed, stats.dropped, stats.queued, stats.in_flight) == (0, 0, 0, 0)
     await wait_for_events(db, 1000, product=product)
-    assert {str(row["event_id"]) for row in await rows(db, product)} == set(ids)
+    assert {str(row["event_id"]) for row in await event_rows(db, product)} == set(ids)
     assert await duplicated_ids(db) == []
 
 
@@ -161,7 +167,7 @@ async def test_the_async_client_has_several_batches_in_flight_at_once(
     assert stats.batches == 10
     assert (stats.failed, stats.dropped, stats.queued, stats.in_flight) == (0, 0, 0, 0)
     await wait_for_events(db, 1000, product=product)
-    assert {str(row["event_id"]) for row in await rows(db, product)} == set(ids)
+    assert {str(row["event_id"]) for row in await event_rows(db, product)} == set(ids)
     assert await duplicated_ids(db) == []
 
 
@@ -213,7 +219,7 @@ async def test_stats_are_exact_after_a_burst_from_many_threads(
     assert stats.dropped_by_reason == ({"queue_full": stats.dropped} if stats.dropped else {})
     assert (stats.failed, stats.queued, stats.in_flight) == (0, 0, 0)
     await wait_for_events(db, len(accepted), product=product)
-    assert {str(row["event_id"]) for row in await rows(db, product)} == accepted
+    assert {str(row["event_id"]) for row in await event_rows(db, product)} == accepted
     assert await duplicated_ids(db) == []
 
 
@@ -241,4 +247,4 @@ async def test_flush_waits_for_an_older_batch_that_finishes_after_newer_ones(
     assert stats.sent == 300
     assert (stats.queued, stats.in_flight, stats.failed) == (0, 0, 0)
     await wait_for_events(db, 300, product=product)
-    assert {str(row["event_id"]) for row in await rows(db, product)} == set(ids)
+    assert {str(row["event_id"]) for row in await event_rows(db, product)} == set(ids)

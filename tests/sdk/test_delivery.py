@@ -17,8 +17,16 @@ from labs_analytics_client import (
     DroppedEvent,
     RequestRejected,
 )
-from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
-from tests.sdk.support import RecordingTransport, create_limited_key, new_product, rows
+from tests.helpers import (
+    RecordingTransport,
+    ServeProcess,
+    create_key,
+    create_key_with_rate,
+    duplicated_ids,
+    event_rows,
+    new_product,
+    wait_for_events,
+)
 
 
 async def test_tracked_events_arrive_once_with_their_fields(
@@ -47,7 +55,7 @@ async def test_tracked_events_arrive_once_with_their_fields(
     assert stats.dropped == 0
     assert stats.batches == 3  # 100 + 100 + 51: batches close on count
     await wait_for_events(db, 251, product=product)
-    stored = await rows(db, product)
+    stored = await event_rows(db, product)
     assert sorted(str(row["event_id"]) for row in stored) == sorted([*ids, dated])
     assert await duplicated_ids(db) == []
     assert all(uuid.UUID(event_id).version == 7 for event_id in ids)
@@ -87,7 +95,7 @@ async def test_one_client_shared_by_many_threads_delivers_every_event_once(
     assert len(set(tracked)) == 4000
     assert stats.sent == 4000
     await wait_for_events(db, 4000, product=product)
-    stored = await rows(db, product)
+    stored = await event_rows(db, product)
     assert sorted(str(row["event_id"]) for row in stored) == sorted(map(str, tracked))
     for thread, per_thread in enumerate(ids):
         # Each thread's ids increase (UUIDv7, monotonic in a process), in its own order.
@@ -103,7 +111,7 @@ async def test_sync_mode_delivers_before_track_returns(
         event_id = client.track("signup.done", user="u_1")
         assert client.stats().sent == 1  # before any flush
     await wait_for_events(db, 1, product=product)
-    assert [str(row["event_id"]) for row in await rows(db, product)] == [event_id]
+    assert [str(row["event_id"]) for row in await event_rows(db, product)] == [event_id]
 
 
 async def test_retry_after_of_a_real_429_is_honoured(
@@ -112,7 +120,7 @@ async def test_retry_after_of_a_real_429_is_honoured(
     product = new_product()
     # 50 events/s: the bucket holds one full request (1000 events); the next 100
     # events need 2 s of refill, so the server answers 429 with Retry-After: 2.
-    key = await create_limited_key(sdk_settings, product, rate=50)
+    key = await create_key_with_rate(sdk_settings, 50, product)
     transport = RecordingTransport()
     with AnalyticsClient(
         key,
@@ -140,7 +148,7 @@ async def test_retry_after_of_a_real_429_is_honoured(
     assert stats.retried >= 1
     assert stats.failed == 0
     await wait_for_events(db, 1100, product=product)
-    assert len(await rows(db, product)) == 1100
+    assert len(await event_rows(db, product)) == 1100
     assert await duplicated_ids(db) == []
 
 
@@ -175,7 +183,7 @@ async def test_a_full_queue_drops_the_newest_counts_and_warns_once(
     warnings = [r for r in caplog.records if "queue_full" in r.getMessage()]
     assert len(warnings) == 1
     await wait_for_events(db, 20, product=product)
-    stored = await rows(db, product)
+    stored = await event_rows(db, product)
     assert sorted(row["properties"]["i"] for row in stored) == list(range(20))
 
 
@@ -229,6 +237,6 @@ async def test_events_the_server_would_refuse_are_dropped_at_track(
     assert stats.sent == 1
     assert stats.failed == 0
     await wait_for_events(db, 1, product=product)
-    (row,) = await rows(db, product)
+    (row,) = await event_rows(db, product)
     assert str(row["event_id"]) == good
     assert row["properties"] == {"when": "2026-01-02T00:00:00+00:00"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import decimal
 import json
@@ -13,8 +14,14 @@ import pytest
 
 from labs_analytics.settings import Settings
 from labs_analytics_client import AnalyticsClient, DroppedEvent
-from tests.helpers import ServeProcess, create_key, wait_for_events
-from tests.sdk.support import new_product, rows, run_script
+from tests.helpers import (
+    ServeProcess,
+    create_key,
+    event_rows,
+    new_product,
+    run_script,
+    wait_for_events,
+)
 
 
 async def test_a_naive_datetime_is_stored_as_the_local_instant_it_names(
@@ -24,7 +31,8 @@ async def test_a_naive_datetime_is_stored_as_the_local_instant_it_names(
     datetime is local time, and an RFC 3339 string without offset stays UTC."""
     product = new_product()
     key = await create_key(sdk_settings, product=product)
-    run = run_script(
+    run = await asyncio.to_thread(
+        run_script,
         f"""
         import json, time
         from datetime import datetime
@@ -45,7 +53,7 @@ async def test_a_naive_datetime_is_stored_as_the_local_instant_it_names(
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
     await wait_for_events(db, 3, product=product)
-    stored = {str(row["event_id"]): row["timestamp"] for row in await rows(db, product)}
+    stored = {str(row["event_id"]): row["timestamp"] for row in await event_rows(db, product)}
     now = stored[report["ids"]["now"]]
     # datetime.now() is truncated to microseconds and read between before and after.
     assert report["before"] - 1e-6 <= now.timestamp() <= report["after"] + 1e-6
@@ -71,7 +79,7 @@ async def test_every_not_a_number_is_dropped_for_one_reason_and_the_rest_is_stor
     assert dict(stats)["sent"] == stats["sent"] == 1
     assert stats["failed_by_reason"] == {}
     await wait_for_events(db, 1, product=product)
-    (row,) = await rows(db, product)
+    (row,) = await event_rows(db, product)
     assert str(row["event_id"]) == kept
     assert row["properties"] == {"price": 12.5}
 
@@ -125,7 +133,7 @@ async def test_values_json_cannot_carry_are_converted_and_the_event_is_kept(
     assert kept is not None
     assert [drop.reason for drop in drops] == ["invalid_properties"]
     await wait_for_events(db, 1, product=product)
-    (row,) = await rows(db, product)
+    (row,) = await event_rows(db, product)
     assert str(row["event_id"]) == kept
     assert row["properties"] == {
         "user": {"avatar": {"url": "https://x/a.png", "raw": {"$base64": "//4="}}, "handle": "ana"},

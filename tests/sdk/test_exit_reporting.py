@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.sdk.support import run_script
+from tests.helpers import run_script
 
 EVENTS = 6000  # 60 batches of 100: one give-up at the deadline, not sixty
 
@@ -17,8 +17,12 @@ import asyncio, atexit, json, logging, sys, time
 from labs_analytics_client import AnalyticsClient, AsyncAnalyticsClient
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-KIND, URL = %(kind)r, %(url)r
+KIND, URL, DOWN = %(kind)r, %(url)r, %(down)r
 errors = []
+
+def busy():  # retrying (refused), or each of the 4 workers awaiting an answer (black hole)
+    stats = client.stats()
+    return stats.retried > 0 if DOWN == "closed_port" else stats.in_flight == 4 * 100
 
 def report():  # registered first: runs after the SDK's exit hook
     print(json.dumps({
@@ -32,14 +36,16 @@ if KIND == "thread":
     client = AnalyticsClient("lak_0_x", **options)
     for i in range(%(events)d):
         client.track("page.view", properties={"i": i})
-    time.sleep(0.5)  # retrying (refused), or awaiting an answer (black hole)
+    while not busy():
+        time.sleep(0.01)
 else:
     client = AsyncAnalyticsClient("lak_0_x", **options)
 
     async def main():
         for i in range(%(events)d):
             client.track("page.view", properties={"i": i})
-        await asyncio.sleep(0.5)
+        while not busy():
+            await asyncio.sleep(0.01)
         if KIND == "async_aclose":
             await client.aclose()
         # else: the loop ends, its task is cancelled, the exit hook delivers
@@ -71,7 +77,7 @@ def test_a_give_up_at_exit_is_one_warning_one_on_error_and_the_same_in_both_clie
 ) -> None:
     port = request.getfixturevalue(down)
     url = f"http://127.0.0.1:{port}"
-    run = run_script(SCRIPT % {"events": EVENTS, "kind": kind, "url": url})
+    run = run_script(SCRIPT % {"events": EVENTS, "kind": kind, "url": url, "down": down})
     assert run.returncode == 0, run.stderr
     (line,) = [line for line in run.stdout.splitlines() if line.startswith("{")]
     report = json.loads(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from collections.abc import Iterator
@@ -15,10 +16,17 @@ import redis
 from celery import Celery
 
 from labs_analytics.settings import Settings
-from tests.helpers import ServeProcess, Servers, count_events, create_key, wait_for_events
+from tests.helpers import (
+    ServeProcess,
+    Servers,
+    count_events,
+    create_key,
+    event_rows,
+    new_product,
+    wait_for_events,
+)
 from tests.sdk.apps.celery_config import celery_config
 from tests.sdk.frameworks import app_env, child
-from tests.sdk.support import new_product, rows
 
 TASKS = "tests.sdk.apps.celery_app"
 BROKER_DB = 5  # the service uses the URL's own database; the broker keeps to another
@@ -82,18 +90,20 @@ async def test_every_task_run_is_stored_once_when_the_prefork_worker_shuts_down_
                 *(producer.send_task(f"{TASKS}.import_rows", args=(i,)) for i in range(3)),
                 *(producer.send_task(f"{TASKS}.flaky", args=(i,)) for i in range(2)),
             ]
-            outcomes = [result.get(timeout=60, propagate=False) for result in results]
+            outcomes = await asyncio.to_thread(
+                lambda: [result.get(timeout=60, propagate=False) for result in results]
+            )
             assert outcomes[:4] == [0, 2, 4, 6], worker.logs()
             assert [type(outcome).__name__ for outcome in outcomes[4:7]] == ["ImportFailed"] * 3
             assert outcomes[7:] == [0, 1]
             # An hour's flush interval: nothing was sent yet, the drain at shutdown must do it.
             assert await count_events(db, product) == 0
-            assert worker.terminate() == 0, worker.logs()
+            assert await asyncio.to_thread(worker.terminate) == 0, worker.logs()
     finally:
         producer.close()
 
     await wait_for_events(db, 11, product=product)
-    stored = await rows(db, product)
+    stored = await event_rows(db, product)
     assert len({row["event_id"] for row in stored}) == len(stored) == 11
     expected = [
         *[("add", "SUCCESS", True, 0, None)] * 4,

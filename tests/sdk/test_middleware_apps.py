@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -12,9 +13,16 @@ import pytest
 
 from labs_analytics.settings import Settings
 from labs_analytics_client import AnalyticsMiddleware, AsyncAnalyticsClient
-from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
+from tests.helpers import (
+    ServeProcess,
+    create_key,
+    duplicated_ids,
+    event_rows,
+    in_a_thread,
+    new_product,
+    wait_for_events,
+)
 from tests.sdk.frameworks import app_env, uvicorn
-from tests.sdk.support import new_product, rows
 
 # The README's plain set-up: the middleware, and a lifespan that never closes the client.
 APP = """
@@ -84,21 +92,20 @@ async def test_a_uvicorn_app_with_the_middleware_delivers_everything_at_sigterm(
     env = app_env(key, shared_server.base_url, **app_settings)
     # --root-path: a proxy's prefix, never part of a route
     args = ["--app-dir", str(tmp_path), "--root-path", "/proxy"]
-    with uvicorn("app_under_test:app", env, tmp_path, health_path="/ready", args=args) as (
-        running,
-        base_url,
-    ):
-        with httpx.Client(base_url=base_url) as http:
+    async with in_a_thread(
+        uvicorn("app_under_test:app", env, tmp_path, health_path="/ready", args=args)
+    ) as (running, base_url):
+        async with httpx.AsyncClient(base_url=base_url) as http:
             for path, (times, _) in REQUESTS.items():
                 for n in range(times):
-                    assert http.get(path.format(n=n)).status_code == 200
-        running.terminate(timeout=60)
+                    assert (await http.get(path.format(n=n))).status_code == 200
+        await asyncio.to_thread(running.terminate, timeout=60)
     assert "analytics." not in running.logs()  # nothing dropped, failed or left pending
 
     expected = Counter({route: times for times, route in REQUESTS.values() if route})
     total = sum(expected.values()) + 1  # and the app's "app.stopped"
     await wait_for_events(db, total, product=product, timeout=30)
-    stored = await rows(db, product)
+    stored = await event_rows(db, product)
     assert len(stored) == total
     assert Counter(row["name"] for row in stored) == {"http.request": total - 1, "app.stopped": 1}
     routes = Counter(row["properties"]["route"] for row in stored if row["name"] == "http.request")
@@ -141,4 +148,4 @@ async def test_a_client_the_app_closed_itself_is_left_alone_at_shutdown(
     await middleware({"type": "lifespan"}, receive, send)
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     await wait_for_events(db, 1, product=product)
-    assert len(await rows(db, product)) == 1
+    assert len(await event_rows(db, product)) == 1

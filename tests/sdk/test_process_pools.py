@@ -19,8 +19,15 @@ import asyncpg
 import pytest
 
 from labs_analytics.settings import Settings
-from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
-from tests.sdk.support import SDK, new_product, rows
+from tests.helpers import (
+    SDK,
+    ServeProcess,
+    create_key,
+    duplicated_ids,
+    event_rows,
+    new_product,
+    wait_for_events,
+)
 
 EVENTS = 1_000
 
@@ -98,7 +105,7 @@ def run_job(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
 
 async def assert_all_delivered_once(db: asyncpg.Connection, product: str) -> None:
     await wait_for_events(db, EVENTS, product=product, timeout=30)
-    stored = await rows(db, product)
+    stored = await event_rows(db, product)
     assert sorted(row["properties"]["i"] for row in stored) == list(range(EVENTS))
     assert await duplicated_ids(db) == []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import Iterator
@@ -10,8 +11,15 @@ import asyncpg
 import pytest
 
 from labs_analytics.settings import Settings
-from tests.helpers import ServeProcess, create_key, duplicated_ids, wait_for_events
-from tests.sdk.support import new_product, rows, run_script
+from tests.helpers import (
+    ServeProcess,
+    create_key,
+    duplicated_ids,
+    event_rows,
+    new_product,
+    run_script,
+    wait_for_events,
+)
 
 # Registered before the client exists, so it runs after the SDK's exit hook
 # (atexit is last in, first out) and prints what the hook achieved.
@@ -36,7 +44,8 @@ async def test_a_script_that_exits_without_flush_delivers_all_10000_events_once(
 ) -> None:
     product = new_product()
     key = await create_key(sdk_settings, product=product)
-    run = run_script(
+    run = await asyncio.to_thread(
+        run_script,
         REPORT_AT_EXIT
         + f"""
 from labs_analytics_client import AnalyticsClient
@@ -45,16 +54,15 @@ CLIENTS.append(client)
 for i in range(10_000):
     client.track("bulk.import", user=f"u_{{i % 50}}", properties={{"i": i}})
 # no flush(), no close(): the exit hook must deliver
-"""
+""",
     )
     assert run.returncode == 0, run.stderr
     (report,) = reports(run.stdout)
     assert report["sent"] == 10_000
     assert report["dropped"] == 0
     assert report["failed"] == 0
-    assert run.seconds < 10
-    await wait_for_events(db, 10_000, product=product, timeout=20)
-    stored = await rows(db, product)
+    await wait_for_events(db, 10_000, product=product)
+    stored = await event_rows(db, product)
     assert len(stored) == 10_000
     assert sorted(row["properties"]["i"] for row in stored) == list(range(10_000))
     assert await duplicated_ids(db) == []
@@ -79,6 +87,9 @@ def test_a_process_whose_server_is_unreachable_exits_within_the_shutdown_timeout
             port = sock.getsockname()[1]  # closed again: connections are refused
     else:
         port = black_hole
+    # Refused: the first attempt failed and is being retried. Black hole: a
+    # batch is out, its request waiting for an answer that never comes.
+    busy = "retried" if unreachable == "refused" else "in_flight"
     run = run_script(
         REPORT_AT_EXIT
         + f"""
@@ -91,7 +102,8 @@ client = AnalyticsClient(
 CLIENTS.append(client)
 for i in range(500):
     client.track("page.view", properties={{"i": i}})
-time.sleep(0.3)  # the worker is now retrying (refused) or waiting for an answer (black hole)
+while not client.stats().{busy}:  # the worker is now retrying, or awaiting an answer
+    time.sleep(0.01)
 END.append(time.monotonic())  # from here on, only the exit hook runs
 """
     )
@@ -105,9 +117,10 @@ END.append(time.monotonic())  # from here on, only the exit hook runs
         assert 0 < report["in_flight"] <= 4 * 100
     assert "were still pending at the close deadline" in run.stderr
     # The exit hook waited the 1.5 s shutdown timeout, not the 30 s request
-    # timeout nor the 600 s retry budget.
-    assert report["exit_seconds"] <= 1.5 + 1.0
-    assert run.seconds < 20, run.seconds  # start-up and imports included, on a busy machine
+    # timeout nor the 600 s retry budget. Generous bounds, for a busy machine:
+    # they only tell the shutdown timeout (1.5 s) from the request timeout (30 s).
+    assert report["exit_seconds"] < 15, report["exit_seconds"]
+    assert run.seconds < 30, run.seconds  # start-up and imports included
 
 
 async def test_forked_children_deliver_their_own_events_and_not_their_parents(
@@ -115,7 +128,8 @@ async def test_forked_children_deliver_their_own_events_and_not_their_parents(
 ) -> None:
     product = new_product()
     key = await create_key(sdk_settings, product=product)
-    run = run_script(
+    run = await asyncio.to_thread(
+        run_script,
         REPORT_AT_EXIT
         + f"""
 import multiprocessing
@@ -144,7 +158,7 @@ for i in range(100):
     client.track("fork.after", properties={{"i": i}})
 os.waitpid(pid, 0)
 assert process.exitcode == 0
-"""
+""",
     )
     assert run.returncode == 0, run.stderr
     by_pid = {report["pid"]: report for report in reports(run.stdout)}
@@ -152,7 +166,7 @@ assert process.exitcode == 0
     sent = sorted(report["sent"] for report in by_pid.values())
     assert sent == [100, 200]  # the child sent its 100, not the 100 it inherited
     await wait_for_events(db, 350, product=product)
-    stored = await rows(db, product)
+    stored = await event_rows(db, product)
     names: dict[str, list[int]] = {}
     for row in stored:
         names.setdefault(row["name"], []).append(row["properties"]["i"])
@@ -170,7 +184,8 @@ async def test_an_async_app_that_never_closes_its_client_still_delivers_at_exit(
 ) -> None:
     product = new_product()
     key = await create_key(sdk_settings, product=product)
-    run = run_script(
+    run = await asyncio.to_thread(
+        run_script,
         REPORT_AT_EXIT
         + f"""
 import asyncio
@@ -186,11 +201,13 @@ async def main():
     # returns without aclose(): asyncio.run cancels the task, the exit hook delivers
 
 asyncio.run(main())
-"""
+""",
     )
     assert run.returncode == 0, run.stderr
     (report,) = reports(run.stdout)
     assert report["sent"] == 300
     await wait_for_events(db, 300, product=product)
-    assert sorted(row["properties"]["i"] for row in await rows(db, product)) == list(range(300))
+    assert sorted(row["properties"]["i"] for row in await event_rows(db, product)) == list(
+        range(300)
+    )
     assert await duplicated_ids(db) == []

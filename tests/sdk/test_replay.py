@@ -11,8 +11,16 @@ import asyncpg
 from labs_analytics.embedded import free_port
 from labs_analytics.settings import Settings
 from labs_analytics_client import AnalyticsClient, DeliveryError, RetriesExhausted, ShutdownTimeout
-from tests.helpers import count_events, create_key, duplicated_ids, wait_for_events
-from tests.sdk.support import new_product, rows, serve_on
+from tests.helpers import (
+    count_events,
+    create_key,
+    duplicated_ids,
+    event_rows,
+    in_a_thread,
+    new_product,
+    serve_process,
+    wait_for_events,
+)
 
 
 def _instant(text: str) -> datetime:
@@ -57,23 +65,21 @@ async def test_events_given_up_while_the_server_is_down_are_replayed_once_it_is_
     assert undelivered[1]["timestamp"] == "2026-01-02T03:04:05.500000Z"
     assert undelivered[2]["context"] == {"app": "clubs", "job": "nightly"}
 
-    with (
-        serve_on(settings, tmp_path, port),
-        AnalyticsClient(key, base_url=base_url, flush_interval=0.05) as up,
-    ):
-        assert up.replay(undelivered) == ids
-        assert up.flush(timeout=15) == 0
-        await wait_for_events(db, 3, product=product)
-        # Replayed again (a crash before the application noted the replay): no new row.
-        assert up.replay(undelivered) == ids
-        marker = up.track("replay.done")
-        assert up.flush(timeout=15) == 0
-        await wait_for_events(db, 4, product=product)
-        assert up.stats().failed == 0
+    async with in_a_thread(serve_process(settings, tmp_path, port=port)):
+        with AnalyticsClient(key, base_url=base_url, flush_interval=0.05) as up:
+            assert up.replay(undelivered) == ids
+            assert up.flush(timeout=15) == 0
+            await wait_for_events(db, 3, product=product)
+            # Replayed again (a crash before the application noted the replay): no new row.
+            assert up.replay(undelivered) == ids
+            marker = up.track("replay.done")
+            assert up.flush(timeout=15) == 0
+            await wait_for_events(db, 4, product=product)
+            assert up.stats().failed == 0
 
     assert await count_events(db, product) == 4
     assert await duplicated_ids(db) == []
-    stored = {str(row["event_id"]): row for row in await rows(db, product)}
+    stored = {str(row["event_id"]): row for row in await event_rows(db, product)}
     assert set(stored) == {*ids, marker}
     for event in undelivered:
         row = stored[event["event_id"]]

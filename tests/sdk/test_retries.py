@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import subprocess
@@ -17,15 +18,29 @@ from labs_analytics.embedded import free_port
 from labs_analytics.settings import Settings
 from labs_analytics_client import AnalyticsClient, DeliveryError, RequestRejected
 from tests.helpers import (
+    RecordingTransport,
     ServeProcess,
     cli,
     cli_env,
     create_key,
     duplicated_ids,
+    event_rows,
+    in_a_thread,
+    new_product,
     serve_process,
+    stop_process,
+    wait_for,
     wait_for_events,
 )
-from tests.sdk.support import RecordingTransport, new_product, rows, serve_on, stop
+
+
+async def retried_more_than(client: AnalyticsClient, before: int, *, what: str) -> None:
+    """Wait until the client has counted a retry beyond ``before``."""
+
+    async def retried() -> bool:
+        return client.stats().retried > before
+
+    await wait_for(retried, what=what)
 
 
 async def test_events_tracked_while_the_server_is_down_arrive_once_it_is_up(
@@ -38,13 +53,13 @@ async def test_events_tracked_while_the_server_is_down_arrive_once_it_is_up(
         key, base_url=f"http://127.0.0.1:{port}", flush_interval=0.05, retry_backoff_max=0.5
     )
     ids = [client.track("page.view", properties={"i": i}) for i in range(500)]
-    time.sleep(1.0)
+    await retried_more_than(client, 0, what="a refused connection, retried")
     refused = client.stats()
     assert refused.sent == 0
     assert refused.retried >= 1
     assert refused.failed == 0
     try:
-        with serve_on(settings, tmp_path, port):
+        async with in_a_thread(serve_process(settings, tmp_path, port=port)):
             assert client.flush(timeout=15) == 0
             stats = client.stats()
             await wait_for_events(db, 500, product=product)
@@ -52,7 +67,7 @@ async def test_events_tracked_while_the_server_is_down_arrive_once_it_is_up(
         client.close()
     assert stats.sent == 500
     assert stats.failed == 0
-    assert sorted(str(row["event_id"]) for row in await rows(db, product)) == sorted(
+    assert sorted(str(row["event_id"]) for row in await event_rows(db, product)) == sorted(
         i for i in ids if i is not None
     )
     assert await duplicated_ids(db) == []
@@ -85,21 +100,37 @@ async def test_every_event_is_stored_once_across_a_frozen_and_a_killed_server(
 
     producer = threading.Thread(target=produce)
     try:
-        with serve_on(settings, tmp_path, port) as first:
+        async with in_a_thread(serve_process(settings, tmp_path, port=port)) as first:
             producer.start()
-            time.sleep(0.6)
+
+            async def delivering() -> bool:
+                return client.stats().sent > 0
+
+            await wait_for(delivering, what="the first batches delivered")
             first.process.send_signal(signal.SIGSTOP)  # frozen: accepts, answers nothing
-            time.sleep(1.2)
+            # Frozen until a request timed out and was given up on (to be resent).
+            await retried_more_than(
+                client, client.stats().retried, what="a request to the frozen server timed out"
+            )
+            sent = client.stats().sent
             first.process.send_signal(signal.SIGCONT)  # answers the requests we gave up on
-            time.sleep(0.4)
+
+            async def answering_again() -> bool:
+                # The queued requests are read first; answers to new ones come after.
+                return client.stats().sent > sent
+
+            await wait_for(answering_again, what="the thawed server to answer again")
             first.process.kill()  # SIGKILL mid-traffic
-            first.process.wait()
-        time.sleep(0.3)
-        with serve_on(settings, tmp_path, port):
-            producer.join()
+            await asyncio.to_thread(first.process.wait)
+            # Down until the client noticed: its requests in flight died with the server.
+            await retried_more_than(
+                client, client.stats().retried, what="the client to retry after the kill"
+            )
+        async with in_a_thread(serve_process(settings, tmp_path, port=port)):
+            await asyncio.to_thread(producer.join)
             assert client.flush(timeout=30) == 0
             stats = client.stats()
-            await wait_for_events(db, 3000, product=product, timeout=20)
+            await wait_for_events(db, 3000, product=product)
     finally:
         client.close()
 
@@ -107,7 +138,7 @@ async def test_every_event_is_stored_once_across_a_frozen_and_a_killed_server(
     assert stats.retried >= 1
     assert stats.failed == 0
     assert stats.sent == 3000
-    stored = await rows(db, product)
+    stored = await event_rows(db, product)
     assert len(stored) == 3000
     # The server really received some events twice (a batch it had taken, resent
     # after the client timed out) and its transaction log counted them as duplicates.
@@ -150,7 +181,9 @@ async def test_a_batch_over_the_body_limit_is_halved_until_it_fits(
     assert stats.failed == 0
     assert stats.batches == 8
     await wait_for_events(db, 200, product=product)
-    assert sorted(row["properties"]["i"] for row in await rows(db, product)) == list(range(200))
+    assert sorted(row["properties"]["i"] for row in await event_rows(db, product)) == list(
+        range(200)
+    )
     assert await duplicated_ids(db) == []
 
 
@@ -179,7 +212,7 @@ async def test_a_422_drops_only_the_events_it_names(
     assert stats.failed_by_reason == {"rejected": 3}
     assert stats.sent == 27
     await wait_for_events(db, 27, product=product)
-    assert {str(row["event_id"]) for row in await rows(db, product)} == set(ids) - too_big
+    assert {str(row["event_id"]) for row in await event_rows(db, product)} == set(ids) - too_big
 
 
 async def test_503_with_retry_after_is_retried_until_the_backlog_drains(
@@ -189,7 +222,9 @@ async def test_503_with_retry_after_is_retried_until_the_backlog_drains(
     key = await create_key(settings, product=product)
     transport = RecordingTransport()
     overloaded = dict(BACKLOG_MAX_EVENTS="150", RETRY_AFTER_SECONDS="1")
-    with serve_on(settings, tmp_path, free_port(), "--no-flusher", **overloaded) as server:
+    async with in_a_thread(
+        serve_process(settings, tmp_path, "--no-flusher", **overloaded)
+    ) as server:
         # One request at a time: the backlog then admits exactly the first batch,
         # and each exchange after a 503 is that batch's retry.
         client = AnalyticsClient(
@@ -197,11 +232,10 @@ async def test_503_with_retry_after_is_retried_until_the_backlog_drains(
         )
         for i in range(400):
             client.track("checkout.step", properties={"i": i})
-        deadline = time.monotonic() + 10
-        while client.stats().retried < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        await retried_more_than(client, 1, what="two 503s, retried")
         assert client.stats().sent == 100  # the first batch fit under the backlog limit
-        flusher = subprocess.Popen(
+        flusher = await asyncio.to_thread(
+            subprocess.Popen,
             cli("flusher"),
             env=cli_env(settings, **overloaded),
             stdout=subprocess.DEVNULL,
@@ -211,9 +245,9 @@ async def test_503_with_retry_after_is_retried_until_the_backlog_drains(
             assert client.flush(timeout=30) == 0
             stats = client.stats()
             client.close()
-            await wait_for_events(db, 400, product=product, timeout=15)
+            await wait_for_events(db, 400, product=product)
         finally:
-            stop(flusher)
+            await asyncio.to_thread(stop_process, flusher)
 
     exchanges = transport.exchanges
     assert any(exchange.status == 503 for exchange in exchanges)
@@ -223,5 +257,5 @@ async def test_503_with_retry_after_is_retried_until_the_backlog_drains(
             assert after.at - before.at >= 0.95
     assert stats.sent == 400
     assert stats.failed == 0
-    assert len(await rows(db, product)) == 400
+    assert len(await event_rows(db, product)) == 400
     assert await duplicated_ids(db) == []

@@ -10,6 +10,7 @@ must be stored exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +19,15 @@ import asyncpg
 import pytest
 
 from labs_analytics.settings import Settings
-from tests.helpers import ServeProcess, count_events, create_key, wait_for
+from tests.helpers import (
+    ServeProcess,
+    count_events,
+    create_key,
+    event_rows,
+    in_a_thread,
+    new_product,
+    wait_for,
+)
 from tests.sdk.frameworks import (
     ASGI,
     DJANGO,
@@ -30,7 +39,6 @@ from tests.sdk.frameworks import (
     stored_once,
     uvicorn,
 )
-from tests.sdk.support import new_product, rows
 
 WSGI_APPS = [pytest.param(DJANGO, id="django"), pytest.param(FLASK, id="flask")]
 MAX_REQUESTS = 5
@@ -53,24 +61,26 @@ async def test_uvicorn_workers_each_drain_at_their_lifespan_shutdown(
     product = new_product()
     key = await create_key(sdk_settings, product=product)
     env = app_env(key, shared_server.base_url, LABS_TEST_CLIENT=client)
-    with uvicorn(ASGI.target, env, tmp_path, health_path="/healthz", workers=2) as (
+    async with in_a_thread(
+        uvicorn(ASGI.target, env, tmp_path, health_path="/healthz", workers=2)
+    ) as (
         running,
         base_url,
     ):
         # A connection per request, many at once: both workers accept some.
-        expected, served = get_clubs(
-            base_url, ASGI, range(1, 201), concurrency=16, keep_alive=False
+        expected, served = await asyncio.to_thread(
+            get_clubs, base_url, ASGI, range(1, 201), concurrency=16, keep_alive=False
         )
         workers = {answer.worker for answer in served}
         assert len(workers) == 2, served
         assert running.process.pid not in workers
         assert all(answer.loaded_in == answer.worker for answer in served)  # imported it itself
         assert await count_events(db, product) == 0
-        assert running.terminate() == 0, running.logs()
+        assert await asyncio.to_thread(running.terminate) == 0, running.logs()
 
     assert "analytics." not in running.logs(), running.logs()  # nothing dropped or pending
     assert running.logs().count("Application shutdown complete.") == 2, running.logs()
-    await stored_once(db, product, expected)
+    await stored_once(db, sdk_settings, product, expected)
 
 
 @pytest.mark.parametrize("app", WSGI_APPS)
@@ -91,20 +101,24 @@ async def test_gunicorn_preload_each_forked_worker_drains_its_own_queue(
     key = await create_key(sdk_settings, product=product)
     env = app_env(key, shared_server.base_url)
     args = ["--preload"]
-    with gunicorn(app.target, env, tmp_path, health_path=app.health_path, args=args) as (
+    async with in_a_thread(
+        gunicorn(app.target, env, tmp_path, health_path=app.health_path, args=args)
+    ) as (
         running,
         base_url,
     ):
-        expected, served = get_clubs(base_url, app, range(1, 61), concurrency=4)
+        expected, served = await asyncio.to_thread(
+            get_clubs, base_url, app, range(1, 61), concurrency=4
+        )
         master = running.process.pid
         assert {answer.loaded_in for answer in served} == {master}  # imported before the fork
         workers = {answer.worker for answer in served}
         assert len(workers) == 2, served
         assert master not in workers
         assert await count_events(db, product) == 0
-        assert running.terminate() == 0, running.logs()
+        assert await asyncio.to_thread(running.terminate) == 0, running.logs()
 
-    await stored_once(db, product, expected)
+    await stored_once(db, sdk_settings, product, expected)
 
 
 @pytest.mark.parametrize("app", WSGI_APPS)
@@ -125,12 +139,16 @@ async def test_gunicorn_max_requests_each_recycled_worker_drains_as_it_leaves(
     key = await create_key(sdk_settings, product=product)
     env = app_env(key, shared_server.base_url)
     args = [f"--max-requests={MAX_REQUESTS}"]
-    with gunicorn(app.target, env, tmp_path, health_path=app.health_path, args=args) as (
+    async with in_a_thread(
+        gunicorn(app.target, env, tmp_path, health_path=app.health_path, args=args)
+    ) as (
         running,
         base_url,
     ):
         club_ids = range(1, 61)
-        expected, served = get_clubs(base_url, app, club_ids, concurrency=2)
+        expected, served = await asyncio.to_thread(
+            get_clubs, base_url, app, club_ids, concurrency=2
+        )
         workers = {answer.worker for answer in served}
         assert len(workers) >= 60 // MAX_REQUESTS, served  # recycled all along
         users_of: dict[int, set[str]] = defaultdict(set)
@@ -139,17 +157,17 @@ async def test_gunicorn_max_requests_each_recycled_worker_drains_as_it_leaves(
 
         async def recycled_workers_delivered() -> bool:
             gone = {pid for pid in workers if not _alive(pid)}
-            stored = {row["user_id"] for row in await rows(db, product)}
+            stored = {row["user_id"] for row in await event_rows(db, product)}
             return len(gone) >= len(workers) - 2 and all(users_of[pid] <= stored for pid in gone)
 
         await wait_for(
             recycled_workers_delivered, timeout=15, what="the events of every recycled worker"
         )
-        assert running.terminate() == 0, running.logs()
+        assert await asyncio.to_thread(running.terminate) == 0, running.logs()
 
     restarts = running.logs().count("Autorestarting worker after current request.")
     assert restarts >= len(workers) - 2, running.logs()
-    await stored_once(db, product, expected)
+    await stored_once(db, sdk_settings, product, expected)
 
 
 @pytest.mark.parametrize("app", WSGI_APPS)
@@ -170,24 +188,28 @@ async def test_gunicorn_gthread_workers_drain_what_all_their_threads_tracked(
     product = new_product()
     key = await create_key(sdk_settings, product=product)
     env = app_env(key, shared_server.base_url)
-    with gunicorn(
-        app.target,
-        env,
-        tmp_path,
-        health_path=app.health_path,
-        worker_class="gthread",
-        args=["--threads=4"],
+    async with in_a_thread(
+        gunicorn(
+            app.target,
+            env,
+            tmp_path,
+            health_path=app.health_path,
+            worker_class="gthread",
+            args=["--threads=4"],
+        )
     ) as (running, base_url):
-        expected, served = get_clubs(base_url, app, range(1, 401), concurrency=24, keep_alive=False)
+        expected, served = await asyncio.to_thread(
+            get_clubs, base_url, app, range(1, 401), concurrency=24, keep_alive=False
+        )
         threads: dict[int, set[int]] = defaultdict(set)
         for answer in served:
             threads[answer.worker].add(answer.thread)
         assert len(threads) == 2, served
         assert all(len(used) > 1 for used in threads.values()), threads  # the pools were used
         assert await count_events(db, product) == 0
-        assert running.terminate() == 0, running.logs()
+        assert await asyncio.to_thread(running.terminate) == 0, running.logs()
 
-    await stored_once(db, product, expected)
+    await stored_once(db, sdk_settings, product, expected)
 
 
 def _alive(pid: int) -> bool:

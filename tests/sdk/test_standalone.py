@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import socketserver
@@ -18,8 +19,7 @@ import pytest
 
 from labs_analytics.settings import Settings
 from labs_analytics_client import AnalyticsClient
-from tests.helpers import ServeProcess, create_key, wait_for_events
-from tests.sdk.support import SDK, new_product, rows
+from tests.helpers import SDK, ServeProcess, create_key, event_rows, new_product, wait_for_events
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +90,8 @@ async def test_the_readme_quick_start_delivers_from_the_installed_sdk(
 ) -> None:
     product = new_product()
     key = await create_key(sdk_settings, product=product)
-    done = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [str(sdk_only_python), "-c", _readme_quick_start()],
         env={
             "PATH": "/usr/bin:/bin",
@@ -106,7 +107,7 @@ async def test_the_readme_quick_start_delivers_from_the_installed_sdk(
     assert done.returncode == 0, done.stderr
     assert done.stderr == "", done.stderr  # no warning either
     await wait_for_events(db, 1, product=product)  # delivered by the exit hook
-    (row,) = await rows(db, product)
+    (row,) = await event_rows(db, product)
     assert row["name"] == "signup.completed"
     assert row["user_id"] == "u_123"
     assert row["properties"] == {"plan": "pro"}
@@ -137,7 +138,8 @@ async def test_the_installed_sdk_loads_nothing_of_the_server(
         print("ok")
         """
     )
-    done = subprocess.run(
+    done = await asyncio.to_thread(
+        subprocess.run,
         [str(sdk_only_python), "-c", code],
         env={"PATH": "/usr/bin:/bin"},
         cwd=sdk_only_python.parent,
@@ -149,7 +151,7 @@ async def test_the_installed_sdk_loads_nothing_of_the_server(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
     await wait_for_events(db, 3, product=product)  # delivered by the exit hook
-    assert sorted(row["properties"]["i"] for row in await rows(db, product)) == [0, 1, 2]
+    assert sorted(row["properties"]["i"] for row in await event_rows(db, product)) == [0, 1, 2]
 
 
 class _ForwardProxy(socketserver.ThreadingTCPServer):
@@ -225,4 +227,4 @@ async def test_a_proxy_from_the_environment_is_used(
 
     assert forward_proxy.targets == [f"{shared_server.base_url}/v1/events"]
     await wait_for_events(db, 5, product=product)
-    assert len(await rows(db, product)) == 5
+    assert len(await event_rows(db, product)) == 5

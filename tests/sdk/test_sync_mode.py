@@ -12,8 +12,14 @@ import pytest
 
 from labs_analytics.settings import Settings
 from labs_analytics_client import AnalyticsClient, DeliveryError, RetriesExhausted
-from tests.helpers import create_key, wait_for_events
-from tests.sdk.support import new_product, rows, serve_on
+from tests.helpers import (
+    create_key,
+    event_rows,
+    in_a_thread,
+    new_product,
+    serve_process,
+    wait_for_events,
+)
 
 
 @pytest.fixture
@@ -84,7 +90,7 @@ async def test_sync_mode_delivers_again_once_the_server_is_back(
     )
     try:
         client.track("script.step", properties={"i": 0})  # given up: nothing listens
-        with serve_on(settings, tmp_path, closed_port):
+        async with in_a_thread(serve_process(settings, tmp_path, port=closed_port)):
             delivered = client.track("script.step", properties={"i": 1})
             stats = client.stats()
             await wait_for_events(db, 1, product=product)
@@ -92,4 +98,4 @@ async def test_sync_mode_delivers_again_once_the_server_is_back(
         client.close(timeout=0)
     assert len(errors) == 1
     assert (stats.sent, stats.failed) == (1, 1)
-    assert [str(row["event_id"]) for row in await rows(db, product)] == [delivered]
+    assert [str(row["event_id"]) for row in await event_rows(db, product)] == [delivered]

@@ -33,6 +33,10 @@ from tests.security.connection import (
 HEADER_LIMIT = 8 * 1024
 TIMEOUT = 1.0
 CONNECTION_CAP = 64
+# How late past TIMEOUT the server may cut a connection off: its deadline is
+# checked by a busy process on what may be a busy machine. Only a connection
+# that outlives its deadline outright (a slow drip: 25 s) goes past it.
+SLACK = 10.0
 
 
 @pytest.fixture
@@ -119,32 +123,34 @@ def test_a_head_just_under_the_limit_is_served(server: ServeProcess, key: str) -
 def test_endless_headers_do_not_slow_other_clients(server: ServeProcess, key: str) -> None:
     baseline = statistics.median(quiet_client_latencies(server, key, 30))
     stop = threading.Event()
+    attacking = [threading.Event() for _ in range(4)]
 
-    def attack() -> None:
+    def attack(underway: threading.Event) -> None:
         # Reconnects as soon as it is cut off, for as long as the test runs.
         while not stop.is_set():
             sock = connect(server.base_url)
             try:
                 sock.sendall(b"GET / HTTP/1.1\r\nX-Endless: ")
                 while not stop.is_set() and send_quietly(sock, b"a" * 16384):
-                    pass
+                    underway.set()  # a head is growing on the server
             finally:
                 close(sock)
 
-    attackers = [threading.Thread(target=attack, daemon=True) for _ in range(4)]
+    attackers = [threading.Thread(target=attack, args=(e,), daemon=True) for e in attacking]
     for thread in attackers:
         thread.start()
     try:
-        time.sleep(0.3)
+        assert all(underway.wait(timeout=30) for underway in attacking), "an attack never began"
         attacked = statistics.median(quiet_client_latencies(server, key, 30))
     finally:
         stop.set()
         for thread in attackers:
             thread.join(timeout=5)
     # Before the bound, one such socket took a quiet client's p50 from 2 ms to
-    # 9 s. A loose ceiling here (the machine is shared with the attackers'
-    # threads); `stress/attacks.py` measures the ratio itself.
-    assert attacked < max(0.25, 20 * baseline), (baseline, attacked)
+    # 9 s. How much slower the quiet client gets is `make attacks`'s measure
+    # (stress/attacks.py): here a ceiling that only that kind of stall crosses,
+    # however busy the machine (the attackers' threads share it too).
+    assert attacked < 2.0, (baseline, attacked)
 
 
 # --- time ---------------------------------------------------------------------------
@@ -153,7 +159,7 @@ def test_endless_headers_do_not_slow_other_clients(server: ServeProcess, key: st
 def test_a_connection_that_never_speaks_is_closed(server: ServeProcess) -> None:
     sock = connect(server.base_url)
     try:
-        assert closed_by_server(sock, within=TIMEOUT + 3)
+        assert closed_by_server(sock, within=TIMEOUT + SLACK)
     finally:
         close(sock)
 
@@ -180,14 +186,16 @@ def test_a_head_dripped_byte_by_byte_cannot_outlast_the_deadline(server: ServePr
     started = time.monotonic()
     try:
         head = b"POST /v1/events HTTP/1.1\r\nHost: localhost\r\n" + b"X: y\r\n" * 200
+        # A byte every 20 ms: the whole head would take 25 s or more, each byte "activity".
+        assert len(head) * 0.02 > 2 * (TIMEOUT + SLACK)
         for byte in head:
             if not send_quietly(sock, bytes([byte])):
                 break
-            time.sleep(0.02)  # a byte every 20 ms: each one "activity"
-            if time.monotonic() - started > TIMEOUT + 3:
+            time.sleep(0.02)
+            if time.monotonic() - started > TIMEOUT + SLACK:
                 break
         assert closed_by_server(sock, within=1)
-        assert time.monotonic() - started < TIMEOUT + 3
+        assert time.monotonic() - started < TIMEOUT + SLACK
     finally:
         close(sock)
 
@@ -196,7 +204,7 @@ def test_a_body_that_never_arrives_is_cut_off(server: ServeProcess, key: str) ->
     sock = connect(server.base_url)
     try:
         sock.sendall(post_head(key, content_length=100) + b'{"name": "a')
-        assert closed_by_server(sock, within=TIMEOUT + 3)
+        assert closed_by_server(sock, within=TIMEOUT + SLACK)
     finally:
         close(sock)
 

@@ -23,7 +23,14 @@ from redis.asyncio import Redis
 
 from labs_analytics.ingest.problems import MAX_LISTED_PROBLEMS
 from labs_analytics.settings import Settings
-from tests.helpers import ApiFactory, create_key, create_key_with_rate, make_event, serve_process
+from tests.helpers import (
+    ApiFactory,
+    create_key,
+    create_key_with_rate,
+    in_a_thread,
+    make_event,
+    serve_process,
+)
 from tests.security.connection import (
     close,
     closed_by_server,
@@ -170,7 +177,7 @@ async def test_a_429_before_the_body_keeps_the_http_connection_protocol_intact(
     del db  # requested for its clean tables
     noisy = await create_key_with_rate(settings, 100)
     quiet = await create_key_with_rate(settings, 100)
-    with serve_process(settings, tmp_path, "--no-flusher") as server:
+    async with in_a_thread(serve_process(settings, tmp_path, "--no-flusher")) as server:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as client:
             refused = await client.post(
                 "/v1/events",
@@ -185,7 +192,7 @@ async def test_a_429_before_the_body_keeps_the_http_connection_protocol_intact(
         sock = connect(server.base_url)
         try:
             assert send_quietly(sock, post_head(noisy, content_length=declared) + part)
-            response = read_response(sock)
+            response = await asyncio.to_thread(read_response, sock)
             assert response is not None
             assert response.status == 429
             assert int(response.headers["retry-after"]) >= 1
@@ -193,7 +200,7 @@ async def test_a_429_before_the_body_keeps_the_http_connection_protocol_intact(
 
             # The server does not read a body it refused: it closes once the
             # client has had a moment to read the answer.
-            assert closed_by_server(sock, within=5)
+            assert await asyncio.to_thread(closed_by_server, sock, within=5)
         finally:
             close(sock)
 
@@ -210,7 +217,7 @@ async def test_a_429_before_the_body_keeps_the_http_connection_protocol_intact(
         sock = connect(server.base_url)
         try:
             sock.sendall(post_head(noisy, content_length=declared) + part)
-            response = read_response(sock)
+            response = await asyncio.to_thread(read_response, sock)
             assert response is not None
             assert response.status == 429
         finally:
@@ -227,13 +234,11 @@ async def test_concurrent_floods_of_one_key_leave_another_key_fast(api: ApiFacto
         async def flood() -> list[int]:
             return [(await app.post(body, noisy, headers=GZIP)).status_code for _ in range(10)]
 
-        started = time.monotonic()
         floods = asyncio.gather(*(flood() for _ in range(4)))
         quiet_statuses = [(await app.post(make_event(), quiet)).status_code for _ in range(20)]
         statuses = [status for run in await floods for status in run]
-        elapsed = time.monotonic() - started
 
     assert quiet_statuses == [202] * 20
-    # After the first refusals the key is limited: the rest are cheap 429s.
+    # After the first refusals the key is limited: the rest are cheap 429s. (How
+    # fast the other key is served is measured by `make attacks`, not asserted here.)
     assert statuses.count(429) >= 30
-    assert elapsed < 10

@@ -10,7 +10,6 @@ version (or a hand edit) left in the table.
 from __future__ import annotations
 
 import re
-import subprocess
 
 import asyncpg
 import pytest
@@ -19,7 +18,13 @@ from labs_analytics.auth.keys import MAX_LABEL_LENGTH, InvalidKeyField, Scope, g
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.settings import Settings
 from labs_analytics.storage.database import create_engine
-from tests.helpers import ApiFactory, cli, cli_env, create_key, make_event
+from tests.helpers import (
+    ApiFactory,
+    create_key,
+    make_event,
+    run_cli,
+    run_cli_async,
+)
 
 BAD_PRODUCTS = ["clubs\n", "clubs\r", "Clubs", "clubs ", "-clubs", "clüb", "c" * 65, ""]
 FORGING_LABELS = {
@@ -31,12 +36,6 @@ FORGING_LABELS = {
     "next-line": "clubs\x85forged line",
     "bidi-override": "clubs \u202edekover",
 }
-
-
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli(*args), env=cli_env(settings), capture_output=True, text=True, timeout=60
-    )
 
 
 def flat(text: str) -> str:
@@ -59,7 +58,9 @@ async def create_with(settings: Settings, *, product: str = "clubs", label: str 
 async def test_keys_create_refuses_a_product_with_a_trailing_newline_or_capitals(
     settings: Settings, db: asyncpg.Connection, product: str
 ) -> None:
-    result = run_cli(settings, "keys", "create", "--product", product, "--scope", "ingest")
+    result = await run_cli_async(
+        settings, "keys", "create", "--product", product, "--scope", "ingest"
+    )
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Invalid value for '--product'" in flat(result.stderr)
@@ -111,7 +112,7 @@ async def test_an_event_field_with_a_trailing_newline_is_refused_at_the_door(
 async def test_keys_create_refuses_a_label_with_control_characters_or_line_separators(
     settings: Settings, db: asyncpg.Connection, label: str
 ) -> None:
-    result = run_cli(
+    result = await run_cli_async(
         settings, "keys", "create", "--product", "clubs", "--scope", "ingest", "--label", label
     )
 
@@ -126,7 +127,7 @@ async def test_keys_create_refuses_a_label_with_control_characters_or_line_separ
 async def test_keys_create_refuses_a_label_over_the_length_limit_and_takes_one_at_it(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    too_long = run_cli(
+    too_long = await run_cli_async(
         settings, "keys", "create", "--product", "clubs", "--scope", "ingest",
         "--label", "x" * (MAX_LABEL_LENGTH + 1),
     )  # fmt: skip
@@ -135,7 +136,7 @@ async def test_keys_create_refuses_a_label_over_the_length_limit_and_takes_one_a
 
     plain_unicode = "Penn Labs — clubs équipe 🎉 "
     label = plain_unicode + "x" * (MAX_LABEL_LENGTH - len(plain_unicode))
-    created = run_cli(
+    created = await run_cli_async(
         settings, "keys", "create", "--product", "clubs", "--scope", "ingest", "--label", label
     )
     assert created.returncode == 0, created.stderr
@@ -174,7 +175,7 @@ async def test_keys_list_escapes_a_stored_label_and_product_so_they_cannot_forge
     )
     await create_with(settings, product="penn-mobile", label="mobile backend")
 
-    result = run_cli(settings, "keys", "list")
+    result = await run_cli_async(settings, "keys", "list")
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

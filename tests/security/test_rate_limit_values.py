@@ -13,7 +13,6 @@ import asyncio
 import logging
 import math
 import re
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,21 +33,15 @@ from labs_analytics.logs import JsonFormatter
 from labs_analytics.settings import Settings, to_asyncpg_dsn
 from tests.helpers import (
     Servers,
-    cli,
-    cli_env,
     create_key_with_rate,
     make_events,
+    run_cli_async,
     running_api,
     scratch_database,
+    wait_for_key_cache_reloads,
 )
 
 UNUSABLE_RATES = ["inf", "-inf", "nan", "1e-300", "1e308", "-1", "0", "1000000.5"]
-
-
-def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli(*args), env=cli_env(settings), capture_output=True, text=True, timeout=60
-    )
 
 
 def flat(text: str) -> str:
@@ -60,7 +53,7 @@ def flat(text: str) -> str:
 async def test_keys_create_refuses_a_rate_the_token_bucket_cannot_use(
     settings: Settings, db: asyncpg.Connection, rate: str
 ) -> None:
-    result = run_cli(
+    result = await run_cli_async(
         settings, "keys", "create", "--product", "clubs", "--scope", "ingest", "--rate-limit", rate
     )
 
@@ -176,7 +169,7 @@ async def test_a_stored_unusable_rate_gets_the_default_and_does_not_disable_rate
         assert answers[1].json()["details"] == [{"limit_events_per_second": 1.0}]
         key = await app.app.state.labs.key_cache.lookup(broken)
         assert key.rate_limit_per_second is None  # the deployment's default
-        await asyncio.sleep(4 * settings.key_cache_refresh_seconds)  # several reloads
+        await wait_for_key_cache_reloads(app.app.state.labs.key_cache, 3)  # several reloads
 
     (line,) = invalid_rate_logs(caplog)  # once, not once per reload
     logged: dict[str, Any] = orjson.loads(line)

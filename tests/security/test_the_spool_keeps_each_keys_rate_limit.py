@@ -29,9 +29,11 @@ async def test_a_100_per_second_key_gets_no_more_than_its_burst_and_rate_into_th
     other = await create_key(settings)
     async with api(run_flusher=False, redis_url=nowhere()) as app:
         accepted = 0
-        retry_afters = []
+        retry_afters: list[int] = []
         started = time.monotonic()
-        while time.monotonic() - started < 2.0:
+        # Until the bucket has refused a few requests: its burst is spent, whatever
+        # the machine's speed. (The time bound only stops a runaway loop.)
+        while len(retry_afters) < 5 and time.monotonic() - started < 60:
             response = await app.post({"events": make_events(50)}, limited)
             if response.status_code == 202:
                 accepted += 50
@@ -41,6 +43,8 @@ async def test_a_100_per_second_key_gets_no_more_than_its_burst_and_rate_into_th
         elapsed = time.monotonic() - started
 
         assert app.app.state.labs.queue.health.redis_up is False  # the spool took them
+        # The burst, and no more than the refill of the time it took (one request's
+        # worth of rounding): a slower machine takes longer and may refill more.
         assert 1000 <= accepted <= 1000 + 100 * elapsed + 50
         assert retry_afters
         assert all(seconds >= 1 for seconds in retry_afters)
@@ -81,4 +85,6 @@ async def test_refused_work_is_charged_to_the_local_bucket_while_redis_is_away(
         assert statuses[0] == 400
         assert statuses[-2:] == [429, 429]
         # The first failed charge marked Redis down: the rest did not wait on it.
-        assert time.monotonic() - started < 2 * app.settings.redis_timeout_seconds
+        # Requests that each waited up to the Redis timeout would take up to 14 of
+        # them; the bound is half that, generous for a busy machine.
+        assert time.monotonic() - started < 7 * app.settings.redis_timeout_seconds

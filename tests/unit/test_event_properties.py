@@ -237,7 +237,10 @@ def raw_bodies(draw: st.DrawFn) -> bytes:
     if kind == "spliced":
         # Bytes that are never valid UTF-8 (a stray continuation, an overlong
         # form, an encoded surrogate, a truncated sequence) or a raw NUL.
-        at = draw(st.integers(0, len(raw)))
+        # Where, as a share of the length: a body holding a time read from the clock
+        # has another length when hypothesis replays it, and a draw bounded by
+        # that length would then differ (FlakyStrategyDefinition).
+        at = round(draw(st.floats(0, 1)) * len(raw))
         junk = draw(st.sampled_from([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\x00"]))
         raw = raw[:at] + junk + raw[at:]
     return raw

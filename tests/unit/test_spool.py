@@ -219,7 +219,7 @@ def test_a_process_that_died_while_creating_a_segment_leaves_nothing_behind(
 def _write_and_replay(directory: str, writer: int, entries: int, out: str) -> None:
     """A child process: appends, and replays the shared directory as it goes."""
 
-    async def main() -> None:
+    async def main() -> list[str]:
         spool = Spool(Path(directory), max_bytes=100_000_000, segment_bytes=400)
         replayed: list[str] = []
 
@@ -231,9 +231,9 @@ def _write_and_replay(directory: str, writer: int, entries: int, out: str) -> No
             if i % 7 == 0:
                 await spool.replay(sink)  # seals ours; takes whatever is free
         await spool.replay(sink)
-        Path(out).write_text("\n".join(replayed))
+        return replayed
 
-    asyncio.run(main())
+    Path(out).write_text("\n".join(asyncio.run(main())))
 
 
 def test_two_processes_writing_and_replaying_one_directory_lose_and_repeat_nothing(
