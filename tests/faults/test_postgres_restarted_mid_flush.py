@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
 from labs_analytics.embedded import EmbeddedPostgres
@@ -30,6 +31,9 @@ from tests.faults.processes import Children, first_stream_id, wait_for_flush_tra
 BACKLOG_EVENTS = 5_000
 
 
+# Its own budget: 30 s of load, then a drain allowed 120 s (a COPY cut by the
+# crash may wait on the dead socket until the pool's 30 s command timeout).
+@pytest.mark.timeout(300)
 async def test_postgres_restarted_mid_flush_transaction_loses_and_doubles_nothing(
     settings: Settings,
     db: asyncpg.Connection,
