@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+import weakref
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -29,9 +30,14 @@ class RawResponse:
     body: bytes
 
 
+# Bytes read past the end of a response: the start of the next one, when the
+# server answers pipelined requests back to back (one recv may hold both).
+_leftover: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
+
+
 def read_response(sock: socket.socket) -> RawResponse | None:
     """One HTTP/1.1 response with a Content-Length; None if the server closed first."""
-    data = b""
+    data = _leftover.pop(sock, b"")
     while b"\r\n\r\n" not in data:
         chunk = _recv(sock)
         if not chunk:
@@ -49,6 +55,8 @@ def read_response(sock: socket.socket) -> RawResponse | None:
         if not chunk:
             break
         body += chunk
+    if len(body) > length:
+        _leftover[sock] = body[length:]
     return RawResponse(int(status_line.split()[1]), headers, body[:length])
 
 
