@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from labs_analytics.embedded import free_port
 from labs_analytics.queue import backlog as backlog_module
 from labs_analytics.queue.backlog import BacklogCounter, Recount, recount_key
+from labs_analytics.queue import consumer as consumer_module
 from labs_analytics.queue.consumer import PoisonEntry, StreamConsumer, StreamEntry
 from labs_analytics.queue.entries import entry_events
 from labs_analytics.queue.producer import RateLimit, StreamProducer
@@ -366,3 +367,23 @@ async def test_a_counter_that_is_not_a_number_is_left_for_a_person(
     found = await recount(backlog_counter(redis, settings))
     assert (found.status, found.raw) == ("invalid", "not a number")
     assert await redis.get(settings.backlog_key) == b"not a number"
+
+
+async def test_a_batch_larger_than_one_script_call_is_acknowledged_deleted_and_counted_out(
+    settings: Settings, redis: Redis, consumer: StreamConsumer
+) -> None:
+    size = 2 * consumer_module.ENTRIES_PER_SCRIPT_CALL + 7  # three calls, the last one short
+    ids = [(await redis.xadd(settings.stream_key, counted_entry(2))).decode() for _ in range(size)]
+    read = await consumer.read_new(count=size, block_ms=1)
+    assert [item.entry_id for item in read] == ids
+    # One was taken over and deleted by another flusher, which counted it out;
+    # one more arrived after the read.
+    await redis.xdel(settings.stream_key, ids[-1])
+    await redis.xadd(settings.stream_key, counted_entry(3))
+    await redis.set(settings.backlog_key, 2 * (size - 1) + 3)
+
+    assert await consumer.ack_and_delete(read) == 2 * (size - 1)
+    assert await counter(redis, settings) == 3
+    assert await redis.xlen(settings.stream_key) == 1
+    pending = await redis.xpending(settings.stream_key, settings.consumer_group)
+    assert pending["pending"] == 0

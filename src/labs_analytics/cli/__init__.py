@@ -49,8 +49,11 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
     flushers: Annotated[
-        int, typer.Option(min=0, max=64, help="Flusher processes beside the API.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=0, max=64, help="Flusher processes beside the API.  [default: --workers]"
+        ),
+    ] = None,
     no_flusher: Annotated[
         bool, typer.Option("--no-flusher", help="Ingest only (--flushers 0); run them apart.")
     ] = False,
@@ -64,7 +67,7 @@ def serve(
         host=host,
         port=port,
         workers=workers,
-        flushers=0 if no_flusher else flushers,
+        flushers=0 if no_flusher else (workers if flushers is None else flushers),
         access_log=access_log,
     )
 

@@ -1,7 +1,7 @@
 """`serve` and `flusher`: the API under uvicorn, with its flushers as processes of their own.
 
 `serve` is one command, and three kinds of process: the API (uvicorn, one or
-``--workers`` processes), ``--flushers`` flusher processes (1 by default),
+``--workers`` processes), ``--flushers`` flusher processes (as many as workers by default),
 and itself, supervising them (``cli.flushers``). Flushing never runs in the
 API's event loop: its CPU bursts (decoding and copying thousands of events)
 stalled the requests waiting behind them.

@@ -219,10 +219,14 @@ local recount_key = KEYS[3]
 local group = ARGV[1]
 
 local cursor, last = recount_progress(recount_key)
+local entry_ids = {}
+for i = 2, #ARGV, 2 do
+  entry_ids[#entry_ids + 1] = ARGV[i]
+end
+redis.call('XACK', stream_key, group, unpack(entry_ids))
 local deleted_events = 0
 for i = 2, #ARGV, 2 do
   local entry_id, events = ARGV[i], tonumber(ARGV[i + 1])
-  redis.call('XACK', stream_key, group, entry_id)
   if redis.call('XDEL', stream_key, entry_id) == 1 then
     deleted_events = deleted_events + events
     deleted_ahead_of_recount(recount_key, cursor, last, entry_id, events)
