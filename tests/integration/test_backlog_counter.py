@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 
 from labs_analytics.embedded import free_port
 from labs_analytics.queue import backlog as backlog_module
-from labs_analytics.queue.backlog import BacklogCounter, Recount, recount_key
 from labs_analytics.queue import consumer as consumer_module
+from labs_analytics.queue.backlog import BacklogCounter, Recount, recount_key
 from labs_analytics.queue.consumer import PoisonEntry, StreamConsumer, StreamEntry
 from labs_analytics.queue.entries import entry_events
 from labs_analytics.queue.producer import RateLimit, StreamProducer

@@ -50,9 +50,7 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
     flushers: Annotated[
         int | None,
-        typer.Option(
-            min=0, max=64, help="Flusher processes beside the API.  [default: --workers]"
-        ),
+        typer.Option(min=0, max=64, help="Flusher processes beside the API.  [default: --workers]"),
     ] = None,
     no_flusher: Annotated[
         bool, typer.Option("--no-flusher", help="Ingest only (--flushers 0); run them apart.")

@@ -8,8 +8,9 @@ Pitfalls this module guards against:
   in ``labs_analytics.queue.lua``, and ``labs_analytics.queue.backlog``).
 - Redis runs nothing else while a script runs, so a batch is acknowledged in
   slices (``ENTRIES_PER_SCRIPT_CALL``): one call for a 5,000-entry batch
-  showed in the slowlog at up to 30 ms, every ingest append waiting behind it. A crash between slices leaves the rest pending, to be
-  reclaimed and written again, idempotently, like a crash before the ack.
+  showed in the slowlog at up to 30 ms, every ingest append waiting behind
+  it. A crash between slices leaves the rest pending, to be reclaimed and
+  written again, idempotently, like a crash before the ack.
 - XAUTOCLAIM may report entries that vanished (deleted while pending): they
   are logged loudly and acknowledged, since there is nothing to write.
 """
@@ -155,9 +156,8 @@ class StreamConsumer:
             args: list[str | int] = [self.group]
             for entry in entries[start : start + ENTRIES_PER_SCRIPT_CALL]:
                 args += [entry.entry_id, entry.event_count]
-            removed += int(
-                await self._ack(keys=[self.stream_key, self.backlog_key, self._recount_key], args=args)
-            )
+            keys = [self.stream_key, self.backlog_key, self._recount_key]
+            removed += int(await self._ack(keys=keys, args=args))
         return removed
 
     async def move_to_dead_letters(self, poison: Sequence[PoisonEntry]) -> None:
