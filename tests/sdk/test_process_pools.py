@@ -8,17 +8,21 @@ it delivers nothing at all.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from labs_analytics.settings import Settings
+from labs_analytics_client import AnalyticsClient
 from tests.helpers import (
     SDK,
     ServeProcess,
@@ -170,3 +174,36 @@ async def test_leaving_with_pool_which_sigterms_the_workers_loses_nothing(
     assert run.returncode == 0, run.stderr
     await assert_all_delivered_once(db, product)
     assert "analytics." not in run.stderr
+
+
+def blocked_signals(native_id: int) -> set[int]:
+    """The signals a thread of this process blocks, from its /proc status."""
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    mask = int(
+        next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16
+    )
+    return {number for number in range(1, 65) if mask >> (number - 1) & 1}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+async def test_the_clients_threads_leave_signals_to_the_main_thread(
+    shared_server: ServeProcess, sdk_settings: Settings
+) -> None:
+    """Python runs handlers only in the main thread, but the kernel gives a
+    process's SIGTERM to any thread that does not block it: one taken by a
+    delivery thread left a Pool worker blocked in C alive through terminate()."""
+    key = await create_key(sdk_settings, product=new_product())
+    client = AnalyticsClient(key, base_url=shared_server.base_url, flush_interval=30)
+    try:
+        client.track("signals.check")  # starts the delivery threads
+        ours = [t for t in threading.enumerate() if t.name.startswith("labs-analytics-client-")]
+        assert ours
+        for thread in ours:
+            assert thread.native_id is not None
+            blocked = blocked_signals(thread.native_id)
+            assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1} <= blocked
+            assert signal.SIGSEGV not in blocked  # a fault goes to the thread at fault
+        # The thread that made the client keeps its mask.
+        assert signal.SIGTERM not in blocked_signals(threading.get_native_id())
+    finally:
+        await asyncio.to_thread(client.close)

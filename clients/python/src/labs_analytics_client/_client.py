@@ -15,6 +15,7 @@ from labs_analytics_client._core import BaseClient, logger
 from labs_analytics_client._delivery import Reply, Send, drive
 from labs_analytics_client._ledger import Flight, Wait
 from labs_analytics_client._options import ClientOptions
+from labs_analytics_client._process_hooks import threads_for_us
 
 # How long close() lets a worker that is past the deadline, and not waiting on
 # the network, hand its batch back (CPU work only; bounds close() if it is stuck).
@@ -185,7 +186,8 @@ class AnalyticsClient(BaseClient):
                     target=self._run, name=f"labs-analytics-client-{index}", daemon=True
                 )
                 try:
-                    worker.start()
+                    with threads_for_us():
+                        worker.start()
                 except RuntimeError:  # at interpreter shutdown: close() will drain inline
                     break
                 workers.append(worker)

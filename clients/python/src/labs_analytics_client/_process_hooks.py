@@ -22,6 +22,13 @@
   hook (after any drain already running: one lock serializes them), then
   re-sends SIGTERM, which the handler now lets kill the process as the
   default would. At most ``shutdown_timeout`` later than without it.
+* The SDK's own threads block the asynchronous signals (``threads_for_us``):
+  Python runs handlers only in the main thread, but the kernel hands a
+  process's signal to whichever thread takes it first. A SIGTERM taken by a
+  busy delivery thread only flags the main thread, and a main thread blocked
+  in C (a Pool worker waiting on its queue's lock, which ``terminate()``
+  never releases) never looks: the worker outlived ``terminate()`` and its
+  parent waited for it forever (1 run in ~30 under CPU load).
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from labs_analytics_client._events import reseed_after_fork
@@ -80,6 +89,34 @@ _exit_lock = threading.Lock()  # one drain at a time: a SIGTERM drain waits for 
 _sigterm_pid: int | None = None  # the process whose SIGTERM handler is ours
 _sigterm_drain_started = False
 _sigterm_drained = False
+
+
+# Faults are delivered to the thread at fault, and must not be blocked there.
+_SYNCHRONOUS_SIGNALS = {
+    getattr(signal, name)
+    for name in ("SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGSYS")
+    if hasattr(signal, name)
+}
+
+
+@contextmanager
+def threads_for_us() -> Iterator[None]:
+    """Threads started inside are born with the asynchronous signals blocked.
+
+    Set in the starting thread, not first thing in the new one: a new thread
+    inherits the mask, so there is no moment when it could take a signal. A
+    signal arriving meanwhile waits, and is taken when the mask is restored.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no POSIX signal masks
+        yield
+        return
+    previous = signal.pthread_sigmask(
+        signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS_SIGNALS
+    )
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def register(client: Drainable) -> None:
@@ -189,7 +226,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     elif not _sigterm_drain_started:
         _sigterm_drain_started = True
-        _thread.start_new_thread(_drain_then_terminate, ())
+        with threads_for_us():  # the SIGTERM it sends itself must reach the main thread
+            _thread.start_new_thread(_drain_then_terminate, ())
 
 
 def _drain_then_terminate() -> None:
