@@ -24,7 +24,16 @@ from labs_analytics.settings import Settings, to_asyncpg_dsn
 from labs_analytics.storage import migrations
 from tests.helpers import ApiFactory, Servers, fast_settings, running_api
 
-TABLES = ("events", "api_keys", "ingest_batches", "dead_letters", "product_retention")
+TABLES = (
+    "events",
+    "api_keys",
+    "ingest_batches",
+    "dead_letters",
+    "product_retention",
+    "rollup_hourly",
+    "rollup_user_daily",
+    "rollup_dirty",
+)
 
 
 @pytest.fixture(scope="session")

@@ -202,6 +202,20 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Rows per DELETE when retention removes expired events batch by batch.",
     )
+    rollup_interval_seconds: float = Field(
+        default=5,
+        ge=0,
+        description="How often each flusher process rolls up the hours flushed into since "
+        "(reads stay exact meanwhile, only slower); 0: never, run `labs-analytics rollups "
+        "refresh` yourself.",
+    )
+    rollup_max_buckets: int = Field(
+        default=200,
+        gt=0,
+        le=100_000,
+        description="Hours one rollup refresh recomputes at most (one transaction); the rest "
+        "wait for the next.",
+    )
     run_flusher: bool = Field(
         default=True,
         description="Run a flusher in the app's own event loop (create_app); `serve` turns it "

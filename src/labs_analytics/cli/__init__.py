@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from labs_analytics.cli import keys, operations, psql, read, retention
+from labs_analytics.cli import keys, operations, psql, read, retention, rollups
 from labs_analytics.cli.common import CommandGroup, load_settings, require
 from labs_analytics.cli.dev_servers import dev_servers
 from labs_analytics.cli.serving import run_flusher, serve_api
@@ -25,6 +25,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(migrate_app, name="migrate")
 app.add_typer(operations.deadletters_app, name="deadletters")
 app.add_typer(retention.app, name="retention")
+app.add_typer(rollups.app, name="rollups")
 app.command()(operations.txlog)
 app.command()(read.query)
 app.command()(read.export)

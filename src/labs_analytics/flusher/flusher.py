@@ -15,6 +15,9 @@ Semantics, in order of importance:
   claim so that other flushers do not take a batch it is still working on.
 - **Orphans are reclaimed.** Entries that another consumer has held longer
   than ``reclaim_idle_ms`` (it died) are claimed with XAUTOCLAIM and written.
+- **Rollups beside.** Every ``rollup_interval_seconds`` the process rolls up
+  the hours flushed into since (``storage.rollups``; one process at a time);
+  a failure there is logged and never stops the flushing.
 - **Stop is prompt.** When ``stop`` is set the loop returns after the current
   step; a batch not yet committed stays pending in Redis, nothing is lost.
 """
@@ -45,6 +48,7 @@ from labs_analytics.settings import Settings
 from labs_analytics.storage.bulk_writer import BatchOutcome, BulkWriter, DeadLetter, is_data_error
 from labs_analytics.storage.partitions import ensure_partitions
 from labs_analytics.storage.retention import RetentionBusy, run_retention
+from labs_analytics.storage.rollups import refresh_rollups
 
 log = get_logger(__name__)
 
@@ -97,11 +101,11 @@ class Flusher:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("flusher.started", consumer=self.name, stream=self.settings.stream_key)
-        retention = (
-            asyncio.create_task(self._retention_loop(stop))
-            if self.settings.retention_interval_seconds > 0
-            else None
-        )
+        background: list[asyncio.Task[None]] = []
+        if self.settings.retention_interval_seconds > 0:
+            background.append(asyncio.create_task(self._retention_loop(stop)))
+        if self.settings.rollup_interval_seconds > 0:
+            background.append(asyncio.create_task(self._rollup_loop(stop)))
         failures = 0
         try:
             while not stop.is_set():
@@ -119,10 +123,10 @@ class Flusher:
                     )
                     await _sleep_unless_stopped(stop, delay)
         finally:
-            if retention is not None:
-                retention.cancel()
+            for task in background:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await retention
+                    await task
         log.info("flusher.stopped", consumer=self.name)
 
     async def _retention_loop(self, stop: asyncio.Event) -> None:
@@ -154,6 +158,34 @@ class Flusher:
                 rows=report.rows_by_product,
                 ms=round((time.monotonic() - started) * 1000),
             )
+
+    async def _rollup_loop(self, stop: asyncio.Event) -> None:
+        """Rollup refreshes, beside the flushing: every interval, until no hour
+        is left marked (each refresh its own transaction). Reads are exact
+        whether or not this keeps up; a failure is logged and tried again next
+        time: it never stops the flushing."""
+        interval = self.settings.rollup_interval_seconds
+        max_buckets = self.settings.rollup_max_buckets
+        while not await _sleep_unless_stopped(stop, interval):
+            started = time.monotonic()
+            buckets = 0
+            try:
+                while not stop.is_set():
+                    # Another process refreshing: it does the work; no waiting
+                    # on its lock with one of the flusher's connections.
+                    done = await refresh_rollups(self._pool, max_buckets=max_buckets, wait=False)
+                    buckets += done
+                    if done < max_buckets:
+                        break
+            except Exception as exc:  # PostgreSQL away, a missing migration: next time
+                log.error("rollups.failed", error=f"{type(exc).__name__}: {exc}")
+                continue
+            if buckets:
+                log.info(
+                    "rollups.refreshed",
+                    buckets=buckets,
+                    ms=round((time.monotonic() - started) * 1000),
+                )
 
     async def run_once(self, stop: asyncio.Event | None = None) -> BatchOutcome | None:
         """Collect one batch, set poison aside, write the rest (retrying until

@@ -7,17 +7,21 @@ JSON number, and ``pXX`` is the nearest-rank percentile (``percentile_disc``:
 always a value some event had). The table holds each event once (its primary
 key is ``(timestamp, product, event_id)``, and the flusher inserts with ``ON
 CONFLICT DO NOTHING``), so retries and redeliveries never count twice.
+
+Where the request allows, the rows counted come from the rollups instead
+(``read.rollup_plan``): the same numbers, summed from fewer rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
 from labs_analytics.read.dates import EPOCH, Granularity, Interval, label, truncate
 from labs_analytics.read.request import Dimension, Metric, QueryRequest
+from labs_analytics.read.rollup_plan import Source, choose_plan, rollup_source
 from labs_analytics.read.sql import SqlBuilder
 
 _PERCENTILES = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99"}
@@ -31,17 +35,31 @@ class CompiledQuery:
     granularity: Granularity | None  # of the time dimension, if there is one
     metrics: list[Metric]
     offset_index: int  # where the offset is in ``args``
+    source: str = "raw"  # what the rows were read from: "raw" (events) or "rollup"
 
     def first_page(self) -> CompiledQuery:
         """The same statement from its first row: what counts the rows past the end."""
         args = list(self.args)
         args[self.offset_index] = 0
-        return CompiledQuery(self.sql, args, self.granularity, self.metrics, self.offset_index)
+        return replace(self, args=args)
 
 
-def _metric_sql(builder: SqlBuilder, metric: Metric) -> str:
+def _raw_source(builder: SqlBuilder, product: str, interval: Interval) -> Source:
+    return Source(
+        "raw",
+        "events",
+        [
+            f"product = {builder.param(product)}",
+            f'"timestamp" >= {builder.param(interval.start)}',
+            f'"timestamp" < {builder.param(interval.end)}',
+        ],
+        "count(*)",
+    )
+
+
+def _metric_sql(builder: SqlBuilder, metric: Metric, source: Source) -> str:
     if metric.kind == "events":
-        return "count(*)"
+        return source.events_sql
     if metric.kind == "users":
         return "count(DISTINCT user_id)"
     assert metric.field is not None
@@ -60,29 +78,35 @@ def _dimension_sql(builder: SqlBuilder, dimension: Dimension, zone: str) -> str:
 
 
 def compile_query(
-    request: QueryRequest, *, product: str, interval: Interval, fill_from: bool
+    request: QueryRequest,
+    *,
+    product: str,
+    interval: Interval,
+    fill_from: bool,
+    use_rollups: bool = True,
 ) -> CompiledQuery:
     """The statement answering ``request`` for ``product`` over ``interval``.
 
     ``fill_from``: the range has a real start (not ``all``), so the time series
     begins at its first bucket; otherwise at the first bucket with events.
+    ``use_rollups``: false reads ``events`` whatever the request (to compare).
     """
     builder = SqlBuilder()
     metrics = request.parsed_metrics()
     dimensions = request.parsed_dimensions()
     zone = request.timezone
-    where = [
-        f"product = {builder.param(product)}",
-        f'"timestamp" >= {builder.param(interval.start)}',
-        f'"timestamp" < {builder.param(interval.end)}',
-        *(builder.condition(flt) for flt in request.parsed_filters()),
-    ]
-    dims = [f"{_dimension_sql(builder, d, zone)} AS d{i}" for i, d in enumerate(dimensions)]
-    mets = [f"{_metric_sql(builder, m)} AS m{i}" for i, m in enumerate(metrics)]
-    group_by = f" GROUP BY {', '.join(str(i + 1) for i in range(len(dims)))}" if dims else ""
-    aggregated = (
-        f"SELECT {', '.join(dims + mets)} FROM events WHERE {' AND '.join(where)}{group_by}"
+    plan = choose_plan(request, interval) if use_rollups else "raw"
+    source = (
+        _raw_source(builder, product, interval)
+        if plan == "raw"
+        else rollup_source(builder, plan, product, interval)
     )
+    where = [*source.conditions, *(builder.condition(flt) for flt in request.parsed_filters())]
+    dims = [f"{_dimension_sql(builder, d, zone)} AS d{i}" for i, d in enumerate(dimensions)]
+    mets = [f"{_metric_sql(builder, m, source)} AS m{i}" for i, m in enumerate(metrics)]
+    where_sql = f" WHERE {' AND '.join(where)}" if where else ""
+    group_by = f" GROUP BY {', '.join(str(i + 1) for i in range(len(dims)))}" if dims else ""
+    aggregated = f"SELECT {', '.join(dims + mets)} FROM {source.relation}{where_sql}{group_by}"
     time_only = len(dimensions) == 1 and dimensions[0].granularity is not None
     names = {text: f"d{i}" for i, text in enumerate(request.dimensions)} | {
         text: f"m{i}" for i, text in enumerate(request.metrics)
@@ -114,7 +138,7 @@ def compile_query(
         f"ORDER BY {', '.join(order)} {page}"
     )
     granularity = next((d.granularity for d in dimensions if d.granularity), None)
-    return CompiledQuery(sql, builder.args, granularity, metrics, offset_index)
+    return CompiledQuery(sql, builder.args, granularity, metrics, offset_index, source.kind)
 
 
 def _filled_series(

@@ -115,12 +115,22 @@ class ReadService:
         self.admit(key)
         return await self.answer(self.product_for(key, request.product), request)
 
-    async def answer(self, product: str, request: QueryRequest) -> dict[str, Any]:
-        """The answer to ``request`` over ``product``'s events (no key: the CLI's way in)."""
+    async def answer(
+        self, product: str, request: QueryRequest, *, use_rollups: bool = True
+    ) -> dict[str, Any]:
+        """The answer to ``request`` over ``product``'s events (no key: the CLI's way in).
+
+        ``use_rollups``: false reads the raw events even where the rollups could
+        answer (the same numbers; to compare the two).
+        """
         started = time.monotonic()
         interval = request.interval(dt.datetime.now(dt.UTC))
         compiled = compile_query(
-            request, product=product, interval=interval, fill_from=has_real_start(interval)
+            request,
+            product=product,
+            interval=interval,
+            fill_from=has_real_start(interval),
+            use_rollups=use_rollups,
         )
         rows = await self.fetch(compiled.sql, compiled.args)
         results, total = shape_rows(compiled, rows)
@@ -132,7 +142,7 @@ class ReadService:
             "results": results,
             "meta": {
                 "total_rows": total,
-                "source": "raw",
+                "source": compiled.source,
                 "took_ms": took_ms,
                 "date_range": [interval.start.isoformat(), interval.end.isoformat()],
                 "metrics": request.metrics,

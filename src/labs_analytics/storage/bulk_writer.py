@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 
 from labs_analytics.events import EventRecord
+from labs_analytics.storage.rollups import mark_dirty_sql
 
 STAGING_TABLE = "events_staging"
 STAGING_COLUMNS = (
@@ -56,6 +57,10 @@ SELECT "timestamp", event_id, product, name, user_id, properties, context, recei
 FROM {STAGING_TABLE}
 ON CONFLICT ("timestamp", product, event_id) DO NOTHING
 """
+
+# Every hour the batch wrote into is marked for the rollups, in the same
+# transaction (see storage.rollups for why that keeps reads exact).
+MARK_DIRTY_SQL = mark_dirty_sql(STAGING_TABLE)
 
 INSERT_BATCH_LOG_SQL = """
 INSERT INTO ingest_batches (batch_id, status, consumer, stream_ids, attempt, events, inserted,
@@ -193,6 +198,10 @@ class BulkWriter:
 
             if dead_letters:
                 await conn.executemany(INSERT_DEAD_LETTER_SQL, [d.as_row() for d in dead_letters])
+            if inserted:
+                # Last but one: the marks stay row-locked until the commit (a
+                # rollup refresh skips them meanwhile), so keep that short.
+                await conn.execute(MARK_DIRTY_SQL)
             total_ms = _elapsed_ms(started)
             await conn.execute(
                 INSERT_BATCH_LOG_SQL,

@@ -26,9 +26,12 @@ def create_engine(database_url: str) -> AsyncEngine:
 
 
 def create_copy_pool(
-    database_url: str, *, max_size: int = 2, application_name: str = "labs-analytics flusher"
+    database_url: str, *, max_size: int = 3, application_name: str = "labs-analytics flusher"
 ) -> asyncpg.Pool:
     """A pool for the flusher; ``min_size=0`` so creating it never needs the server.
+
+    Three connections: the flush, and retention and the rollup refresh beside
+    it, so neither of those ever makes a flush wait for a connection.
 
     ``application_name`` shows in ``pg_stat_activity``: name the flusher, so an
     operator can tell which process holds which backend.

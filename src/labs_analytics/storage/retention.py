@@ -11,8 +11,12 @@ events older than its cutoff (``now - keep_days``, UTC):
 Products without a row are never touched, and a partition holding any of
 their rows is never dropped. One runner at a time, across processes: a run
 holds a PostgreSQL advisory lock and a second one gives up at once
-(``RetentionBusy``). Rollups, when they exist, are not raw rows: they outlive
-this.
+(``RetentionBusy``).
+
+Rollups (``storage.rollups``) are not raw rows: they outlive this. The drops
+and deletes here go straight to the partitions, never through the bulk
+writer, so they mark no hour for the rollups on purpose: a rollup keeps
+counting what retention removed.
 """
 
 from __future__ import annotations

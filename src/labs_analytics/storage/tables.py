@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     Double,
     Index,
@@ -132,4 +133,38 @@ product_retention = Table(
     Column("keep_days", Integer, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("keep_days >= 1", name="keep_days_positive"),
+)
+
+# Rollups (`storage.rollups`): exact counts kept beside the raw events, by UTC
+# hour and name, and by UTC day and user (events with a user only). A mark in
+# `rollup_dirty` says the hour's raw rows changed since it was rolled up; reads
+# take marked hours (and the whole days around them) from `events` instead.
+rollup_hourly = Table(
+    "rollup_hourly",
+    metadata,
+    Column("product", Text, nullable=False),
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    PrimaryKeyConstraint("product", "hour", "name"),
+)
+
+rollup_user_daily = Table(
+    "rollup_user_daily",
+    metadata,
+    Column("product", Text, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("user_id", Text, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    PrimaryKeyConstraint("product", "day", "user_id"),
+)
+
+rollup_dirty = Table(
+    "rollup_dirty",
+    metadata,
+    Column("product", Text, nullable=False),
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("marked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("product", "hour"),
+    Index(None, "marked_at"),
 )

@@ -1,0 +1,204 @@
+"""Which rows ``POST /v1/query`` reads: the rollups where the request allows, else ``events``.
+
+Two rollups (``storage.rollups``) hold exact counts: events per UTC hour and
+name, and events per UTC day and user (events with a user). A request is
+answered from one when every number it asks for can be summed from it:
+
+- **hourly**: only the ``events`` metric; dimensions among ``time:*`` and
+  ``name``; filters on ``name`` only; the range starts and ends on UTC hours,
+  and the time zone's offset is a whole number of hours throughout it (so
+  each UTC hour lies in one local hour, day, week and month).
+- **user-daily**: metrics among ``events`` and ``users``; dimensions among
+  ``time:day|week|month`` and ``user``; no filters; a time zone at UTC
+  throughout, and a range of whole UTC days.
+
+Anything else reads ``events`` as before. Either way the answer is the same
+number: the rollup relation below takes rollup rows only for hours (days)
+without a dirty mark, and the raw events of the marked ones, in the one
+statement the answer is computed by (one snapshot).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from dataclasses import dataclass
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from labs_analytics.read.dates import Interval
+from labs_analytics.read.request import QueryRequest
+from labs_analytics.read.sql import SqlBuilder
+
+Plan = Literal["raw", "hourly", "user_daily"]
+
+HOUR = dt.timedelta(hours=1)
+# Zone offsets are checked day by day over the years a range covers; a range
+# of more years than this is read raw rather than checked.
+MAX_CHECKED_YEARS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What the aggregate reads: its relation, the conditions that limit it to
+    the product and range, and how the ``events`` metric counts its rows."""
+
+    kind: Literal["raw", "rollup"]
+    relation: str
+    conditions: list[str]
+    events_sql: str
+
+
+def choose_plan(request: QueryRequest, interval: Interval) -> Plan:
+    if hourly_eligible(request, interval):
+        return "hourly"
+    if user_daily_eligible(request, interval):
+        return "user_daily"
+    return "raw"
+
+
+def hourly_eligible(request: QueryRequest, interval: Interval) -> bool:
+    return (
+        all(metric.kind == "events" for metric in request.parsed_metrics())
+        and all(d.granularity or d.text == "name" for d in request.parsed_dimensions())
+        and all(flt.field.column == "name" for flt in request.parsed_filters())
+        and _on_utc_boundary(interval, HOUR)
+        and _offsets_whole_hours(request.timezone, interval)
+    )
+
+
+def user_daily_eligible(request: QueryRequest, interval: Interval) -> bool:
+    return (
+        all(metric.kind in ("events", "users") for metric in request.parsed_metrics())
+        and all(
+            d.granularity in ("day", "week", "month") or d.text == "user"
+            for d in request.parsed_dimensions()
+        )
+        and not request.filters
+        and _on_utc_boundary(interval, dt.timedelta(days=1))
+        and _offsets(request.timezone, interval) == {dt.timedelta(0)}
+    )
+
+
+def _on_utc_boundary(interval: Interval, unit: dt.timedelta) -> bool:
+    return all(
+        (bound.astimezone(dt.UTC) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) % unit
+        == dt.timedelta(0)
+        for bound in (interval.start, interval.end)
+    )
+
+
+def _offsets_whole_hours(zone: str, interval: Interval) -> bool:
+    offsets = _offsets(zone, interval)
+    return bool(offsets) and all(offset % HOUR == dt.timedelta(0) for offset in offsets)
+
+
+def _offsets(zone: str, interval: Interval) -> set[dt.timedelta]:
+    """The zone's UTC offsets at the range's bounds and through every year it
+    covers; empty when there are too many years to check."""
+    first, last = interval.start.astimezone(dt.UTC).year, interval.end.astimezone(dt.UTC).year
+    if last - first >= MAX_CHECKED_YEARS:
+        return set()
+    offsets = {_offset(bound, ZoneInfo(zone)) for bound in (interval.start, interval.end)}
+    for year in range(first, last + 1):
+        offsets |= _year_offsets(zone, year)
+    return offsets
+
+
+def _offset(moment: dt.datetime, zone: ZoneInfo) -> dt.timedelta:
+    return moment.astimezone(zone).utcoffset() or dt.timedelta(0)
+
+
+@functools.lru_cache(maxsize=4096)
+def _year_offsets(zone: str, year: int) -> frozenset[dt.timedelta]:
+    """Every offset the zone has in ``year``, sampled twice a day (Jan 1 and Jul 1
+    among the samples): a zone that spends any day of the year at an offset
+    shows it."""
+    tz = ZoneInfo(zone)
+    first = dt.date(year, 1, 1).toordinal()
+    days = dt.date(year, 12, 31).toordinal() - first + 1
+    return frozenset(
+        _offset(dt.datetime.combine(dt.date.fromordinal(first + n), time), tz)
+        for n in range(days)
+        for time in (_MIDNIGHT, _NOON)
+    )
+
+
+_MIDNIGHT = dt.time(0, tzinfo=dt.UTC)
+_NOON = dt.time(12, tzinfo=dt.UTC)
+
+
+# --- the relations -------------------------------------------------------------
+
+
+def rollup_source(builder: SqlBuilder, plan: Plan, product: str, interval: Interval) -> Source:
+    """The rows of ``plan`` for ``product`` over ``interval``, as a relation with
+    the columns a raw query reads (``"timestamp"``, ``name`` or ``user_id``) and
+    ``events``, the number of events each row stands for."""
+    p = builder.param(product)
+    s = builder.param(interval.start)
+    e = builder.param(interval.end)
+    if plan == "hourly":
+        relation = _hourly_relation(p, s, e)
+    else:
+        start_day = builder.param(interval.start.astimezone(dt.UTC).date(), "date")
+        end_day = builder.param(interval.end.astimezone(dt.UTC).date(), "date")
+        relation = _user_daily_relation(p, s, e, start_day, end_day)
+    # count(*) of no rows is 0, a sum of none NULL: coalesced, and a bigint as count's.
+    return Source("rollup", f"({relation}) AS src", [], "coalesce(sum(events), 0)::bigint")
+
+
+def _hourly_relation(p: str, s: str, e: str) -> str:
+    return (
+        "WITH dirty AS ("
+        f"SELECT hour FROM rollup_dirty WHERE product = {p} AND hour >= {s} AND hour < {e}) "
+        'SELECT r.hour AS "timestamp", r.name, r.events FROM rollup_hourly r '
+        f"WHERE r.product = {p} AND r.hour >= {s} AND r.hour < {e} "
+        "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.hour = r.hour) "
+        'UNION ALL SELECT ev."timestamp", ev.name, 1::bigint FROM dirty '
+        f'JOIN events ev ON ev.product = {p} AND ev."timestamp" >= dirty.hour '
+        "AND ev.\"timestamp\" < dirty.hour + interval '1 hour'"
+    )
+
+
+_DAY_START = "({}::timestamp AT TIME ZONE 'UTC')"
+
+
+def _user_daily_relation(p: str, s: str, e: str, start_day: str, end_day: str) -> str:
+    """A day with any marked hour is dirty: its users are read raw.
+
+    Events without a user are not in ``rollup_user_daily``; on a clean day they
+    are the day's events (from ``rollup_hourly``, exact there too, since none
+    of the day's hours is marked) less those with a user.
+    """
+    day = _DAY_START.format
+    return (
+        "WITH dirty AS (SELECT DISTINCT (hour AT TIME ZONE 'UTC')::date AS day "
+        f"FROM rollup_dirty WHERE product = {p} AND hour >= {s} AND hour < {e}), "
+        "clean AS (SELECT r.day, r.user_id, r.events FROM rollup_user_daily r "
+        f"WHERE r.product = {p} AND r.day >= {start_day} AND r.day < {end_day} "
+        "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = r.day)), "
+        "with_user AS (SELECT day, sum(events) AS events FROM clean GROUP BY day), "
+        "every AS (SELECT (h.hour AT TIME ZONE 'UTC')::date AS day, sum(h.events) AS events "
+        f"FROM rollup_hourly h WHERE h.product = {p} AND h.hour >= {s} AND h.hour < {e} "
+        "GROUP BY 1) "
+        f'SELECT {day("clean.day")} AS "timestamp", clean.user_id, clean.events FROM clean '
+        f"UNION ALL SELECT {day('every.day')}, NULL, "
+        "(every.events - coalesce(with_user.events, 0))::bigint "
+        "FROM every LEFT JOIN with_user ON with_user.day = every.day "
+        "WHERE every.events > coalesce(with_user.events, 0) "
+        "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = every.day) "
+        'UNION ALL SELECT ev."timestamp", ev.user_id, 1::bigint FROM dirty '
+        f'JOIN events ev ON ev.product = {p} AND ev."timestamp" >= {day("dirty.day")} '
+        f"AND ev.\"timestamp\" < {day('dirty.day')} + interval '1 day'"
+    )
+
+
+__all__ = [
+    "Plan",
+    "Source",
+    "choose_plan",
+    "hourly_eligible",
+    "rollup_source",
+    "user_daily_eligible",
+]

@@ -1,0 +1,161 @@
+"""Rollups that stay exact: counts kept beside ``events``, and the marks that say where not.
+
+Two tables hold counts computed from ``events``:
+
+- ``rollup_hourly``: events per (product, UTC hour, name);
+- ``rollup_user_daily``: events per (product, UTC day, user), events with a user only.
+
+``rollup_dirty`` holds a mark per (product, UTC hour) whose raw rows changed
+since it was rolled up. A flush marks every hour it wrote into, in its own
+transaction, with ``mark_dirty_sql``; ``refresh_rollups`` recomputes marked
+hours (and the whole days around them) from ``events`` and removes their
+marks. Reads (``read.rollup_plan``) take rollup rows for unmarked hours and
+days only, raw rows for the rest, in one statement: one snapshot.
+
+Why a committed state is always consistent (an hour without a mark has rollup
+rows equal to its raw rows; a day none of whose hours is marked too):
+
+- A flush's rows and its marks commit together.
+- The mark is an upsert (``DO UPDATE``, not ``DO NOTHING``): it row-locks the
+  mark until the flush commits. The worker takes marks ``FOR UPDATE SKIP
+  LOCKED``, so it skips an hour a flush is about to commit into; that hour
+  stays marked.
+- A flush that marks an hour the worker has locked waits for the worker's
+  commit, then inserts the mark again (the worker deleted it): its rows are
+  not in the worker's counts, and the hour is marked until the next refresh.
+- Every count the worker computes is read after it locked the marks, so it
+  holds every row committed before the lock.
+
+Retention (``storage.retention``) deletes raw rows without marking anything:
+rollups outlive the raw events they were computed from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+
+# pg_advisory_xact_lock key of a refresh ("LAROLLUP" in ASCII): one at a time
+# across processes. Two refreshes could mark-lock different hours of one day
+# and then both rewrite that day's user rows.
+ROLLUP_LOCK_KEY = 0x4C41_524F_4C4C_5550
+
+# In the flush transaction, after its rows are inserted, as late as possible
+# (the lock it takes is held until the commit). ORDER BY: flushers lock marks
+# in one order, so two of them cannot deadlock on each other's.
+_MARK_DIRTY_TEMPLATE = """
+INSERT INTO rollup_dirty (product, hour)
+SELECT DISTINCT product, date_trunc('hour', "timestamp", 'UTC') FROM {source}
+ORDER BY 1, 2
+ON CONFLICT (product, hour) DO UPDATE SET marked_at = now()
+"""
+
+_TAKE_MARKS_SQL = """
+SELECT product, hour FROM rollup_dirty
+ORDER BY marked_at
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+
+# $1, $2: the marks taken, as parallel arrays (product[], hour[]).
+_MARKS = "unnest($1::text[], $2::timestamptz[]) AS mark(product, hour)"
+_DAYS = f"(SELECT DISTINCT product, (hour AT TIME ZONE 'UTC')::date AS day FROM {_MARKS}) AS d"
+_DAY_START = "(d.day::timestamp AT TIME ZONE 'UTC')"
+
+_DELETE_HOURLY_SQL = f"""
+DELETE FROM rollup_hourly r USING {_MARKS}
+WHERE r.product = mark.product AND r.hour = mark.hour
+"""
+_INSERT_HOURLY_SQL = f"""
+INSERT INTO rollup_hourly (product, hour, name, events)
+SELECT mark.product, mark.hour, e.name, count(*)
+FROM {_MARKS}
+JOIN events e ON e.product = mark.product
+    AND e."timestamp" >= mark.hour AND e."timestamp" < mark.hour + interval '1 hour'
+GROUP BY 1, 2, 3
+"""
+_DELETE_USER_DAILY_SQL = f"""
+DELETE FROM rollup_user_daily r USING {_DAYS}
+WHERE r.product = d.product AND r.day = d.day
+"""
+# The whole day, whichever of its hours were marked: a day's distinct users
+# cannot be patched hour by hour.
+_INSERT_USER_DAILY_SQL = f"""
+INSERT INTO rollup_user_daily (product, day, user_id, events)
+SELECT d.product, d.day, e.user_id, count(*)
+FROM {_DAYS}
+JOIN events e ON e.product = d.product
+    AND e."timestamp" >= {_DAY_START} AND e."timestamp" < {_DAY_START} + interval '1 day'
+    AND e.user_id IS NOT NULL
+GROUP BY 1, 2, 3
+"""
+_DELETE_MARKS_SQL = f"""
+DELETE FROM rollup_dirty r USING {_MARKS}
+WHERE r.product = mark.product AND r.hour = mark.hour
+"""
+
+
+def mark_dirty_sql(source: str) -> str:
+    """The marking statement over ``source``, a table of ours with ``product`` and
+    ``timestamp`` columns: every (product, UTC hour) in it is marked."""
+    return _MARK_DIRTY_TEMPLATE.format(source=source)
+
+
+async def refresh_rollups(pool: asyncpg.Pool, *, max_buckets: int, wait: bool = True) -> int:
+    """Roll up at most ``max_buckets`` marked hours (oldest marks first), in one
+    transaction; how many were done (0: none marked, all being flushed into, or,
+    unless ``wait``, another refresh running)."""
+    async with pool.acquire() as conn, conn.transaction():
+        if wait:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_LOCK_KEY)
+        elif not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", ROLLUP_LOCK_KEY):
+            return 0
+        marks = await conn.fetch(_TAKE_MARKS_SQL, max_buckets)
+        if not marks:
+            return 0
+        products = [mark["product"] for mark in marks]
+        hours = [mark["hour"] for mark in marks]
+        for statement in (
+            _DELETE_HOURLY_SQL,
+            _INSERT_HOURLY_SQL,
+            _DELETE_USER_DAILY_SQL,
+            _INSERT_USER_DAILY_SQL,
+            _DELETE_MARKS_SQL,
+        ):
+            await conn.execute(statement, products, hours)
+    return len(marks)
+
+
+@dataclass(frozen=True, slots=True)
+class RollupStatus:
+    marks: int
+    oldest_mark: dt.datetime | None
+    hourly_rows: int
+    user_daily_rows: int
+
+
+async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
+    row = await conn.fetchrow(
+        "SELECT (SELECT count(*) FROM rollup_dirty) AS marks, "
+        "(SELECT min(marked_at) FROM rollup_dirty) AS oldest_mark, "
+        "(SELECT count(*) FROM rollup_hourly) AS hourly_rows, "
+        "(SELECT count(*) FROM rollup_user_daily) AS user_daily_rows"
+    )
+    assert row is not None
+    return RollupStatus(
+        marks=row["marks"],
+        oldest_mark=row["oldest_mark"],
+        hourly_rows=row["hourly_rows"],
+        user_daily_rows=row["user_daily_rows"],
+    )
+
+
+__all__ = [
+    "ROLLUP_LOCK_KEY",
+    "RollupStatus",
+    "mark_dirty_sql",
+    "refresh_rollups",
+    "rollup_status",
+]

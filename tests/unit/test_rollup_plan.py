@@ -1,0 +1,85 @@
+"""Which requests the rollups answer: only those whose every number sums exactly from them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from labs_analytics.read.request import QueryRequest
+from labs_analytics.read.rollup_plan import choose_plan
+
+NOW = dt.datetime(2026, 11, 27, 15, 30, tzinfo=dt.UTC)
+DAYS = ["2026-10-26", "2026-11-08"]
+
+
+def plan(**body: Any) -> str:
+    request = QueryRequest.model_validate({"date_range": DAYS, **body})
+    return choose_plan(request, request.interval(NOW))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"metrics": ["events"]},
+        {"metrics": ["events"], "dimensions": ["time:hour"], "timezone": "America/New_York"},
+        {"metrics": ["events"], "dimensions": ["time:day", "name"], "timezone": "Europe/Paris"},
+        {"metrics": ["events"], "dimensions": ["time:month"], "date_range": "all"},
+        {"metrics": ["events"], "date_range": "7d", "timezone": "America/New_York"},
+        {"metrics": ["events"], "filters": [["is", "name", ["a"]], ["gt", "name", ["b"]]]},
+        {"metrics": ["events"], "filters": [["contains", "name", ["a"]], ["exists", "name"]]},
+        {"metrics": ["events"], "date_range": ["2026-11-01T05:00:00Z", "2026-11-02T13:00:00Z"]},
+        # Caracas was at -4:30 until May 2016; whole hours since.
+        {
+            "metrics": ["events"],
+            "timezone": "America/Caracas",
+            "date_range": ["2017-01-01", "2017-02-01"],
+        },
+    ],
+)
+def test_event_counts_by_time_and_name_come_from_the_hourly_rollup(body: dict[str, Any]) -> None:
+    assert plan(**body) == "hourly"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"metrics": ["events", "users"]},
+        {"metrics": ["users"], "dimensions": ["time:week"]},
+        {"metrics": ["users", "events"], "dimensions": ["time:month", "user"], "date_range": "all"},
+        {"metrics": ["events"], "dimensions": ["user"], "timezone": "Etc/UTC"},
+        {"metrics": ["users"], "date_range": "30d"},
+    ],
+)
+def test_users_by_utc_day_come_from_the_user_daily_rollup(body: dict[str, Any]) -> None:
+    assert plan(**body) == "user_daily"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"metrics": ["events", "p95:duration_ms"]},
+        {"metrics": ["sum:duration_ms"]},
+        {"metrics": ["events"], "dimensions": ["prop:route"]},
+        {"metrics": ["events"], "filters": [["is", "prop:route", ["/"]]]},
+        {"metrics": ["events"], "filters": [["is", "user", ["u1"]]]},
+        {"metrics": ["events"], "dimensions": ["time:day"], "timezone": "Asia/Kolkata"},
+        {"metrics": ["events"], "timezone": "Australia/Lord_Howe"},  # +10:30 half the year
+        {
+            "metrics": ["events"],
+            "timezone": "America/Caracas",
+            "date_range": ["2016-06-01", "2016-07-01"],
+        },
+        {"metrics": ["events"], "date_range": ["2026-11-01T05:30:00Z", "2026-11-02T13:00:00Z"]},
+        {"metrics": ["users"], "dimensions": ["time:day"], "timezone": "America/New_York"},
+        {"metrics": ["users"], "timezone": "Europe/London"},  # +1 in summer
+        {"metrics": ["users"], "dimensions": ["time:hour"]},
+        {"metrics": ["users"], "dimensions": ["name"]},
+        {"metrics": ["users"], "filters": [["is", "name", ["a"]]]},
+        {"metrics": ["users"], "date_range": ["2026-11-01T05:00:00Z", "2026-11-02T00:00:00Z"]},
+        {"metrics": ["events"], "date_range": ["1970-01-01", "2300-01-01"]},  # too long to check
+    ],
+)
+def test_anything_else_is_read_raw(body: dict[str, Any]) -> None:
+    assert plan(**body) == "raw"
