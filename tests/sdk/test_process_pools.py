@@ -207,3 +207,63 @@ async def test_the_clients_threads_leave_signals_to_the_main_thread(
         assert signal.SIGTERM not in blocked_signals(threading.get_native_id())
     finally:
         await asyncio.to_thread(client.close)
+
+
+STUCK_IN_C = """
+import ctypes, json, multiprocessing, os
+from labs_analytics_client import AnalyticsClient
+
+
+def child(ready):
+    client = AnalyticsClient(
+        os.environ["JOB_KEY"], base_url=os.environ["JOB_URL"], flush_interval=30, batch_size=1000
+    )
+    for i in range(int(os.environ["JOB_EVENTS"])):
+        client.track("stuck.task", properties={"i": i})
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)  # zeroed: PTHREAD_MUTEX_INITIALIZER (glibc)
+    libc.pthread_mutex_lock(mutex)
+    ready.set()
+    # Blocked in C for good (a default mutex taken twice), the GIL released:
+    # no Python code runs here again, so a Python-level handler never does.
+    libc.pthread_mutex_lock(mutex)
+
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    process = ctx.Process(target=child, args=(ready,))
+    process.start()
+    assert ready.wait(60), "the child never got ready"
+    process.terminate()
+    process.join(60)
+    print(json.dumps({"exitcode": process.exitcode}), flush=True)
+"""
+
+
+async def test_a_sigterm_whose_handler_never_runs_still_drains_the_child(
+    tmp_path: Path, shared_server: ServeProcess, sdk_settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The main thread blocked in C when SIGTERM lands: the wakeup fd's reader drains."""
+    product = new_product()
+    key = await create_key(sdk_settings, product=product)
+    script = tmp_path / "stuck.py"
+    script.write_text(textwrap.dedent(STUCK_IN_C))
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(script)],
+        env={
+            **os.environ,
+            "JOB_KEY": key,
+            "JOB_URL": shared_server.base_url,
+            "JOB_EVENTS": str(EVENTS),
+        },
+        capture_output=True,
+        text=True,
+        timeout=90,  # a hang fails here, before the test timeout
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    exitcode = json.loads(run.stdout.splitlines()[-1])["exitcode"]
+    assert exitcode in (-signal.SIGTERM, 128 + signal.SIGTERM), run.stderr  # ended, not hung
+    await assert_all_delivered_once(db, product)

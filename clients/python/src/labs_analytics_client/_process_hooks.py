@@ -22,19 +22,23 @@
   hook (after any drain already running: one lock serializes them), then
   re-sends SIGTERM, which the handler now lets kill the process as the
   default would. At most ``shutdown_timeout`` later than without it.
-* The SDK's own threads block the asynchronous signals (``threads_for_us``):
-  Python runs handlers only in the main thread, but the kernel hands a
-  process's signal to whichever thread takes it first. A SIGTERM taken by a
-  busy delivery thread only flags the main thread, and a main thread blocked
-  in C (a Pool worker waiting on its queue's lock, which ``terminate()``
-  never releases) never looks: the worker outlived ``terminate()`` and its
-  parent waited for it forever (1 run in ~30 under CPU load).
+* Python runs a handler in the main thread only, at its next bytecode, and a
+  Pool worker's main thread may be blocked in C for good (on its queue's
+  lock, which ``terminate()`` holds): two ways a SIGTERM went unhandled and
+  the worker outlived ``terminate()``, its parent waiting forever (1 run in
+  ~20 under CPU load). The kernel gave the signal to a busy delivery thread,
+  so the main thread was never interrupted: the SDK's threads are born with
+  the asynchronous signals blocked (``threads_for_us``). Or it landed just
+  before the main thread blocked: a thread of ours reads the signal wakeup
+  fd (``_watch_signal_wakeups``), which CPython's C-level handler writes in
+  any case, and starts the drain itself.
 """
 
 from __future__ import annotations
 
 import _thread
 import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -87,8 +91,9 @@ _mp_finalizer_pid: int | None = None  # the process whose finalizers hold our dr
 _mp_after_fork_pid: int | None = None  # the process whose after-fork callbacks hold it
 _exit_lock = threading.Lock()  # one drain at a time: a SIGTERM drain waits for the exit's
 _sigterm_pid: int | None = None  # the process whose SIGTERM handler is ours
-_sigterm_drain_started = False
+_sigterm_drain_once = threading.Lock()  # taken by whichever sees SIGTERM first, never released
 _sigterm_drained = False
+_wakeup_fds: tuple[int, int] | None = None  # our signal wakeup pipe, in _sigterm_pid
 
 
 # Faults are delivered to the thread at fault, and must not be blocked there.
@@ -181,9 +186,11 @@ def _close_all() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _exit_lock, _sigterm_drain_started, _sigterm_drained
+    global _exit_lock, _sigterm_drain_once, _sigterm_drained
     _exit_lock = threading.Lock()  # another thread may have held it at the fork
-    _sigterm_drain_started = _sigterm_drained = False
+    _sigterm_drain_once = threading.Lock()
+    _sigterm_drained = False
+    _forget_wakeup_pipe()
     reseed_after_fork()
     for client in list(_clients):
         client._after_fork_in_child()
@@ -215,19 +222,85 @@ def _drain_on_sigterm() -> None:
         return  # the application's (or the framework's) own handler decides
     signal.signal(signal.SIGTERM, _on_sigterm)
     _sigterm_pid = os.getpid()
+    _watch_signal_wakeups()
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
     # Runs in the main thread between two bytecodes, maybe inside track() with
-    # a client's lock held: take no lock here, only start the drain elsewhere.
-    global _sigterm_drain_started
+    # a client's lock held: take no lock here (but a non-blocking try), only
+    # start the drain elsewhere.
     if _sigterm_drained:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
-    elif not _sigterm_drain_started:
-        _sigterm_drain_started = True
+    else:
+        _start_sigterm_drain()
+
+
+def _start_sigterm_drain() -> None:
+    """From the handler or the wakeup watcher, whichever is first; once per process."""
+    if _sigterm_drain_once.acquire(blocking=False):
         with threads_for_us():  # the SIGTERM it sends itself must reach the main thread
             _thread.start_new_thread(_drain_then_terminate, ())
+
+
+def _watch_signal_wakeups() -> None:
+    """A thread that learns of SIGTERM without the main thread.
+
+    Python runs a signal's handler in the main thread, at its next bytecode: a
+    SIGTERM that lands just before the main thread blocks in C (a Pool worker
+    taking its queue's lock, which ``terminate()`` holds for good) is never
+    handled, and the worker outlives ``terminate()`` (1 run in ~20 under CPU
+    load). CPython's C-level handler also writes the signal's number to the
+    wakeup fd, in whatever thread it runs: this thread reads it there. Not
+    when the process has a wakeup fd already (an event loop's): that one
+    stays, and the handler alone must do.
+    """
+    global _wakeup_fds
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no SIGTERM from terminate()
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # set_wakeup_fd's requirement: a signal never blocks
+    try:
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        previous = None
+    if previous != -1:
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        os.close(read_fd)
+        os.close(write_fd)
+        return
+    _wakeup_fds = (read_fd, write_fd)
+    with threads_for_us():
+        _thread.start_new_thread(_read_wakeups, (read_fd,))
+
+
+def _read_wakeups(read_fd: int) -> None:
+    while True:
+        try:
+            signals = os.read(read_fd, 64)
+        except OSError:
+            return
+        if not signals:
+            return
+        if signal.SIGTERM in signals:
+            _start_sigterm_drain()
+
+
+def _forget_wakeup_pipe() -> None:
+    """In a forked child: the pipe and its reader are the parent's (its thread
+    did not come along), and a signal here must not wake the parent."""
+    global _wakeup_fds
+    if _wakeup_fds is None:
+        return
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to change
+        current = signal.set_wakeup_fd(-1)
+        if current not in (_wakeup_fds[1], -1):  # someone else's since: theirs stays
+            signal.set_wakeup_fd(current)
+    for fd in _wakeup_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _wakeup_fds = None
 
 
 def _drain_then_terminate() -> None:
