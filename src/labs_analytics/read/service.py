@@ -166,7 +166,8 @@ class ReadService:
                 connection = await self._pool.acquire()
         except TimeoutError:
             raise ReadBusy("every read connection is busy; retry shortly") from None
-        except (OSError, asyncpg.PostgresError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # InterfaceError: the pool is closing (the app shutting down).
             log.warning("read.database_unavailable", error=f"{type(exc).__name__}: {exc}")
             raise ReadUnavailable("the database is unavailable; retry later") from exc
         try:
