@@ -209,6 +209,12 @@ class Settings(BaseSettings):
         "(reads stay exact meanwhile, only slower); 0: never, run `labs-analytics rollups "
         "refresh` yourself.",
     )
+    rollup_settle_seconds: float = Field(
+        default=60,
+        ge=0,
+        description="A marked hour is rolled up once no flush has written into it for this "
+        "long: the hour being written now is read raw rather than recomputed at every refresh.",
+    )
     rollup_max_buckets: int = Field(
         default=200,
         gt=0,

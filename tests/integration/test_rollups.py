@@ -380,7 +380,7 @@ async def test_a_flush_into_an_hour_being_rolled_up_waits_and_marks_it_again(
 async def test_the_pipeline_answers_from_rollups_refreshed_by_the_flusher(
     api: ApiFactory, db: asyncpg.Connection
 ) -> None:
-    async with api(run_flusher=True, rollup_interval_seconds=0.1) as app:
+    async with api(run_flusher=True, rollup_interval_seconds=0.1, rollup_settle_seconds=0) as app:
         ingest = await create_key(app.settings, "clubs")
         read = await create_key(app.settings, "clubs", scopes=[Scope.READ])
         now = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -490,3 +490,37 @@ async def test_any_query_near_the_rollups_equals_the_raw_answer(
     note(f"{product}: {json.dumps(body)}")
     planned, raw = await half_rolled_up.both(body, product)
     assert same_json(planned, raw), (planned, raw)
+
+
+async def test_an_hour_still_being_written_waits_and_a_day_is_redone_with_its_last_mark(
+    rig: Rig, db: asyncpg.Connection
+) -> None:
+    rng = random.Random(11)
+    day = dt.datetime(2026, 11, 3, tzinfo=dt.UTC)
+    for hour in (2, 9):  # two hours of one day
+        await rig.write(
+            new_records(
+                rng, 40, since=day + dt.timedelta(hours=hour), seconds=3600, product="clubs"
+            )
+        )
+    users_by_day = {
+        "metrics": ["events", "users"],
+        "dimensions": ["time:day"],
+        "date_range": ["2026-11-03", "2026-11-04"],
+    }
+
+    # Not settled yet: nothing is taken, the hours read raw.
+    assert await refresh_rollups(rig.pool, max_buckets=10, settle_seconds=3600) == 0
+    assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == 2
+
+    # One hour of the two: its counts are rolled up, the day's users wait for the other.
+    assert await refresh_rollups(rig.pool, max_buckets=1) == 1
+    assert await db.fetchval("SELECT count(*) FROM rollup_user_daily") == 0
+    planned, raw = await rig.both(users_by_day, "clubs")
+    assert planned["meta"]["source"] == "rollup"
+    assert same_json(planned, raw)
+
+    assert await refresh_rollups(rig.pool, max_buckets=1) == 1  # the day's last mark
+    assert await db.fetchval("SELECT count(*) FROM rollup_user_daily") > 0
+    planned, raw = await rig.both(users_by_day, "clubs")
+    assert same_json(planned, raw)

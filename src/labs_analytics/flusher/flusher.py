@@ -173,7 +173,12 @@ class Flusher:
                 while not stop.is_set():
                     # Another process refreshing: it does the work; no waiting
                     # on its lock with one of the flusher's connections.
-                    done = await refresh_rollups(self._pool, max_buckets=max_buckets, wait=False)
+                    done = await refresh_rollups(
+                        self._pool,
+                        max_buckets=max_buckets,
+                        settle_seconds=self.settings.rollup_settle_seconds,
+                        wait=False,
+                    )
                     buckets += done
                     if done < max_buckets:
                         break

@@ -52,8 +52,12 @@ ORDER BY 1, 2
 ON CONFLICT (product, hour) DO UPDATE SET marked_at = now()
 """
 
+# Only marks that have settled (no flush into their hour for $2 seconds): the
+# hour being written now would otherwise be recomputed whole at every refresh,
+# a scan that grows with the hour. Reads take it raw meanwhile.
 _TAKE_MARKS_SQL = """
 SELECT product, hour FROM rollup_dirty
+WHERE marked_at <= now() - make_interval(secs => $2)
 ORDER BY marked_at
 LIMIT $1
 FOR UPDATE SKIP LOCKED
@@ -61,8 +65,21 @@ FOR UPDATE SKIP LOCKED
 
 # $1, $2: the marks taken, as parallel arrays (product[], hour[]).
 _MARKS = "unnest($1::text[], $2::timestamptz[]) AS mark(product, hour)"
-_DAYS = f"(SELECT DISTINCT product, (hour AT TIME ZONE 'UTC')::date AS day FROM {_MARKS}) AS d"
 _DAY_START = "(d.day::timestamp AT TIME ZONE 'UTC')"
+# The days of the marks taken that no other mark is left in (run after the
+# taken marks are deleted): a day still marked elsewhere reads raw anyway, and
+# is recomputed with its last mark, so each day is scanned about once, not
+# once per hour of it.
+_DAYS = f"""(
+    SELECT product, day FROM (
+        SELECT DISTINCT product, (hour AT TIME ZONE 'UTC')::date AS day FROM {_MARKS}
+    ) AS d
+    WHERE NOT EXISTS (
+        SELECT 1 FROM rollup_dirty m
+        WHERE m.product = d.product
+          AND m.hour >= {_DAY_START} AND m.hour < {_DAY_START} + interval '1 day'
+    )
+) AS d"""
 
 _DELETE_HOURLY_SQL = f"""
 DELETE FROM rollup_hourly r USING {_MARKS}
@@ -103,16 +120,19 @@ def mark_dirty_sql(source: str) -> str:
     return _MARK_DIRTY_TEMPLATE.format(source=source)
 
 
-async def refresh_rollups(pool: asyncpg.Pool, *, max_buckets: int, wait: bool = True) -> int:
+async def refresh_rollups(
+    pool: asyncpg.Pool, *, max_buckets: int, settle_seconds: float = 0.0, wait: bool = True
+) -> int:
     """Roll up at most ``max_buckets`` marked hours (oldest marks first), in one
-    transaction; how many were done (0: none marked, all being flushed into, or,
-    unless ``wait``, another refresh running)."""
+    transaction; how many were done (0: none marked, none settled for
+    ``settle_seconds``, all being flushed into, or, unless ``wait``, another
+    refresh running)."""
     async with pool.acquire() as conn, conn.transaction():
         if wait:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_LOCK_KEY)
         elif not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", ROLLUP_LOCK_KEY):
             return 0
-        marks = await conn.fetch(_TAKE_MARKS_SQL, max_buckets)
+        marks = await conn.fetch(_TAKE_MARKS_SQL, max_buckets, settle_seconds)
         if not marks:
             return 0
         products = [mark["product"] for mark in marks]
@@ -120,9 +140,9 @@ async def refresh_rollups(pool: asyncpg.Pool, *, max_buckets: int, wait: bool = 
         for statement in (
             _DELETE_HOURLY_SQL,
             _INSERT_HOURLY_SQL,
+            _DELETE_MARKS_SQL,  # before the days: a day is redone once no mark is left in it
             _DELETE_USER_DAILY_SQL,
             _INSERT_USER_DAILY_SQL,
-            _DELETE_MARKS_SQL,
         ):
             await conn.execute(statement, products, hours)
     return len(marks)
