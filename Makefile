@@ -11,8 +11,9 @@ SUSTAIN ?= 60
 SOAK    ?= 60
 ROUNDS  ?= 3
 PORT    ?= 8000
+EVENTS  ?= 10000000
 
-.PHONY: install run test test-unit test-integration test-faults lint format stress bench attacks chaos clean
+.PHONY: install run test test-unit test-integration test-faults lint format stress bench bench-read attacks chaos clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,9 @@ bench: install  ## measure against the framework floor and the COPY ceiling; wri
 		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1)); } || \
 		echo "bench: wrk is not installed; using the Python load generator"
 	$(BIN)/python stress/bench.py --workers $(WORKERS) --sustain $(SUSTAIN) --soak $(SOAK) --rounds $(ROUNDS)
+
+bench-read: install  ## the read side over EVENTS generated events (EVENTS=200000: quick); writes BENCHMARKS.md
+	$(BIN)/python stress/bench_read.py --events $(EVENTS) --workers $(WORKERS)
 
 attacks: install  ## a quiet client's p50 alone and under each attack (issue 8); writes BENCHMARKS.md
 	$(BIN)/python stress/attacks.py --seconds $${SECONDS_EACH:-10}

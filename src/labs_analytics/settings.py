@@ -234,6 +234,13 @@ class Settings(BaseSettings):
     read_pool_size: int = Field(
         default=4, ge=1, le=64, description="PostgreSQL connections for reads, per process."
     )
+    read_work_mem_mb: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="PostgreSQL work_mem of read sessions, in MB: memory per sort or hash of a "
+        "query before it spills to disk (the server's default is 4).",
+    )
     read_rate_limit_per_second: float = Field(
         default=10.0, gt=0, le=10_000, description="Read queries a key may start per second."
     )
