@@ -13,14 +13,11 @@ Each phase starts the server processes it needs and stops them after:
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from labs_analytics.embedded import free_port
 from labs_analytics.settings import to_asyncpg_dsn
-from labs_analytics.storage import migrations
 
 from . import measure, report
 from .load import CONNECTIONS
@@ -28,6 +25,7 @@ from .machine import this_machine
 from .results import BenchResults, RssPeaks, Soak
 from .stack import (
     create_key,
+    embedded_stack,
     floor_command,
     process,
     sampling_rss,
@@ -48,20 +46,9 @@ class Options:
 
 
 def main(options: Options) -> None:
-    work = Path(tempfile.mkdtemp(prefix="labs-bench-"))
-    print(f"bench: working in {work}", flush=True)
-    postgres = EmbeddedPostgres(work / "postgres", database="bench")
-    redis = EmbeddedRedis(work / "redis")
-    try:
-        postgres.start()
-        redis.start()
-        migrations.upgrade(postgres.url)
-        results = asyncio.run(run(options, work, postgres.url, redis.url))
-    finally:
-        redis.stop()
-        postgres.stop()
+    with embedded_stack("bench") as stack:
+        results = asyncio.run(run(options, stack.work, stack.database_url, stack.redis_url))
     write_report(options.output, results)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 async def run(options: Options, work: Path, database_url: str, redis_url: str) -> BenchResults:

@@ -9,19 +9,53 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psutil
 
+from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis
+from labs_analytics.storage import migrations
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A run's working directory and its embedded, migrated PostgreSQL and Redis."""
+
+    work: Path
+    database_url: str
+    redis_url: str
+
+
+@contextmanager
+def embedded_stack(name: str) -> Iterator[Stack]:
+    """PostgreSQL (database ``name``) and Redis in a fresh temporary directory,
+    stopped and removed after, whatever happened."""
+    work = Path(tempfile.mkdtemp(prefix=f"labs-{name.replace('_', '-')}-"))
+    print(f"{name}: working in {work}", flush=True)
+    postgres = EmbeddedPostgres(work / "postgres", database=name)
+    redis = EmbeddedRedis(work / "redis")
+    try:
+        postgres.start()
+        redis.start()
+        migrations.upgrade(postgres.url)
+        yield Stack(work, postgres.url, redis.url)
+    finally:
+        redis.stop()
+        postgres.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def stack_env(database_url: str, redis_url: str, data: Path) -> dict[str, str]:

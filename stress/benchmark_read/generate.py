@@ -44,6 +44,7 @@ from typing import TypeVar
 
 import asyncpg
 
+from labs_analytics.storage.bulk_writer import STAGING_COLUMNS
 from labs_analytics.storage.partitions import partition_ddl
 
 DAY = dt.timedelta(days=1)
@@ -141,16 +142,8 @@ HOUR_WEIGHTS = (
     3, 2, 1.5, 1, 1, 1.5, 3, 5, 7, 8, 8.5, 9, 9.5, 10, 10, 10, 9.5, 9, 9, 9.5, 9, 8, 6, 4.5,
 )  # fmt: skip
 
-COLUMNS = (
-    "timestamp",
-    "event_id",
-    "product",
-    "name",
-    "user_id",
-    "properties",
-    "context",
-    "received_at",
-)
+# The columns the flusher writes, in its order (``batch_id`` stays NULL: no batch wrote these).
+COLUMNS = STAGING_COLUMNS
 
 
 @dataclass(frozen=True)

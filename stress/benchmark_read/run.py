@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +23,18 @@ from pathlib import Path
 import asyncpg
 import httpx
 from stress.benchmark.machine import this_machine
-from stress.benchmark.stack import BIN, process, serve_command, stack_env, wait_http
+from stress.benchmark.stack import (
+    BIN,
+    embedded_stack,
+    process,
+    serve_command,
+    stack_env,
+    wait_http,
+)
 
-from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from labs_analytics.embedded import free_port
 from labs_analytics.read.service import ReadService, create_read_pool
 from labs_analytics.settings import Settings, to_asyncpg_dsn
-from labs_analytics.storage import migrations
 from labs_analytics.storage.rollups import refresh_rollups
 
 from . import measure, report
@@ -53,19 +57,8 @@ class Options:
 
 
 def main(options: Options) -> None:
-    work = Path(tempfile.mkdtemp(prefix="labs-bench-read-"))
-    print(f"bench-read: working in {work}", flush=True)
-    postgres = EmbeddedPostgres(work / "postgres", database="bench_read")
-    redis = EmbeddedRedis(work / "redis")
-    try:
-        postgres.start()
-        redis.start()
-        migrations.upgrade(postgres.url)
-        results = asyncio.run(run(options, work, postgres.url, redis.url))
-    finally:
-        redis.stop()
-        postgres.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    with embedded_stack("bench_read") as stack:
+        results = asyncio.run(run(options, stack.work, stack.database_url, stack.redis_url))
     write_report(options.output, results)
 
 
