@@ -32,6 +32,7 @@ TABLES = (
     "product_retention",
     "rollup_hourly",
     "rollup_user_daily",
+    "rollup_users",
     "rollup_dirty",
 )
 

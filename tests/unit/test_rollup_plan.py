@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from labs_analytics.read.request import QueryRequest
-from labs_analytics.read.rollup_plan import choose_plan
+from labs_analytics.read.rollup_plan import choose_plan, users_by_period
 
 NOW = dt.datetime(2026, 11, 27, 15, 30, tzinfo=dt.UTC)
 DAYS = ["2026-10-26", "2026-11-08"]
@@ -83,3 +83,35 @@ def test_users_by_utc_day_come_from_the_user_daily_rollup(body: dict[str, Any]) 
 )
 def test_anything_else_is_read_raw(body: dict[str, Any]) -> None:
     assert plan(**body) == "raw"
+
+
+def period(fill_from: bool = True, **body: Any) -> str | None:
+    request = QueryRequest.model_validate({"date_range": DAYS, **body})
+    return users_by_period(
+        request, choose_plan(request, request.interval(NOW)), fill_from=fill_from
+    )
+
+
+@pytest.mark.parametrize("granularity", ["day", "week", "month"])
+def test_users_alone_by_day_week_or_month_are_counted_per_period(granularity: str) -> None:
+    assert period(metrics=["users"], dimensions=[f"time:{granularity}"]) == granularity
+    assert period(metrics=["users"], dimensions=[f"time:{granularity}"], date_range="30d")
+
+
+@pytest.mark.parametrize(
+    ("body", "fill_from"),
+    [
+        ({"metrics": ["events", "users"], "dimensions": ["time:week"]}, True),  # events: all rows
+        ({"metrics": ["users"]}, True),  # the range is no period
+        ({"metrics": ["users"], "dimensions": ["time:week", "user"]}, True),
+        ({"metrics": ["users"], "dimensions": ["user"]}, True),
+        ({"metrics": ["users"], "dimensions": ["time:hour"]}, True),
+        ({"metrics": ["users"], "dimensions": ["time:month"], "date_range": "all"}, False),
+        ({"metrics": ["users"], "dimensions": ["time:week"], "timezone": "Europe/Paris"}, True),
+        ({"metrics": ["users"], "dimensions": ["time:day"], "filters": [["exists", "name"]]}, True),
+    ],
+)
+def test_anything_else_in_the_user_daily_plan_counts_users_from_its_rows(
+    body: dict[str, Any], fill_from: bool
+) -> None:
+    assert period(fill_from, **body) is None

@@ -63,6 +63,7 @@ def rollups_status() -> None:
     typer.echo(f"oldest mark age: {age}")
     typer.echo(f"rollup_hourly rows: {status.hourly_rows}")
     typer.echo(f"rollup_user_daily rows: {status.user_daily_rows}")
+    typer.echo(f"rollup_users rows: {status.users_rows}")
 
 
 __all__ = ["app"]

@@ -9,7 +9,9 @@ key is ``(timestamp, product, event_id)``, and the flusher inserts with ``ON
 CONFLICT DO NOTHING``), so retries and redeliveries never count twice.
 
 Where the request allows, the rows counted come from the rollups instead
-(``read.rollup_plan``): the same numbers, summed from fewer rows.
+(``read.rollup_plan``): the same numbers, summed from fewer rows; distinct
+users by day, week or month from the counts kept per period where one is
+whole in the range and clean.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from typing import Any
 
 from labs_analytics.read.dates import EPOCH, Granularity, Interval, label, truncate
 from labs_analytics.read.request import Dimension, Metric, QueryRequest
-from labs_analytics.read.rollup_plan import Source, choose_plan, rollup_source
+from labs_analytics.read.rollup_plan import (
+    Plan,
+    Source,
+    choose_plan,
+    rollup_source,
+    user_period_series,
+    users_by_period,
+)
 from labs_analytics.read.sql import SqlBuilder
 
 _PERCENTILES = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99"}
@@ -94,20 +103,7 @@ def compile_query(
     builder = SqlBuilder()
     metrics = request.parsed_metrics()
     dimensions = request.parsed_dimensions()
-    zone = request.timezone
     plan = choose_plan(request, interval) if use_rollups else "raw"
-    source = (
-        _raw_source(builder, product, interval)
-        if plan == "raw"
-        else rollup_source(builder, plan, product, interval)
-    )
-    where = [*source.conditions, *(builder.condition(flt) for flt in request.parsed_filters())]
-    dims = [f"{_dimension_sql(builder, d, zone)} AS d{i}" for i, d in enumerate(dimensions)]
-    mets = [f"{_metric_sql(builder, m, source)} AS m{i}" for i, m in enumerate(metrics)]
-    where_sql = f" WHERE {' AND '.join(where)}" if where else ""
-    group_by = f" GROUP BY {', '.join(str(i + 1) for i in range(len(dims)))}" if dims else ""
-    aggregated = f"SELECT {', '.join(dims + mets)} FROM {source.relation}{where_sql}{group_by}"
-    time_only = len(dimensions) == 1 and dimensions[0].granularity is not None
     names = {text: f"d{i}" for i, text in enumerate(request.dimensions)} | {
         text: f"m{i}" for i, text in enumerate(request.metrics)
     }
@@ -120,37 +116,69 @@ def compile_query(
         time_index = next((i for i, d in enumerate(dimensions) if d.granularity), None)
         order = [f"d{time_index} ASC"] if time_index is not None else ["m0 DESC NULLS LAST"]
     # Ties broken by every dimension: pages are stable.
-    order += [f"{sortable[f'd{i}']} ASC NULLS FIRST" for i in range(len(dims))]
+    order += [f"{sortable[f'd{i}']} ASC NULLS FIRST" for i in range(len(dimensions))]
     limit, offset = builder.param(request.limit), builder.param(request.offset)
     offset_index = len(builder.args) - 1
     page = f"LIMIT {limit} OFFSET {offset}"
-    columns = [f"d{i}" for i in range(len(dims))] + [f"m{i}" for i in range(len(mets))]
-    if time_only:
-        granularity = dimensions[0].granularity
-        assert granularity is not None
-        sql = _filled_series(
-            builder, aggregated, metrics, granularity, request, interval, fill_from
-        )
-    else:
-        sql = f"SELECT *, count(*) OVER () AS total_rows FROM ({aggregated}) AS grouped"
+    columns = [f"d{i}" for i in range(len(dimensions))] + [f"m{i}" for i in range(len(metrics))]
+    sql, kind = _rows(builder, request, plan, product, interval, fill_from)
     sql = (
         f"SELECT {', '.join(columns)}, total_rows FROM ({sql}) AS answer "
         f"ORDER BY {', '.join(order)} {page}"
     )
     granularity = next((d.granularity for d in dimensions if d.granularity), None)
-    return CompiledQuery(sql, builder.args, granularity, metrics, offset_index, source.kind)
+    return CompiledQuery(sql, builder.args, granularity, metrics, offset_index, kind)
 
 
-def _filled_series(
+def _rows(
     builder: SqlBuilder,
-    aggregated: str,
-    metrics: list[Metric],
+    request: QueryRequest,
+    plan: Plan,
+    product: str,
+    interval: Interval,
+    fill_from: bool,
+) -> tuple[str, str]:
+    """The answer's rows (``d0``…, ``m0``…, ``total_rows``) unordered, and their source."""
+    period = users_by_period(request, plan, fill_from=fill_from)
+    if period is not None:
+        series = _series(builder, period, request, interval, fill_from)
+        return user_period_series(builder, product, interval, period, series), "rollup"
+    source = (
+        _raw_source(builder, product, interval)
+        if plan == "raw"
+        else rollup_source(builder, plan, product, interval)
+    )
+    aggregated = _aggregated(builder, request, source)
+    dimensions = request.parsed_dimensions()
+    if len(dimensions) == 1 and dimensions[0].granularity is not None:
+        series = _series(builder, dimensions[0].granularity, request, interval, fill_from)
+        return _filled_series(aggregated, request.parsed_metrics(), series), source.kind
+    return f"SELECT *, count(*) OVER () AS total_rows FROM ({aggregated}) AS grouped", source.kind
+
+
+def _aggregated(builder: SqlBuilder, request: QueryRequest, source: Source) -> str:
+    """The metrics per combination of dimensions, over ``source``'s rows."""
+    where = [*source.conditions, *(builder.condition(flt) for flt in request.parsed_filters())]
+    dims = [
+        f"{_dimension_sql(builder, d, request.timezone)} AS d{i}"
+        for i, d in enumerate(request.parsed_dimensions())
+    ]
+    mets = [
+        f"{_metric_sql(builder, m, source)} AS m{i}" for i, m in enumerate(request.parsed_metrics())
+    ]
+    where_sql = f" WHERE {' AND '.join(where)}" if where else ""
+    group_by = f" GROUP BY {', '.join(str(i + 1) for i in range(len(dims)))}" if dims else ""
+    return f"SELECT {', '.join(dims + mets)} FROM {source.relation}{where_sql}{group_by}"
+
+
+def _series(
+    builder: SqlBuilder,
     granularity: Granularity,
     request: QueryRequest,
     interval: Interval,
     fill_from: bool,
-) -> str:
-    """Every bucket of the range, those without events with counts of 0."""
+) -> tuple[str, str, str]:
+    """The first and last bucket of the range and the step between them, as SQL."""
     zone = request.zone()
     if fill_from:
         first = builder.param(truncate(interval.start, granularity, zone), "timestamp")
@@ -158,7 +186,12 @@ def _filled_series(
         last = builder.param(truncate(end, granularity, zone), "timestamp")
     else:  # `all`: from the first bucket with events to the last
         first, last = "(SELECT min(d0) FROM agg)", "(SELECT max(d0) FROM agg)"
-    step = f"{builder.param(_STEPS[granularity], 'text')}::interval"
+    return first, last, f"{builder.param(_STEPS[granularity], 'text')}::interval"
+
+
+def _filled_series(aggregated: str, metrics: list[Metric], series: tuple[str, str, str]) -> str:
+    """Every bucket of the range, those without events with counts of 0."""
+    first, last, step = series
     filled = [
         f"coalesce(agg.m{i}, 0) AS m{i}" if m.kind in ("events", "users") else f"agg.m{i} AS m{i}"
         for i, m in enumerate(metrics)

@@ -16,6 +16,15 @@ Anything else reads ``events`` as before. Either way the answer is the same
 number: the rollup relation below takes rollup rows only for hours (days)
 without a dirty mark, and the raw events of the marked ones, in the one
 statement the answer is computed by (one snapshot).
+
+Within the user-daily plan, ``users`` alone by ``time:day|week|month`` over a
+range with a real start (not ``all``) is a series of periods
+(``users_by_period``): a period wholly inside the range, with no mark anywhere
+in it and a ``rollup_users`` row, takes the row's count; any other (a partial
+first or last week or month, a marked one, one not rolled up yet) is counted
+as the user-daily plan counts it, over its days in the range. With ``events``
+beside ``users`` the whole user-daily relation is read anyway, so such a
+request takes the user-daily plan as it is.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from dataclasses import dataclass
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from labs_analytics.read.dates import Interval
+from labs_analytics.read.dates import Granularity, Interval
 from labs_analytics.read.request import QueryRequest
 from labs_analytics.read.sql import SqlBuilder
 
@@ -78,6 +87,22 @@ def user_daily_eligible(request: QueryRequest, interval: Interval) -> bool:
         and _on_utc_boundary(interval, dt.timedelta(days=1))
         and _offsets(request.timezone, interval) == {dt.timedelta(0)}
     )
+
+
+def users_by_period(request: QueryRequest, plan: Plan, *, fill_from: bool) -> Granularity | None:
+    """The period of a user-daily request answered from ``rollup_users`` (the
+    ``users`` metric alone, by one time dimension, over a range with a real
+    start), else None."""
+    dimensions = request.parsed_dimensions()
+    if (
+        plan != "user_daily"
+        or not fill_from
+        or [metric.kind for metric in request.parsed_metrics()] != ["users"]
+        or len(dimensions) != 1
+    ):
+        return None
+    granularity = dimensions[0].granularity
+    return granularity if granularity in ("day", "week", "month") else None
 
 
 def _on_utc_boundary(interval: Interval, unit: dt.timedelta) -> bool:
@@ -194,6 +219,59 @@ def _user_daily_relation(p: str, s: str, e: str, start_day: str, end_day: str) -
     )
 
 
+def user_period_series(
+    builder: SqlBuilder,
+    product: str,
+    interval: Interval,
+    granularity: Granularity,
+    series: tuple[str, str, str],
+) -> str:
+    """Every period of the series (``first``, ``last``, ``step``: timestamps at UTC
+    and an interval) with its distinct users over the part of it in ``interval``,
+    as ``d0``, ``m0`` and ``total_rows``, the columns of a filled series.
+
+    The count of a period wholly inside the range and unmarked is its
+    ``rollup_users`` row's (exact: ``storage.rollups``); the subquery counting
+    any other period runs only for those (a CASE branch is evaluated only when
+    taken), over its clean days' ``rollup_user_daily`` rows and its marked
+    days' raw events. Marks are looked up within the range only: a period
+    taken whole lies inside it.
+    """
+    first, last, step = series
+    p = builder.param(product)
+    s = builder.param(interval.start)
+    e = builder.param(interval.end)
+    start_day = builder.param(interval.start.astimezone(dt.UTC).date(), "date")
+    end_day = builder.param(interval.end.astimezone(dt.UTC).date(), "date")
+    period = builder.param(granularity, "text")
+    period_start = "series.d0::date"
+    period_end = f"(series.d0 + {step})::date"
+    lo, hi = f"greatest({period_start}, {start_day})", f"least({period_end}, {end_day})"
+    day = _DAY_START.format
+    counted = (
+        "(SELECT count(DISTINCT x.user_id) FROM ("
+        f"SELECT r.user_id FROM rollup_user_daily r WHERE r.product = {p} "
+        f"AND r.day >= {lo} AND r.day < {hi} "
+        "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = r.day) "
+        f"UNION ALL SELECT ev.user_id FROM dirty JOIN events ev ON ev.product = {p} "
+        f'AND ev."timestamp" >= {day("dirty.day")} '
+        f"AND ev.\"timestamp\" < {day('dirty.day')} + interval '1 day' "
+        f"WHERE dirty.day >= {lo} AND dirty.day < {hi}) AS x)"
+    )
+    return (
+        "WITH dirty AS (SELECT DISTINCT (hour AT TIME ZONE 'UTC')::date AS day "
+        f"FROM rollup_dirty WHERE product = {p} AND hour >= {s} AND hour < {e}), "
+        f"series AS (SELECT generate_series({first}, {last}, {step}) AS d0) "
+        f"SELECT series.d0, CASE WHEN u.users IS NOT NULL THEN u.users ELSE {counted} END AS m0, "
+        "count(*) OVER () AS total_rows FROM series "
+        f"LEFT JOIN rollup_users u ON u.product = {p} AND u.period = {period} "
+        f"AND u.start = {period_start} AND {period_start} >= {start_day} "
+        f"AND {period_end} <= {end_day} "
+        "AND NOT EXISTS (SELECT 1 FROM dirty "
+        f"WHERE dirty.day >= {period_start} AND dirty.day < {period_end})"
+    )
+
+
 __all__ = [
     "Plan",
     "Source",
@@ -201,4 +279,6 @@ __all__ = [
     "hourly_eligible",
     "rollup_source",
     "user_daily_eligible",
+    "user_period_series",
+    "users_by_period",
 ]

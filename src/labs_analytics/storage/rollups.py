@@ -1,16 +1,19 @@
 """Rollups that stay exact: counts kept beside ``events``, and the marks that say where not.
 
-Two tables hold counts computed from ``events``:
+Three tables hold counts computed from ``events``:
 
 - ``rollup_hourly``: events per (product, UTC hour, name);
-- ``rollup_user_daily``: events per (product, UTC day, user), events with a user only.
+- ``rollup_user_daily``: events per (product, UTC day, user), events with a user only;
+- ``rollup_users``: distinct users per (product, period, start), the period a
+  UTC day, an ISO week (from its Monday) or a month, from ``rollup_user_daily``.
 
 ``rollup_dirty`` holds a mark per (product, UTC hour) whose raw rows changed
 since it was rolled up. A flush marks every hour it wrote into, in its own
 transaction, with ``mark_dirty_sql``; ``refresh_rollups`` recomputes marked
 hours (and the whole days around them) from ``events`` and removes their
-marks. Reads (``read.rollup_plan``) take rollup rows for unmarked hours and
-days only, raw rows for the rest, in one statement: one snapshot.
+marks, then the periods of the days it rewrote from ``rollup_user_daily``.
+Reads (``read.rollup_plan``) take rollup rows for unmarked hours, days and
+periods only, raw rows for the rest, in one statement: one snapshot.
 
 Why a committed state is always consistent (an hour without a mark has rollup
 rows equal to its raw rows; a day none of whose hours is marked too):
@@ -25,6 +28,15 @@ rows equal to its raw rows; a day none of whose hours is marked too):
   not in the worker's counts, and the hour is marked until the next refresh.
 - Every count the worker computes is read after it locked the marks, so it
   holds every row committed before the lock.
+
+A period none of whose hours is marked has a ``rollup_users`` row equal to
+its raw distinct users, or none: the last refresh to remove a mark in it
+found no other mark there (a later one would still be there, only refreshes
+remove marks), so the day of that mark was among the days it rewrote and it
+recomputed the period, after those days, from days none of which was marked.
+A refresh skips a period that is still marked somewhere (its row may be stale
+meanwhile; reads compute a marked period instead), and a period's days are
+only rewritten by a refresh, which recomputes the period with them.
 
 Retention (``storage.retention``) deletes raw rows without marking anything:
 rollups outlive the raw events they were computed from.
@@ -108,6 +120,29 @@ JOIN events e ON e.product = d.product
     AND e.user_id IS NOT NULL
 GROUP BY 1, 2, 3
 """
+# The day, ISO week and month of each day just rewritten, unless a mark is
+# left anywhere in the period: that period is read raw, and recomputed with
+# its last mark (so a month is not recounted once per refresh while it is
+# being rolled up). Days are dates, so no time zone takes part in the truncation.
+_PERIOD_END = "((u.start + ('1 ' || u.period)::interval)::date)"
+_UPSERT_USERS_SQL = f"""
+INSERT INTO rollup_users (product, period, start, users)
+SELECT u.product, u.period, u.start, (
+    SELECT count(DISTINCT r.user_id) FROM rollup_user_daily r
+    WHERE r.product = u.product AND r.day >= u.start AND r.day < {_PERIOD_END}
+)
+FROM (
+    SELECT DISTINCT d.product, p.period, date_trunc(p.period, d.day::timestamp)::date AS start
+    FROM {_DAYS} CROSS JOIN (VALUES ('day'), ('week'), ('month')) AS p(period)
+) AS u
+WHERE NOT EXISTS (
+    SELECT 1 FROM rollup_dirty m
+    WHERE m.product = u.product
+      AND m.hour >= (u.start::timestamp AT TIME ZONE 'UTC')
+      AND m.hour < ({_PERIOD_END}::timestamp AT TIME ZONE 'UTC')
+)
+ON CONFLICT (product, period, start) DO UPDATE SET users = excluded.users
+"""
 _DELETE_MARKS_SQL = f"""
 DELETE FROM rollup_dirty r USING {_MARKS}
 WHERE r.product = mark.product AND r.hour = mark.hour
@@ -143,6 +178,7 @@ async def refresh_rollups(
             _DELETE_MARKS_SQL,  # before the days: a day is redone once no mark is left in it
             _DELETE_USER_DAILY_SQL,
             _INSERT_USER_DAILY_SQL,
+            _UPSERT_USERS_SQL,  # after the days: counted from their new rows
         ):
             await conn.execute(statement, products, hours)
     return len(marks)
@@ -154,6 +190,7 @@ class RollupStatus:
     oldest_mark: dt.datetime | None
     hourly_rows: int
     user_daily_rows: int
+    users_rows: int
 
 
 async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
@@ -161,7 +198,8 @@ async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
         "SELECT (SELECT count(*) FROM rollup_dirty) AS marks, "
         "(SELECT min(marked_at) FROM rollup_dirty) AS oldest_mark, "
         "(SELECT count(*) FROM rollup_hourly) AS hourly_rows, "
-        "(SELECT count(*) FROM rollup_user_daily) AS user_daily_rows"
+        "(SELECT count(*) FROM rollup_user_daily) AS user_daily_rows, "
+        "(SELECT count(*) FROM rollup_users) AS users_rows"
     )
     assert row is not None
     return RollupStatus(
@@ -169,6 +207,7 @@ async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
         oldest_mark=row["oldest_mark"],
         hourly_rows=row["hourly_rows"],
         user_daily_rows=row["user_daily_rows"],
+        users_rows=row["users_rows"],
     )
 
 

@@ -136,7 +136,8 @@ product_retention = Table(
 )
 
 # Rollups (`storage.rollups`): exact counts kept beside the raw events, by UTC
-# hour and name, and by UTC day and user (events with a user only). A mark in
+# hour and name, by UTC day and user (events with a user only), and distinct
+# users by UTC day, week and month. A mark in
 # `rollup_dirty` says the hour's raw rows changed since it was rolled up; reads
 # take marked hours (and the whole days around them) from `events` instead.
 rollup_hourly = Table(
@@ -157,6 +158,20 @@ rollup_user_daily = Table(
     Column("user_id", Text, nullable=False),
     Column("events", BigInteger, nullable=False),
     PrimaryKeyConstraint("product", "day", "user_id"),
+)
+
+# Distinct users per period (the UTC day, the ISO week from its Monday, the
+# month from its 1st), from `rollup_user_daily`; exact for a period none of
+# whose hours is marked, and recomputed when its last mark is rolled up.
+rollup_users = Table(
+    "rollup_users",
+    metadata,
+    Column("product", Text, nullable=False),
+    Column("period", Text, nullable=False),
+    Column("start", Date, nullable=False),
+    Column("users", BigInteger, nullable=False),
+    PrimaryKeyConstraint("product", "period", "start"),
+    CheckConstraint("period IN ('day', 'week', 'month')", name="period"),
 )
 
 rollup_dirty = Table(
