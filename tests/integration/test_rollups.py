@@ -36,6 +36,7 @@ from labs_analytics.storage.bulk_writer import (
     BulkWriter,
 )
 from labs_analytics.storage.database import create_copy_pool
+from labs_analytics.storage.retention import run_retention, set_policy
 from labs_analytics.storage.rollups import refresh_rollups, rollup_status
 from tests.helpers import ApiFactory, create_key, run_cli_async, wait_for
 from tests.integration.test_query import generate_rows, store
@@ -524,3 +525,37 @@ async def test_an_hour_still_being_written_waits_and_a_day_is_redone_with_its_la
     assert await db.fetchval("SELECT count(*) FROM rollup_user_daily") > 0
     planned, raw = await rig.both(users_by_day, "clubs")
     assert same_json(planned, raw)
+
+
+async def test_an_hour_past_retention_keeps_its_rollup_when_a_late_event_lands_in_it(
+    rig: Rig, db: asyncpg.Connection
+) -> None:
+    """Recomputing it from the raw rows retention left would erase the rest."""
+    old_hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0) - dt.timedelta(
+        days=40
+    )
+    rng = random.Random(5)
+    await rig.write(new_records(rng, 30, since=old_hour, seconds=3600, product="clubs"))
+    await rig.refresh_all()
+    counted = await db.fetchval(
+        "SELECT sum(events) FROM rollup_hourly WHERE product = 'clubs' AND hour = $1", old_hour
+    )
+    assert counted == 30
+
+    await set_policy(db, "clubs", 30)
+    await run_retention(db, dry_run=False)
+    assert await db.fetchval("SELECT count(*) FROM events WHERE product = 'clubs'") == 0
+    assert await rig.write(new_records(rng, 1, since=old_hour, seconds=3600, product="clubs")) == 1
+    assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == 1
+
+    assert await rig.refresh_all() == 1  # the mark is taken and removed...
+    assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == 0
+    # ...and the hour, final, keeps what it counted (not the 1 raw row left).
+    assert (
+        await db.fetchval(
+            "SELECT sum(events) FROM rollup_hourly WHERE product = 'clubs' AND hour = $1",
+            old_hour,
+        )
+        == counted
+    )
+    assert await db.fetchval("SELECT count(*) FROM rollup_user_daily WHERE product = 'clubs'") > 0

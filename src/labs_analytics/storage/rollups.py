@@ -39,7 +39,11 @@ meanwhile; reads compute a marked period instead), and a period's days are
 only rewritten by a refresh, which recomputes the period with them.
 
 Retention (``storage.retention``) deletes raw rows without marking anything:
-rollups outlive the raw events they were computed from.
+rollups outlive the raw events they were computed from. So an hour (a day)
+that began before its product's retention cutoff is final: recomputing it
+from the raw rows left would erase the counts of those deleted. A mark there
+(a late event, stored raw until the next retention run) is removed without
+recomputing anything.
 """
 
 from __future__ import annotations
@@ -170,18 +174,50 @@ async def refresh_rollups(
         marks = await conn.fetch(_TAKE_MARKS_SQL, max_buckets, settle_seconds)
         if not marks:
             return 0
-        products = [mark["product"] for mark in marks]
-        hours = [mark["hour"] for mark in marks]
-        for statement in (
-            _DELETE_HOURLY_SQL,
-            _INSERT_HOURLY_SQL,
-            _DELETE_MARKS_SQL,  # before the days: a day is redone once no mark is left in it
-            _DELETE_USER_DAILY_SQL,
-            _INSERT_USER_DAILY_SQL,
-            _UPSERT_USERS_SQL,  # after the days: counted from their new rows
+        cutoffs = await _retention_cutoffs(conn, {mark["product"] for mark in marks})
+        every = _columns(marks)
+        live_hours = _columns([m for m in marks if _after(m["hour"], cutoffs.get(m["product"]))])
+        live_days = _columns(
+            [m for m in marks if _after(_day_start(m["hour"]), cutoffs.get(m["product"]))]
+        )
+        for statement, (products, hours) in (
+            (_DELETE_HOURLY_SQL, live_hours),
+            (_INSERT_HOURLY_SQL, live_hours),
+            # Every mark taken, before the days: a day is redone once no mark is left in it.
+            (_DELETE_MARKS_SQL, every),
+            (_DELETE_USER_DAILY_SQL, live_days),
+            (_INSERT_USER_DAILY_SQL, live_days),
+            (_UPSERT_USERS_SQL, live_days),  # after the days: counted from their new rows
         ):
-            await conn.execute(statement, products, hours)
+            if products:
+                await conn.execute(statement, products, hours)
     return len(marks)
+
+
+async def _retention_cutoffs(
+    conn: asyncpg.Connection, products: set[str]
+) -> dict[str, dt.datetime]:
+    """Each product's retention cutoff (now - keep_days), for those with a policy."""
+    rows = await conn.fetch(
+        "SELECT product, now() - make_interval(days => keep_days) AS cutoff "
+        "FROM product_retention WHERE product = ANY($1::text[])",
+        sorted(products),
+    )
+    return {row["product"]: row["cutoff"] for row in rows}
+
+
+def _after(start: dt.datetime, cutoff: dt.datetime | None) -> bool:
+    """Whether a bucket starting at ``start`` may still be recomputed from raw rows."""
+    return cutoff is None or start >= cutoff
+
+
+def _day_start(hour: dt.datetime) -> dt.datetime:
+    return hour.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _columns(marks: list[asyncpg.Record]) -> tuple[list[str], list[dt.datetime]]:
+    """Marks as the (product[], hour[]) pair of arrays the statements take."""
+    return [m["product"] for m in marks], [m["hour"] for m in marks]
 
 
 @dataclass(frozen=True, slots=True)
