@@ -2,9 +2,8 @@
 
 Every number is plain SQL over the stored events of the product whose
 ``user_id`` is the user, inside ``[from, to]`` (local days, both included;
-default the current calendar year in the time zone). The statements run in
-one read-only, repeatable-read transaction: one snapshot, so the parts agree
-even while events arrive.
+default the current calendar year in the time zone). It is one statement,
+so one snapshot: the parts agree even while events arrive.
 
 Definitions (the README says the same):
 
@@ -33,7 +32,6 @@ import time
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
-import asyncpg
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -170,77 +168,101 @@ def _interval(first: dt.date, last: dt.date, zone: ZoneInfo) -> Interval:
     return Interval(start, end)
 
 
-class _Statements:
-    """The summary's statements, each with the same WHERE: this product, this user, this range."""
+class _Statement:
+    """The whole summary as one statement: planned once, the user's rows read once.
 
-    def __init__(self, product: str, user: str, interval: Interval, zone: str) -> None:
+    ``mine`` is the user's rows in range, each with its local wall-clock hour
+    and the text of each top field. ``counts`` groups them by several keys in
+    one pass (``GROUPING SETS``: one hash table per key, no copy of the rows):
+    the whole range, each name, each local hour, each value of each top field;
+    ``grouped_by`` says which key a row counts by. Everything else is computed
+    from those few rows: weekdays, hours and days from the local hours (an
+    hour's events share its weekday and its day). Each part is a one-row
+    subquery, lists as arrays in their final order, so the answer is one row.
+    Every client value is a parameter; the keys and labels are this code's own.
+    """
+
+    def __init__(
+        self, product: str, user: str, interval: Interval, zone: str, fields: list[FieldRef]
+    ) -> None:
         self.product = product
         self.user = user
         self.interval = interval
         self.zone = zone
+        self.fields = fields
 
-    def _where(self, builder: SqlBuilder) -> str:
-        return (
-            f"product = {builder.param(self.product)} AND user_id = {builder.param(self.user)} "
+    def sql(self) -> tuple[str, list[Any]]:
+        builder = SqlBuilder()
+        tops = [f"top_{index}" for index in range(len(self.fields))]
+        keys = ["name", "local_hour", *tops]
+        top_columns = "".join(
+            f", {builder.text_of(field)} AS {top}"
+            for field, top in zip(self.fields, tops, strict=True)
+        )
+        local = f'"timestamp" AT TIME ZONE {builder.param(self.zone, "text")}'
+        mine = (
+            'SELECT "timestamp", name, '
+            f"date_trunc('hour', {local}) AS local_hour{top_columns} FROM events "
+            f"WHERE product = {builder.param(self.product)} "
+            f"AND user_id = {builder.param(self.user)} "
             f'AND "timestamp" >= {builder.param(self.interval.start)} '
             f'AND "timestamp" < {builder.param(self.interval.end)}'
         )
-
-    def totals(self) -> tuple[str, list[Any]]:
-        builder = SqlBuilder()
-        sql = (
-            'SELECT count(*) AS events, min("timestamp") AS first_seen, '
-            f'max("timestamp") AS last_seen FROM events WHERE {self._where(builder)}'
+        grouped_by = " ".join(f"WHEN GROUPING({key}) = 0 THEN '{key}'" for key in keys)
+        counts = (
+            f"SELECT CASE {grouped_by} ELSE 'total' END AS grouped_by, {', '.join(keys)}, "
+            'count(*) AS events, min("timestamp") AS first_seen, max("timestamp") AS last_seen '
+            f"FROM mine GROUP BY GROUPING SETS ((), {', '.join(f'({key})' for key in keys)})"
         )
-        return sql, builder.args
-
-    def names(self) -> tuple[str, list[Any]]:
-        builder = SqlBuilder()
+        parts = [
+            "(SELECT events, first_seen, last_seen FROM counts "
+            "WHERE grouped_by = 'total') AS totals",
+            self._ranked("name", builder.param(MAX_NAMES), "names", "name_events"),
+            self._clock(),
+            *(
+                self._ranked(
+                    top, builder.param(TOP_VALUES), f"top_values_{index}", f"top_events_{index}"
+                )
+                for index, top in enumerate(tops)
+            ),
+        ]
         sql = (
-            f"SELECT name, count(*) AS events FROM events WHERE {self._where(builder)} "
-            f'GROUP BY name ORDER BY events DESC, name COLLATE "C" '
-            f"LIMIT {builder.param(MAX_NAMES)}"
-        )
-        return sql, builder.args
-
-    def clock(self) -> tuple[str, list[Any]]:
-        """Events per local (ISO weekday, hour): at most 168 rows."""
-        builder = SqlBuilder()
-        local = f'"timestamp" AT TIME ZONE {builder.param(self.zone, "text")}'
-        sql = (
-            "SELECT extract(isodow FROM local)::int - 1 AS weekday, "
-            "extract(hour FROM local)::int AS hour, count(*) AS events "
-            f"FROM (SELECT {local} AS local FROM events WHERE {self._where(builder)}) AS moments "
-            "GROUP BY 1, 2"
-        )
-        return sql, builder.args
-
-    def streak(self) -> tuple[str, list[Any]]:
-        """The longest run of consecutive local days (gaps and islands), the earliest on ties."""
-        builder = SqlBuilder()
-        local = f'("timestamp" AT TIME ZONE {builder.param(self.zone, "text")})::date'
-        # Consecutive days minus their rank are one constant date per run.
-        sql = (
-            f"WITH days AS (SELECT DISTINCT {local} AS day FROM events "
-            f"WHERE {self._where(builder)}), "
+            f"WITH mine AS ({mine}), counts AS ({counts}), "
+            "days AS (SELECT DISTINCT local_hour::date AS day FROM counts "
+            "WHERE grouped_by = 'local_hour'), "
+            # Consecutive days minus their rank are one constant date per run.
             "runs AS (SELECT day, day - (row_number() OVER (ORDER BY day))::int AS run "
             "FROM days) "
-            "SELECT min(day) AS first_day, max(day) AS last_day, count(*) AS days, "
-            "(SELECT count(*) FROM days) AS active_days "
-            "FROM runs GROUP BY run ORDER BY days DESC, first_day ASC LIMIT 1"
+            "SELECT *, (SELECT count(*) FROM days) AS active_days "
+            f"FROM {' CROSS JOIN '.join(parts)} "
+            # No day, no run: the LEFT JOIN keeps the one row, its streak NULL.
+            "LEFT JOIN (SELECT min(day) AS streak_first_day, max(day) AS streak_last_day, "
+            "count(*) AS streak_days FROM runs GROUP BY run "
+            "ORDER BY streak_days DESC, streak_first_day ASC LIMIT 1) AS streak ON true"
         )
         return sql, builder.args
 
-    def top(self, field: FieldRef) -> tuple[str, list[Any]]:
-        builder = SqlBuilder()
-        value = builder.text_of(field)
-        sql = (
-            f"SELECT value, count(*) AS events FROM (SELECT {value} AS value FROM events "
-            f"WHERE {self._where(builder)}) AS answers WHERE value IS NOT NULL "
-            f'GROUP BY value ORDER BY events DESC, value COLLATE "C" '
-            f"LIMIT {builder.param(TOP_VALUES)}"
+    @staticmethod
+    def _ranked(key: str, limit: str, values: str, events: str) -> str:
+        """The most frequent values of ``key``, most first, ties in byte order."""
+        order = f'events DESC, {key} COLLATE "C"'
+        return (
+            f"(SELECT array_agg({key} ORDER BY {order}) AS {values}, "
+            f"array_agg(events ORDER BY {order}) AS {events} "
+            f"FROM (SELECT {key}, events FROM counts WHERE grouped_by = '{key}' "
+            f"AND {key} IS NOT NULL ORDER BY {order} LIMIT {limit}) AS ranked) AS ranked_{key}"
         )
-        return sql, builder.args
+
+    @staticmethod
+    def _clock() -> str:
+        """Events per local (ISO weekday, hour): at most 168 triples."""
+        return (
+            "(SELECT array_agg(weekday) AS clock_weekdays, array_agg(hour) AS clock_hours, "
+            "array_agg(events) AS clock_events FROM ("
+            "SELECT extract(isodow FROM local_hour)::int - 1 AS weekday, "
+            "extract(hour FROM local_hour)::int AS hour, sum(events)::bigint AS events "
+            "FROM counts WHERE grouped_by = 'local_hour' GROUP BY 1, 2) AS moments) AS clock"
+        )
 
 
 def _most(counts: list[int]) -> int | None:
@@ -259,35 +281,26 @@ async def user_summary(
     zone = ZoneInfo(params.timezone)
     first_day, last_day = params.days(now)
     interval = _interval(first_day, last_day, zone)
-    statements = _Statements(product, user, interval, params.timezone)
     fields = params.top_fields()
-    timeout = reads.timeout
+    sql, args = _Statement(product, user, interval, params.timezone, fields).sql()
 
     async with reads.connection() as connection:
-        # One snapshot for every part: they agree even while events arrive.
-        async with connection.transaction(isolation="repeatable_read", readonly=True):
-
-            async def fetch(statement: tuple[str, list[Any]]) -> list[asyncpg.Record]:
-                sql, args = statement
-                rows: list[asyncpg.Record] = await connection.fetch(sql, *args, timeout=timeout)
-                return rows
-
-            (totals,) = await fetch(statements.totals())
-            empty = totals["events"] == 0
-            names = [] if empty else await fetch(statements.names())
-            clock = [] if empty else await fetch(statements.clock())
-            streaks = [] if empty else await fetch(statements.streak())
-            tops = {
-                field.text: [] if empty else await fetch(statements.top(field)) for field in fields
-            }
+        # One statement, so one snapshot: the parts agree even while events arrive.
+        row = await connection.fetchrow(sql, *args, timeout=reads.timeout)
+    assert row is not None  # the empty grouping set gives one row, even with no events
 
     weekdays, hours = [0] * 7, [0] * 24
-    for row in clock:
-        weekdays[row["weekday"]] += row["events"]
-        hours[row["hour"]] += row["events"]
+    clock = (row["clock_weekdays"] or [], row["clock_hours"] or [], row["clock_events"] or [])
+    for day, hour, events in zip(*clock, strict=True):
+        weekdays[day] += events
+        hours[hour] += events
     weekday, hour = _most(weekdays), _most(hours)
-    streak = streaks[0] if streaks else None
-    first_seen, last_seen = totals["first_seen"], totals["last_seen"]
+    names = zip(row["names"] or [], row["name_events"] or [], strict=True)
+    tops = {
+        field.text: zip(row[f"top_values_{i}"] or [], row[f"top_events_{i}"] or [], strict=True)
+        for i, field in enumerate(fields)
+    }
+    first_seen, last_seen = row["first_seen"], row["last_seen"]
     return {
         "user": user,
         "product": product,
@@ -295,14 +308,14 @@ async def user_summary(
         "from": first_day,
         "to": last_day,
         "date_range": [interval.start.isoformat(), interval.end.isoformat()],
-        "total_events": totals["events"],
-        "active_days": streak["active_days"] if streak else 0,
+        "total_events": row["events"],
+        "active_days": row["active_days"],
         "first_seen": first_seen.astimezone(zone) if first_seen else None,
         "last_seen": last_seen.astimezone(zone) if last_seen else None,
-        "events_by_name": [{"name": row["name"], "events": row["events"]} for row in names],
+        "events_by_name": [{"name": name, "events": events} for name, events in names],
         "top": {
-            text: [{"value": row["value"], "events": row["events"]} for row in rows]
-            for text, rows in tops.items()
+            text: [{"value": value, "events": events} for value, events in counts]
+            for text, counts in tops.items()
         },
         "events_by_weekday": weekdays,
         "events_by_hour": hours,
@@ -311,7 +324,11 @@ async def user_summary(
         else {"weekday": weekday, "name": WEEKDAYS[weekday], "events": weekdays[weekday]},
         "most_active_hour": None if hour is None else {"hour": hour, "events": hours[hour]},
         "longest_streak": None
-        if streak is None
-        else {"days": streak["days"], "start": streak["first_day"], "end": streak["last_day"]},
+        if row["streak_days"] is None
+        else {
+            "days": row["streak_days"],
+            "start": row["streak_first_day"],
+            "end": row["streak_last_day"],
+        },
         "took_ms": round((time.monotonic() - started) * 1000, 1),
     }
