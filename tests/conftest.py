@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,6 +37,31 @@ TABLES = (
     "rollup_users",
     "rollup_dirty",
 )
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """A temporary directory of this session's own, unless ``--basetemp`` names one.
+
+    pytest's default (``/tmp/pytest-of-USER/pytest-N``) keeps the newest three
+    and deletes the older ones: a second session started beside this one (a
+    suite in another clone) deleted this session's embedded PostgreSQL under
+    it, and every test after failed to connect.
+    """
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="labs-analytics-tests-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Ours is removed after a green run; a red one keeps it to look at."""
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own is not None and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
