@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stress.benchmark.targets import Bound
+from stress.benchmark.targets import Bound, Check
 
 from .results import MIB, ReadResults
 
@@ -32,15 +32,6 @@ class ReadTarget:
             met=self.bound.holds(value, self.threshold),
             measured=self.shown.format(value),
         )
-
-
-@dataclass(frozen=True)
-class Check:
-    """One row of the targets table."""
-
-    text: str
-    met: bool
-    measured: str
 
 
 def http_p95(*keys: str) -> Callable[[ReadResults], float | None]:

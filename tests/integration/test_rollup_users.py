@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -21,13 +21,13 @@ import pytest
 
 from labs_analytics.events import EventRecord
 from labs_analytics.read.request import QueryRequest
-from labs_analytics.read.service import ReadService, create_read_pool
-from labs_analytics.settings import Settings, to_asyncpg_dsn
-from labs_analytics.storage.bulk_writer import BulkWriter
-from labs_analytics.storage.database import create_copy_pool
+from labs_analytics.settings import to_asyncpg_dsn
 from labs_analytics.storage.rollups import refresh_rollups, rollup_status
 from tests.helpers import Servers, scratch_database, upgrade_database
+from tests.integration import test_rollups
 from tests.integration.test_rollups import Rig, same_json
+
+rig = test_rollups.rig  # the same fixture: writer, read service and rollup worker
 
 PRODUCTS = ("clubs", "mobile")
 FIRST_DAY = dt.datetime(2026, 9, 28, tzinfo=dt.UTC)  # a Monday
@@ -89,18 +89,6 @@ def records(rng: random.Random, count: int) -> list[EventRecord]:
         )
         for _ in range(count)
     ]
-
-
-@pytest.fixture
-async def rig(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[Rig]:
-    del db  # requested for the clean tables
-    copy_pool = await create_copy_pool(settings.database_url, max_size=4)
-    read_pool = await create_read_pool(settings)
-    try:
-        yield Rig(BulkWriter(copy_pool), ReadService(read_pool, settings), copy_pool)
-    finally:
-        await read_pool.close()
-        await copy_pool.close()
 
 
 async def fill(rig: Rig, seed: int = 17) -> None:
