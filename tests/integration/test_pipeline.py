@@ -194,3 +194,40 @@ async def test_rows_carry_the_product_of_the_key_that_sent_them(
 
     counts = dict(await db.fetch("SELECT product, count(*) FROM events GROUP BY product"))
     assert counts == {"clubs": 3, "penn-mobile": 2}
+
+
+async def test_a_trickle_of_small_requests_is_collected_in_a_few_full_reads(
+    api: ApiFactory, settings: Settings, redis: Redis
+) -> None:
+    """After a read that drained the stream, the flusher pauses before reading
+    again, so a steady trickle of one-event entries is read in slices rather
+    than one round trip per entry (the CPU it saves is the API's)."""
+    async with api(run_flusher=False) as app:
+        key = await create_key(app.settings)
+        slow = settings.model_copy(update={"flush_interval_ms": 2000, "flush_batch_events": 80})
+        reader_redis = create_redis(settings.redis_url, timeout_seconds=2)
+        pool = await create_copy_pool(settings.database_url)
+        try:
+            flusher = Flusher(redis=reader_redis, pool=pool, settings=slow, consumer_name="trickle")
+            await flusher.consumer.ensure_group()
+            reads_before = await _xreadgroup_calls(redis)
+            collecting = asyncio.create_task(flusher.collect_batch(asyncio.Event()))
+            for _ in range(80):  # one event per request, about one every 5 ms
+                assert (await app.post(make_event(), key)).status_code == 202
+                await asyncio.sleep(0.005)
+            batch = await asyncio.wait_for(collecting, timeout=30)
+            reads = await _xreadgroup_calls(redis) - reads_before
+        finally:
+            await pool.close()
+            await reader_redis.aclose()
+
+    assert batch is not None
+    assert len(batch.records) == 80
+    # At least 0.4 s of trickle, a read per 50 ms pause: about 9 reads (one
+    # per entry, 80, without the pause). Fewer when the machine is slow.
+    assert reads <= 20, reads
+
+
+async def _xreadgroup_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_xreadgroup", {}).get("calls", 0))
