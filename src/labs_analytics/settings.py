@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from labs_analytics.auth.keys import MAX_RATE_LIMIT_PER_SECOND, check_default_rate_limit
+from labs_analytics.read.fields import parse_field
 from labs_analytics_client import contract
 
 ENV_FILE = ".env"
@@ -222,6 +223,13 @@ class Settings(BaseSettings):
         description="Hours one rollup refresh recomputes at most (one transaction); the rest "
         "wait for the next.",
     )
+    rollup_properties: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["route", "status_code"],
+        description="Property keys (dotted paths) whose events are also counted per hour, "
+        "name and value, so breakdowns by them read a rollup (comma separated; low-cardinality "
+        "keys only: a rollup row per value and hour). A key added is rolled up from all stored "
+        "events by the next refreshes, read raw meanwhile.",
+    )
     run_flusher: bool = Field(
         default=True,
         description="Run a flusher in the app's own event loop (create_app); `serve` turns it "
@@ -262,6 +270,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("rollup_properties", mode="before")
+    @classmethod
+    def _split_properties(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("rollup_properties")
+    @classmethod
+    def _check_properties(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            parse_field(f"prop:{key}")  # its ValueError names what is wrong
+        return list(dict.fromkeys(keys))
 
     @field_validator("database_url")
     @classmethod

@@ -63,7 +63,7 @@ def new_records(
             name=rng.choice(NAMES),
             user=rng.choice(USERS),
             timestamp=since + dt.timedelta(seconds=rng.randrange(seconds)),
-            properties={"duration_ms": rng.randint(1, 900), "route": rng.choice(["/a", "/b"])},
+            properties=_properties(rng),
             context=None,
             received_at=dt.datetime.now(dt.UTC),
         )
@@ -71,13 +71,29 @@ def new_records(
     ]
 
 
+def _properties(rng: random.Random) -> dict[str, Any]:
+    """A duration, and mostly a route: a string, now and then a number, a
+    boolean, an object or JSON null; missing from some events."""
+    properties: dict[str, Any] = {"duration_ms": rng.randint(1, 900)}
+    if rng.random() < 0.85:
+        properties["route"] = rng.choice(["/a", "/b", "/a", "/b", "/ü", 7, True, {"x": 1}, None])
+    return properties
+
+
 class Rig:
     """The bulk writer, the read service and the rollup worker on one database."""
 
-    def __init__(self, writer: BulkWriter, read: ReadService, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        writer: BulkWriter,
+        read: ReadService,
+        pool: asyncpg.Pool,
+        property_keys: list[str],
+    ) -> None:
         self.writer = writer
         self.read = read
         self.pool = pool
+        self.property_keys = property_keys
 
     async def write(self, records: list[EventRecord]) -> int:
         outcome = await self.writer.write_batch(
@@ -87,7 +103,9 @@ class Rig:
 
     async def refresh_all(self) -> int:
         total = 0
-        while done := await refresh_rollups(self.pool, max_buckets=50):
+        while done := await refresh_rollups(
+            self.pool, max_buckets=50, property_keys=self.property_keys
+        ):
             total += done
         return total
 
@@ -104,7 +122,12 @@ async def rig(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[Rig]:
     copy_pool = await create_copy_pool(settings.database_url, max_size=4)
     read_pool = await create_read_pool(settings)
     try:
-        yield Rig(BulkWriter(copy_pool), ReadService(read_pool, settings), copy_pool)
+        yield Rig(
+            BulkWriter(copy_pool),
+            ReadService(read_pool, settings),
+            copy_pool,
+            settings.rollup_properties,
+        )
     finally:
         await read_pool.close()
         await copy_pool.close()
@@ -190,11 +213,37 @@ ELIGIBLE: dict[str, dict[str, Any]] = {
         "offset": 3,
     },
     "users total, 30 days": {"metrics": ["users"], "date_range": "30d"},
+    "a rolled-up property, all time": {
+        "metrics": ["events"],
+        "dimensions": ["prop:route"],
+        "order_by": [["events", "desc"]],
+        "date_range": "all",
+    },
+    "a rolled-up property by day and name, filtered": {
+        "metrics": ["events"],
+        "dimensions": ["time:day", "prop:route", "name"],
+        "filters": [["is_not", "name", ["search"]]],
+        "timezone": "America/New_York",
+        "date_range": RANGE,
+        "limit": 1000,
+    },
+    "a rolled-up property, top 3 over 7 days": {
+        "metrics": ["events"],
+        "dimensions": ["prop:route"],
+        "order_by": [["events", "desc"]],
+        "limit": 3,
+        "date_range": "7d",
+    },
 }
 
 INELIGIBLE: dict[str, dict[str, Any]] = {
     "a percentile": {"metrics": ["events", "p95:duration_ms"], "date_range": RANGE},
-    "a property dimension": {"metrics": ["events"], "dimensions": ["prop:route"]},
+    "a property not rolled up": {"metrics": ["events"], "dimensions": ["prop:duration_ms"]},
+    "two property dimensions": {
+        "metrics": ["events"],
+        "dimensions": ["prop:route", "prop:duration_ms"],
+    },
+    "a rolled-up property and users": {"metrics": ["users"], "dimensions": ["prop:route"]},
     "Kolkata": {"metrics": ["events"], "dimensions": ["time:day"], "timezone": "Asia/Kolkata"},
     "a property filter": {"metrics": ["events"], "filters": [["is", "prop:route", ["/a"]]]},
     "users in New York": {
@@ -245,6 +294,8 @@ async def test_rollup_answers_equal_raw_answers_in_every_state(
     assert status.marks == 0
     assert status.hourly_rows > 0
     assert status.user_daily_rows > 0
+    assert status.props_rows > 0
+    assert status.property_keys == sorted(rig.property_keys)
     await assert_exact(rig, ELIGIBLE, "rollup")
 
     # 3. Late events (days old) and a redelivery land in hours already rolled up.
@@ -559,3 +610,51 @@ async def test_an_hour_past_retention_keeps_its_rollup_when_a_late_event_lands_i
         == counted
     )
     assert await db.fetchval("SELECT count(*) FROM rollup_user_daily WHERE product = 'clubs'") > 0
+
+
+PROPERTY_CASES = {
+    case: body
+    for case, body in ELIGIBLE.items()
+    if any("prop:" in d for d in body.get("dimensions", []))
+}
+
+
+async def test_a_property_key_declared_late_or_dropped_reads_exactly_throughout(
+    rig: Rig, db: asyncpg.Connection
+) -> None:
+    """ROLLUP_PROPERTIES changed on a running service: the key added is rolled
+    up from every stored event, hour by hour, and the key dropped is read raw."""
+    rng = random.Random(23)
+    await fill(rig, rng)
+    rig.property_keys = []
+    await rig.refresh_all()  # everything rolled up, but no property key
+    status = await rollup_status(db)
+    assert (status.marks, status.props_rows, status.property_keys) == (0, 0, [])
+    await assert_exact(rig, PROPERTY_CASES, "rollup")  # read raw: the key is not listed
+
+    # Declared: every hour rolled up so far is marked; refreshed a few at a time.
+    rig.property_keys = ["route"]
+    assert await refresh_rollups(rig.pool, max_buckets=20, property_keys=["route"]) == 20
+    status = await rollup_status(db)
+    assert status.property_keys == ["route"]
+    assert status.marks > 0
+    assert status.props_rows > 0
+    await assert_exact(rig, PROPERTY_CASES, "rollup")
+    await rig.refresh_all()
+    assert (await rollup_status(db)).marks == 0
+    raw_rows = await db.fetchval("SELECT count(*) FROM events")
+    assert 0 < await db.fetchval("SELECT count(*) FROM rollup_hourly_props") < raw_rows
+    await assert_exact(rig, PROPERTY_CASES, "rollup")
+    # The answers above were read from the rollup rows: change one, and they change.
+    body = PROPERTY_CASES["a rolled-up property, all time"]
+    await db.execute("UPDATE rollup_hourly_props SET events = events + 1000 WHERE value = '/a'")
+    planned, raw = await rig.both(body, "clubs")
+    assert not same_json(planned, raw)
+    await db.execute("UPDATE rollup_hourly_props SET events = events - 1000 WHERE value = '/a'")
+
+    # Dropped: its rows go, its breakdowns are read raw, and still the same.
+    rig.property_keys = []
+    await rig.refresh_all()
+    status = await rollup_status(db)
+    assert (status.props_rows, status.property_keys) == (0, [])
+    await assert_exact(rig, PROPERTY_CASES, "rollup")

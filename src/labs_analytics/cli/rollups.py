@@ -30,7 +30,9 @@ def rollups_refresh() -> None:
         try:
             total = 0
             while done := await rollups.refresh_rollups(
-                pool, max_buckets=settings.rollup_max_buckets
+                pool,
+                max_buckets=settings.rollup_max_buckets,
+                property_keys=settings.rollup_properties,
             ):
                 total += done
             return total
@@ -64,6 +66,8 @@ def rollups_status() -> None:
     typer.echo(f"rollup_hourly rows: {status.hourly_rows}")
     typer.echo(f"rollup_user_daily rows: {status.user_daily_rows}")
     typer.echo(f"rollup_users rows: {status.users_rows}")
+    keys = ", ".join(status.property_keys) or "none"
+    typer.echo(f"rollup_hourly_props rows: {status.props_rows} (keys: {keys})")
 
 
 __all__ = ["app"]

@@ -17,6 +17,7 @@ whole in the range and clean.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
@@ -27,6 +28,7 @@ from labs_analytics.read.rollup_plan import (
     Plan,
     Source,
     choose_plan,
+    rolled_property,
     rollup_source,
     user_period_series,
     users_by_period,
@@ -78,11 +80,13 @@ def _metric_sql(builder: SqlBuilder, metric: Metric, source: Source) -> str:
     return f"{metric.kind}({value})"
 
 
-def _dimension_sql(builder: SqlBuilder, dimension: Dimension, zone: str) -> str:
+def _dimension_sql(builder: SqlBuilder, dimension: Dimension, zone: str, source: Source) -> str:
     if dimension.granularity is not None:
         granularity = builder.param(dimension.granularity)
         return f'date_trunc({granularity}, "timestamp" AT TIME ZONE {builder.param(zone)})'
     assert dimension.field is not None
+    if source.rolled_property is not None and dimension.field == source.rolled_property:
+        return "prop_value"
     return builder.text_of(dimension.field)
 
 
@@ -93,17 +97,19 @@ def compile_query(
     interval: Interval,
     fill_from: bool,
     use_rollups: bool = True,
+    property_keys: Collection[str] = (),
 ) -> CompiledQuery:
     """The statement answering ``request`` for ``product`` over ``interval``.
 
     ``fill_from``: the range has a real start (not ``all``), so the time series
     begins at its first bucket; otherwise at the first bucket with events.
     ``use_rollups``: false reads ``events`` whatever the request (to compare).
+    ``property_keys``: the keys rolled up per hour and value (``ROLLUP_PROPERTIES``).
     """
     builder = SqlBuilder()
     metrics = request.parsed_metrics()
     dimensions = request.parsed_dimensions()
-    plan = choose_plan(request, interval) if use_rollups else "raw"
+    plan = choose_plan(request, interval, property_keys) if use_rollups else "raw"
     names = {text: f"d{i}" for i, text in enumerate(request.dimensions)} | {
         text: f"m{i}" for i, text in enumerate(request.metrics)
     }
@@ -121,7 +127,7 @@ def compile_query(
     offset_index = len(builder.args) - 1
     page = f"LIMIT {limit} OFFSET {offset}"
     columns = [f"d{i}" for i in range(len(dimensions))] + [f"m{i}" for i in range(len(metrics))]
-    sql, kind = _rows(builder, request, plan, product, interval, fill_from)
+    sql, kind = _rows(builder, request, plan, product, interval, fill_from, property_keys)
     sql = (
         f"SELECT {', '.join(columns)}, total_rows FROM ({sql}) AS answer "
         f"ORDER BY {', '.join(order)} {page}"
@@ -137,6 +143,7 @@ def _rows(
     product: str,
     interval: Interval,
     fill_from: bool,
+    property_keys: Collection[str],
 ) -> tuple[str, str]:
     """The answer's rows (``d0``…, ``m0``…, ``total_rows``) unordered, and their source."""
     period = users_by_period(request, plan, fill_from=fill_from)
@@ -146,7 +153,9 @@ def _rows(
     source = (
         _raw_source(builder, product, interval)
         if plan == "raw"
-        else rollup_source(builder, plan, product, interval)
+        else rollup_source(
+            builder, plan, product, interval, rolled_property(request, property_keys)
+        )
     )
     aggregated = _aggregated(builder, request, source)
     dimensions = request.parsed_dimensions()
@@ -160,7 +169,7 @@ def _aggregated(builder: SqlBuilder, request: QueryRequest, source: Source) -> s
     """The metrics per combination of dimensions, over ``source``'s rows."""
     where = [*source.conditions, *(builder.condition(flt) for flt in request.parsed_filters())]
     dims = [
-        f"{_dimension_sql(builder, d, request.timezone)} AS d{i}"
+        f"{_dimension_sql(builder, d, request.timezone, source)} AS d{i}"
         for i, d in enumerate(request.parsed_dimensions())
     ]
     mets = [

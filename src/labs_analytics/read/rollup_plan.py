@@ -8,6 +8,10 @@ answered from one when every number it asks for can be summed from it:
   ``name``; filters on ``name`` only; the range starts and ends on UTC hours,
   and the time zone's offset is a whole number of hours throughout it (so
   each UTC hour lies in one local hour, day, week and month).
+- **hourly-props**: as hourly, with one dimension ``prop:KEY`` besides, for a
+  key in ``ROLLUP_PROPERTIES`` (``rollup_hourly_props``). The statement checks
+  that the key is in ``rollup_property_keys`` (a key being added or dropped
+  is read raw), so a process whose setting differs still answers exactly.
 - **user-daily**: metrics among ``events`` and ``users``; dimensions among
   ``time:day|week|month`` and ``user``; no filters; a time zone at UTC
   throughout, and a range of whole UTC days.
@@ -31,15 +35,17 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 from zoneinfo import ZoneInfo
 
 from labs_analytics.read.dates import Granularity, Interval
+from labs_analytics.read.fields import FieldRef
 from labs_analytics.read.request import QueryRequest
 from labs_analytics.read.sql import SqlBuilder
 
-Plan = Literal["raw", "hourly", "user_daily"]
+Plan = Literal["raw", "hourly", "hourly_props", "user_daily"]
 
 HOUR = dt.timedelta(hours=1)
 # Zone offsets are checked day by day over the years a range covers; a range
@@ -56,20 +62,58 @@ class Source:
     relation: str
     conditions: list[str]
     events_sql: str
+    # The property the relation carries as its column ``prop_value`` (hourly-props).
+    rolled_property: FieldRef | None = None
 
 
-def choose_plan(request: QueryRequest, interval: Interval) -> Plan:
+def choose_plan(
+    request: QueryRequest, interval: Interval, property_keys: Collection[str] = ()
+) -> Plan:
     if hourly_eligible(request, interval):
         return "hourly"
+    if hourly_props_eligible(request, interval, property_keys):
+        return "hourly_props"
     if user_daily_eligible(request, interval):
         return "user_daily"
     return "raw"
 
 
 def hourly_eligible(request: QueryRequest, interval: Interval) -> bool:
+    return all(
+        d.granularity or d.text == "name" for d in request.parsed_dimensions()
+    ) and _hourly_shape(request, interval)
+
+
+def hourly_props_eligible(
+    request: QueryRequest, interval: Interval, property_keys: Collection[str]
+) -> bool:
+    prop = rolled_property(request, property_keys)
+    return (
+        prop is not None
+        and all(
+            d.granularity or d.text == "name" or d.field == prop
+            for d in request.parsed_dimensions()
+        )
+        and _hourly_shape(request, interval)
+    )
+
+
+def rolled_property(request: QueryRequest, property_keys: Collection[str]) -> FieldRef | None:
+    """The request's one ``prop:KEY`` dimension, if KEY is rolled up; else None."""
+    fields = [d.field for d in request.parsed_dimensions() if d.field is not None]
+    json_fields = [field for field in fields if field.is_json]
+    if len(json_fields) != 1:
+        return None
+    (field,) = json_fields
+    if field.column != "properties" or ".".join(field.path) not in property_keys:
+        return None
+    return field
+
+
+def _hourly_shape(request: QueryRequest, interval: Interval) -> bool:
+    """What both hourly rollups need besides their dimensions."""
     return (
         all(metric.kind == "events" for metric in request.parsed_metrics())
-        and all(d.granularity or d.text == "name" for d in request.parsed_dimensions())
         and all(flt.field.column == "name" for flt in request.parsed_filters())
         and _on_utc_boundary(interval, HOUR)
         and _offsets_whole_hours(request.timezone, interval)
@@ -156,21 +200,38 @@ _NOON = dt.time(12, tzinfo=dt.UTC)
 # --- the relations -------------------------------------------------------------
 
 
-def rollup_source(builder: SqlBuilder, plan: Plan, product: str, interval: Interval) -> Source:
+def rollup_source(
+    builder: SqlBuilder,
+    plan: Plan,
+    product: str,
+    interval: Interval,
+    prop: FieldRef | None = None,
+) -> Source:
     """The rows of ``plan`` for ``product`` over ``interval``, as a relation with
-    the columns a raw query reads (``"timestamp"``, ``name`` or ``user_id``) and
-    ``events``, the number of events each row stands for."""
+    the columns a raw query reads (``"timestamp"``, ``name`` or ``user_id``),
+    ``prop_value`` (hourly-props: ``prop`` as text) and ``events``, the number
+    of events each row stands for."""
     p = builder.param(product)
     s = builder.param(interval.start)
     e = builder.param(interval.end)
     if plan == "hourly":
         relation = _hourly_relation(p, s, e)
+    elif plan == "hourly_props":
+        assert prop is not None
+        key = builder.param(".".join(prop.path), "text")
+        relation = _hourly_props_relation(p, s, e, key, builder.text_of(prop))
     else:
         start_day = builder.param(interval.start.astimezone(dt.UTC).date(), "date")
         end_day = builder.param(interval.end.astimezone(dt.UTC).date(), "date")
         relation = _user_daily_relation(p, s, e, start_day, end_day)
     # count(*) of no rows is 0, a sum of none NULL: coalesced, and a bigint as count's.
-    return Source("rollup", f"({relation}) AS src", [], "coalesce(sum(events), 0)::bigint")
+    return Source(
+        "rollup",
+        f"({relation}) AS src",
+        [],
+        "coalesce(sum(events), 0)::bigint",
+        prop if plan == "hourly_props" else None,
+    )
 
 
 def _hourly_relation(p: str, s: str, e: str) -> str:
@@ -183,6 +244,27 @@ def _hourly_relation(p: str, s: str, e: str) -> str:
         'UNION ALL SELECT ev."timestamp", ev.name, 1::bigint FROM dirty '
         f'JOIN events ev ON ev.product = {p} AND ev."timestamp" >= dirty.hour '
         "AND ev.\"timestamp\" < dirty.hour + interval '1 hour'"
+    )
+
+
+def _hourly_props_relation(p: str, s: str, e: str, key: str, raw_value: str) -> str:
+    """Rollup rows for the key's clean hours, raw rows for its marked ones; and
+    raw rows for the whole range if the key is not (or no longer) rolled up.
+    ``raw_value``: the property as text over ``events``, as raw reads group it."""
+    declared = f"EXISTS (SELECT 1 FROM rollup_property_keys WHERE key = {key})"
+    return (
+        "WITH dirty AS ("
+        f"SELECT hour FROM rollup_dirty WHERE product = {p} AND hour >= {s} AND hour < {e}) "
+        'SELECT r.hour AS "timestamp", r.name, r.value AS prop_value, r.events '
+        "FROM rollup_hourly_props r "
+        f"WHERE r.product = {p} AND r.key = {key} AND r.hour >= {s} AND r.hour < {e} "
+        "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.hour = r.hour) "
+        f'UNION ALL SELECT "timestamp", name, {raw_value}, 1::bigint FROM dirty '
+        f'JOIN events ON events.product = {p} AND events."timestamp" >= dirty.hour '
+        "AND events.\"timestamp\" < dirty.hour + interval '1 hour' "
+        f"WHERE {declared} "
+        f'UNION ALL SELECT "timestamp", name, {raw_value}, 1::bigint FROM events '
+        f'WHERE NOT {declared} AND product = {p} AND "timestamp" >= {s} AND "timestamp" < {e}'
     )
 
 

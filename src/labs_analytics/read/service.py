@@ -97,6 +97,7 @@ class ReadService:
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
         self._timeout = settings.query_timeout_seconds
+        self._property_keys = frozenset(settings.rollup_properties)
         rate = settings.read_rate_limit_per_second
         self._limits = _Buckets(rate, max(1.0, rate * 2))
 
@@ -139,6 +140,7 @@ class ReadService:
             interval=interval,
             fill_from=has_real_start(interval),
             use_rollups=use_rollups,
+            property_keys=self._property_keys,
         )
         rows = await self.fetch(compiled.sql, compiled.args)
         results, total = shape_rows(compiled, rows)

@@ -5,7 +5,9 @@ Three tables hold counts computed from ``events``:
 - ``rollup_hourly``: events per (product, UTC hour, name);
 - ``rollup_user_daily``: events per (product, UTC day, user), events with a user only;
 - ``rollup_users``: distinct users per (product, period, start), the period a
-  UTC day, an ISO week (from its Monday) or a month, from ``rollup_user_daily``.
+  UTC day, an ISO week (from its Monday) or a month, from ``rollup_user_daily``;
+- ``rollup_hourly_props``: events per (product, property key, UTC hour, name,
+  value), for the keys listed in ``rollup_property_keys`` (``ROLLUP_PROPERTIES``).
 
 ``rollup_dirty`` holds a mark per (product, UTC hour) whose raw rows changed
 since it was rolled up. A flush marks every hour it wrote into, in its own
@@ -38,6 +40,14 @@ A refresh skips a period that is still marked somewhere (its row may be stale
 meanwhile; reads compute a marked period instead), and a period's days are
 only rewritten by a refresh, which recomputes the period with them.
 
+The property keys follow ``ROLLUP_PROPERTIES`` (``sync_property_keys``, at the
+start of a refresh, under its lock). A key added is listed in the same
+transaction as a mark for every hour that has rollup rows (every other hour
+with events is marked already), so from its commit on, each hour has that
+key's rows or a mark, as for the other rollups; the refreshes that take those
+marks write them. A key dropped goes with its rows in one transaction; reads
+check the list in the statement they read by (``read.rollup_plan``).
+
 Retention (``storage.retention``) deletes raw rows without marking anything:
 rollups outlive the raw events they were computed from. So an hour (a day)
 that began before its product's retention cutoff is final: recomputing it
@@ -49,6 +59,7 @@ recomputing anything.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -109,6 +120,32 @@ JOIN events e ON e.product = mark.product
     AND e."timestamp" >= mark.hour AND e."timestamp" < mark.hour + interval '1 hour'
 GROUP BY 1, 2, 3
 """
+# Every declared key's rows, recomputed for the marked hours: the key's value
+# as text, by the same expression reads group by (``read.sql``'s ``text_of``).
+_DECLARED_KEYS = "(SELECT key, string_to_array(key, '.') AS path FROM rollup_property_keys) AS k"
+_DELETE_PROPS_SQL = f"""
+DELETE FROM rollup_hourly_props r USING {_MARKS} CROSS JOIN {_DECLARED_KEYS}
+WHERE r.product = mark.product AND r.key = k.key AND r.hour = mark.hour
+"""
+_INSERT_PROPS_SQL = f"""
+INSERT INTO rollup_hourly_props (product, key, hour, name, value, events)
+SELECT mark.product, k.key, mark.hour, e.name, e.properties #>> k.path, count(*)
+FROM {_MARKS}
+JOIN events e ON e.product = mark.product
+    AND e."timestamp" >= mark.hour AND e."timestamp" < mark.hour + interval '1 hour'
+CROSS JOIN {_DECLARED_KEYS}
+GROUP BY 1, 2, 3, 4, 5
+"""
+# A key added: every hour rolled up so far is marked, dated by the hour's end
+# (when its last event could have been flushed), so past hours need not settle.
+# ORDER BY: marks are locked in the flushers' order (see _MARK_DIRTY_TEMPLATE).
+_MARK_ROLLED_UP_HOURS_SQL = """
+INSERT INTO rollup_dirty (product, hour, marked_at)
+SELECT product, hour, least(now(), hour + interval '1 hour')
+FROM (SELECT DISTINCT product, hour FROM rollup_hourly) AS h
+ORDER BY 1, 2
+ON CONFLICT (product, hour) DO NOTHING
+"""
 _DELETE_USER_DAILY_SQL = f"""
 DELETE FROM rollup_user_daily r USING {_DAYS}
 WHERE r.product = d.product AND r.day = d.day
@@ -160,17 +197,25 @@ def mark_dirty_sql(source: str) -> str:
 
 
 async def refresh_rollups(
-    pool: asyncpg.Pool, *, max_buckets: int, settle_seconds: float = 0.0, wait: bool = True
+    pool: asyncpg.Pool,
+    *,
+    max_buckets: int,
+    settle_seconds: float = 0.0,
+    wait: bool = True,
+    property_keys: Sequence[str] | None = None,
 ) -> int:
     """Roll up at most ``max_buckets`` marked hours (oldest marks first), in one
     transaction; how many were done (0: none marked, none settled for
     ``settle_seconds``, all being flushed into, or, unless ``wait``, another
-    refresh running)."""
+    refresh running). ``property_keys``: the keys to roll up from now on
+    (``ROLLUP_PROPERTIES``); None leaves the list as it is."""
     async with pool.acquire() as conn, conn.transaction():
         if wait:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", ROLLUP_LOCK_KEY)
         elif not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", ROLLUP_LOCK_KEY):
             return 0
+        if property_keys is not None:
+            await sync_property_keys(conn, property_keys)
         marks = await conn.fetch(_TAKE_MARKS_SQL, max_buckets, settle_seconds)
         if not marks:
             return 0
@@ -183,6 +228,8 @@ async def refresh_rollups(
         for statement, (products, hours) in (
             (_DELETE_HOURLY_SQL, live_hours),
             (_INSERT_HOURLY_SQL, live_hours),
+            (_DELETE_PROPS_SQL, live_hours),
+            (_INSERT_PROPS_SQL, live_hours),
             # Every mark taken, before the days: a day is redone once no mark is left in it.
             (_DELETE_MARKS_SQL, every),
             (_DELETE_USER_DAILY_SQL, live_days),
@@ -192,6 +239,24 @@ async def refresh_rollups(
             if products:
                 await conn.execute(statement, products, hours)
     return len(marks)
+
+
+async def sync_property_keys(conn: asyncpg.Connection, keys: Sequence[str]) -> None:
+    """Make ``rollup_property_keys`` list ``keys``, in the caller's transaction
+    (a refresh's, under its lock): a key dropped goes with its rows; a key
+    added is listed with a mark on every hour rolled up so far (the module's
+    docstring says why that keeps reads exact)."""
+    listed = {row["key"] for row in await conn.fetch("SELECT key FROM rollup_property_keys")}
+    dropped = sorted(listed - set(keys))
+    added = sorted(set(keys) - listed)
+    if dropped:
+        await conn.execute("DELETE FROM rollup_hourly_props WHERE key = ANY($1::text[])", dropped)
+        await conn.execute("DELETE FROM rollup_property_keys WHERE key = ANY($1::text[])", dropped)
+    if added:
+        await conn.execute(
+            "INSERT INTO rollup_property_keys (key) SELECT unnest($1::text[])", added
+        )
+        await conn.execute(_MARK_ROLLED_UP_HOURS_SQL)
 
 
 async def _retention_cutoffs(
@@ -227,6 +292,8 @@ class RollupStatus:
     hourly_rows: int
     user_daily_rows: int
     users_rows: int
+    props_rows: int
+    property_keys: list[str]
 
 
 async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
@@ -235,7 +302,9 @@ async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
         "(SELECT min(marked_at) FROM rollup_dirty) AS oldest_mark, "
         "(SELECT count(*) FROM rollup_hourly) AS hourly_rows, "
         "(SELECT count(*) FROM rollup_user_daily) AS user_daily_rows, "
-        "(SELECT count(*) FROM rollup_users) AS users_rows"
+        "(SELECT count(*) FROM rollup_users) AS users_rows, "
+        "(SELECT count(*) FROM rollup_hourly_props) AS props_rows, "
+        "(SELECT coalesce(array_agg(key ORDER BY key), '{}') FROM rollup_property_keys) AS keys"
     )
     assert row is not None
     return RollupStatus(
@@ -244,6 +313,8 @@ async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
         hourly_rows=row["hourly_rows"],
         user_daily_rows=row["user_daily_rows"],
         users_rows=row["users_rows"],
+        props_rows=row["props_rows"],
+        property_keys=list(row["keys"]),
     )
 
 
@@ -253,4 +324,5 @@ __all__ = [
     "mark_dirty_sql",
     "refresh_rollups",
     "rollup_status",
+    "sync_property_keys",
 ]
