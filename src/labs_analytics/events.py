@@ -237,7 +237,8 @@ def _check_json_value(value: Any, depth: int = 0) -> None:
         raise ValueError("numbers must be finite")
 
 
-def _check_json_object(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+def check_json_object(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """A JSON object within the limits (size, depth, no NUL, finite numbers); else ValueError."""
     try:
         serialized = orjson.dumps(value)
     except TypeError as exc:  # an integer beyond 64 bits, or nesting orjson refuses
@@ -261,7 +262,7 @@ def _check_json_object(value: dict[str, Any], info: ValidationInfo) -> dict[str,
     return value
 
 
-def _no_nul(value: str) -> str:
+def no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain the NUL character (\\u0000)")
     return value
@@ -269,7 +270,7 @@ def _no_nul(value: str) -> str:
 
 EventName = Annotated[str, StringConstraints(pattern=EVENT_NAME_PATTERN)]
 UserId = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_USER_LENGTH), AfterValidator(_no_nul)
+    str, StringConstraints(min_length=1, max_length=MAX_USER_LENGTH), AfterValidator(no_nul)
 ]
 ProductName = Annotated[str, StringConstraints(pattern=PRODUCT_PATTERN)]
 Timestamp = Annotated[
@@ -341,7 +342,7 @@ class EventIn(BaseModel):
     ) -> dict[str, Any] | None:
         if value is None:
             return None
-        return _check_json_object(value, info)
+        return check_json_object(value, info)
 
 
 class EventBatchIn(BaseModel):

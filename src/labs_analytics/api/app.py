@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labs_analytics import __version__
-from labs_analytics.api import analysis, health, ingest, metrics_route, read, records
+from labs_analytics.api import analysis, health, ingest, metrics_route, read, records, segment
 from labs_analytics.api.errors import UnexpectedErrorMiddleware, install_error_handlers
 from labs_analytics.api.fast_path import FastPathMiddleware
 from labs_analytics.api.state import AppState
@@ -48,7 +48,7 @@ log = get_logger(__name__)
 CORS_PATH_PREFIX = "/v1/"
 # The routes the fast path answers (api.fast_path); each also has its
 # documented FastAPI route, which answers the same when the fast path is off.
-FAST_ROUTES = (ingest.FAST_ROUTE,)
+FAST_ROUTES = (ingest.FAST_ROUTE, *segment.FAST_ROUTES)
 
 
 class ApiPathsCORSMiddleware:
@@ -98,12 +98,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ApiPathsCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["POST", "GET", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
+            # X-Write-Key and AnonymousId: what Segment's browser clients send.
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Content-Encoding",
+                "X-Write-Key",
+                "AnonymousId",
+            ],
             max_age=600,
         )
     # 3. one answer and one log line for a bug, whichever path raised it.
     app.add_middleware(UnexpectedErrorMiddleware)
     app.include_router(ingest.router)
+    app.include_router(segment.router)
     app.include_router(read.router)
     app.include_router(analysis.router)
     app.include_router(records.router)

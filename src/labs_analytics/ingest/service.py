@@ -90,6 +90,17 @@ class IngestService:
             )
         }
 
+    @property
+    def limits(self) -> EventLimits:
+        """The deployment's event limits (properties size, clock skew)."""
+        limits: EventLimits = self._context["limits"]
+        return limits
+
+    @property
+    def max_events_per_append(self) -> int:
+        """The most events one append may hold (a larger request is queued in parts)."""
+        return self._max_events
+
     # --- a request ----------------------------------------------------------------
 
     async def accept(
@@ -99,7 +110,7 @@ class IngestService:
         left = self.limited_keys.seconds_left(key.key_id)
         if left is not None:
             # Not a byte of the body is read: the server drains or closes it.
-            refusal = self._rate_limited(key, left)
+            refusal = self.rate_limited(key, left)
             # And the connection is closed: its body is not worth receiving
             # (a flood of refused bodies cost the other clients more when drained).
             refusal.headers["Connection"] = "close"
@@ -109,7 +120,7 @@ class IngestService:
             raw = await read_body(receive, headers, limit=self._max_body_bytes, meter=meter)
             records = self.parse(raw, key, meter=meter)
         except _REFUSED_WORK:
-            await self._charge_refused_work(key, meter)
+            await self.charge_refused_work(key, meter)
             raise
         return await self.enqueue(records, key)
 
@@ -153,7 +164,7 @@ class IngestService:
             )
         except RateLimited as exc:
             self.limited_keys.limit(key.key_id, exc.retry_after_seconds)
-            raise self._rate_limited(key, exc.retry_after_seconds) from exc
+            raise self.rate_limited(key, exc.retry_after_seconds) from exc
         except Overloaded as exc:
             raise QueueUnavailable(
                 f"ingest is over capacity ({exc}); retry later",
@@ -199,7 +210,7 @@ class IngestService:
             self._rate_limits[key.rate_limit_per_second] = limit
         return limit
 
-    async def _charge_refused_work(self, key: ApiKey, meter: RequestMeter) -> None:
+    async def charge_refused_work(self, key: ApiKey, meter: RequestMeter) -> None:
         rate_limit = self.rate_limit_for(key)
         try:
             left = await self._queue.debit(
@@ -211,7 +222,7 @@ class IngestService:
             # Refused until the bucket holds a token again.
             self.limited_keys.limit(key.key_id, (1 - left) / rate_limit.events_per_second)
 
-    def _rate_limited(self, key: ApiKey, seconds: float) -> RateLimitExceeded:
+    def rate_limited(self, key: ApiKey, seconds: float) -> RateLimitExceeded:
         rate = self.rate_limit_for(key).events_per_second
         return RateLimitExceeded(
             f"this key may send {rate:g} events/s (refused requests count against it too); "

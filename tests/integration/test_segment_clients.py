@@ -1,0 +1,160 @@
+"""The real Segment and RudderStack Python libraries, pointed at a real `serve`.
+
+Nothing in them is changed but the host: segment-analytics-python (its write
+key as Basic auth and in the body) and rudder-sdk-python (Basic auth, gzip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import asyncpg
+import httpx
+import pytest
+from rudderstack.analytics.client import Client as RudderClient
+from segment.analytics.client import Client as SegmentClient
+
+from labs_analytics.ingest.segment import MESSAGE_ID_NAMESPACE
+from labs_analytics.settings import Settings
+from tests.helpers import (
+    ServeProcess,
+    Servers,
+    create_key,
+    event_rows,
+    fast_settings,
+    new_product,
+    serve_process,
+    wait_for_drained_stream,
+    wait_for_events,
+)
+
+
+class AnalyticsClient(Protocol):
+    def track(self, *args: Any, **kwargs: Any) -> Any: ...
+    def identify(self, *args: Any, **kwargs: Any) -> Any: ...
+    def page(self, *args: Any, **kwargs: Any) -> Any: ...
+    def flush(self) -> None: ...
+    def shutdown(self) -> None: ...
+
+
+LIBRARIES = ("segment", "rudder")
+
+
+def make_client(library: str, key: str, host: str, errors: list[Any]) -> AnalyticsClient:
+    def on_error(error: Any, batch: Any) -> None:
+        errors.append(error)
+
+    if library == "segment":
+        return SegmentClient(
+            write_key=key, host=host, on_error=on_error, upload_interval=0.05, max_retries=3
+        )
+    return RudderClient(
+        write_key=key, host=host, on_error=on_error, upload_interval=0.05, max_retries=3
+    )
+
+
+@pytest.fixture(scope="module")
+def client_settings(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return fast_settings(
+        servers, prefix="segment", spool_dir=tmp_path_factory.mktemp("segment-spool")
+    )
+
+
+@pytest.fixture(scope="module")
+def server(
+    client_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServeProcess]:
+    """One `serve` for the module: the libraries talk to a real process."""
+    with serve_process(client_settings, tmp_path_factory.mktemp("segment-serve")) as running:
+        yield running
+
+
+async def _rejected(base_url: str, reason: str) -> float:
+    text = (await asyncio.to_thread(httpx.get, f"{base_url}/metrics")).text
+    match = re.search(
+        rf'^labs_ingest_rejected_total{{reason="{reason}"}} ([0-9.e+]+)$', text, re.MULTILINE
+    )
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+async def test_events_from_the_library_land_once_with_the_mapping(
+    server: ServeProcess, client_settings: Settings, db: asyncpg.Connection, library: str
+) -> None:
+    product = new_product()
+    key = await create_key(client_settings, product)
+    errors: list[Any] = []
+    client = make_client(library, key, server.base_url, errors)
+    ids = [str(uuid.uuid4()) for _ in range(30)]
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    times = [when + timedelta(seconds=n) for n in range(len(ids))]
+
+    def send() -> None:
+        for n, message_id in enumerate(ids):
+            client.track(
+                user_id=f"u_{n % 3}",
+                event="Club Viewed",
+                properties={"club": "chess", "n": n},
+                message_id=message_id,
+                timestamp=times[n],
+            )
+        client.identify(user_id="u_0", traits={"school": "SEAS"}, message_id="identify-1")
+        client.page(user_id="u_1", name="Home", properties={"path": "/"}, message_id="page-1")
+        client.flush()
+        # The same messages again, as a client resends them after a lost answer
+        # (same messageId, same timestamp): stored once.
+        for n, message_id in enumerate(ids[:10]):
+            client.track(
+                user_id=f"u_{n % 3}",
+                event="Club Viewed",
+                properties={"club": "chess", "n": n},
+                message_id=message_id,
+                timestamp=times[n],
+            )
+        client.flush()
+        client.shutdown()
+
+    await asyncio.to_thread(send)
+    assert errors == []
+    await wait_for_events(db, 32, product=product)
+    await wait_for_drained_stream(client_settings)  # the resent ten flushed too
+    rows = await event_rows(db, product)
+    assert len(rows) == 32
+    tracked = [row for row in rows if row["name"] == "Club Viewed"]
+    assert sorted(str(row["event_id"]) for row in tracked) == sorted(ids)
+    first = next(row for row in tracked if str(row["event_id"]) == ids[0])
+    assert first["properties"] == {"club": "chess", "n": 0}
+    assert first["user_id"] == "u_0"
+    assert first["timestamp"] == times[0]
+    assert first["context"]["library"]["name"]  # the library's own context, kept
+    assert first["context"]["$segment"]["messageId"] == ids[0]
+    identify = next(row for row in rows if row["name"] == "identify")
+    assert identify["properties"] == {"school": "SEAS"}
+    assert identify["event_id"] == uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{product}\nidentify-1")
+    page = next(row for row in rows if row["name"] == "page.view")
+    assert page["context"]["$segment"]["name"] == "Home"
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+async def test_a_bad_key_is_one_refused_request_not_a_retry_storm(
+    server: ServeProcess, library: str
+) -> None:
+    before = await _rejected(server.base_url, "unauthenticated")
+    errors: list[Any] = []
+    client = make_client(library, "lak_not_a_key", server.base_url, errors)
+
+    def send() -> None:
+        client.track(user_id="u", event="Lost", message_id=str(uuid.uuid4()))
+        client.flush()
+        client.shutdown()
+
+    await asyncio.to_thread(send)
+    assert len(errors) == 1
+    assert "401" in str(errors[0]) or getattr(errors[0], "status", None) == 401
+    # One request reached us: the 401's body has a `code`, so no retries.
+    assert await _rejected(server.base_url, "unauthenticated") - before == 1
