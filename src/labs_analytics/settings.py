@@ -14,6 +14,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from labs_analytics.auth.keys import MAX_RATE_LIMIT_PER_SECOND, check_default_rate_limit
+from labs_analytics.auth.platform import parse_subjects
+from labs_analytics.ingest.legacy import LEGACY_PRODUCTS
 from labs_analytics.read.fields import parse_field
 from labs_analytics_client import contract
 
@@ -235,6 +237,35 @@ class Settings(BaseSettings):
         description="Run a flusher in the app's own event loop (create_app); `serve` turns it "
         "off and runs flusher processes instead.",
     )
+    # --- the Penn Labs legacy API (POST /analytics) ----------------------------
+    platform_jwks_url: str = Field(
+        default="",
+        description="Penn Labs Platform's JSON Web Key Set: the keys legacy clients' tokens are "
+        "checked with (e.g. https://platform.pennlabs.org/identity/jwks/); empty: the legacy "
+        "route refuses every token.",
+    )
+    platform_subjects: Annotated[dict[str, frozenset[str]], NoDecode] = Field(
+        default_factory=dict,
+        description="Which token subjects may write which products: "
+        "`urn:pennlabs:penn-clubs=clubs;urn:pennlabs:penn-mobile=mobile_backend,mobile_ios` "
+        "(products among the legacy ones: other, mobile_ios, mobile_android, mobile_backend, "
+        "portal, pcr, pdp, pca, pcp, ohq, clubs).",
+    )
+    platform_jwt_leeway_seconds: float = Field(
+        default=30, ge=0, le=600, description="Clock leeway when checking a token's expiry."
+    )
+    platform_jwks_refresh_seconds: float = Field(
+        default=3600,
+        gt=0,
+        description="How often the key set is fetched again (also whenever a token names a key "
+        "it lacks).",
+    )
+    platform_jwks_min_refetch_seconds: float = Field(
+        default=10,
+        ge=0,
+        description="The key set is fetched at most this often for tokens naming a key it "
+        "lacks (a flood of made-up key ids costs Platform one request per this long).",
+    )
     # --- read side -----------------------------------------------------------
     query_timeout_seconds: float = Field(
         default=10.0, gt=0, le=600, description="A read query running longer is cancelled."
@@ -269,6 +300,26 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("platform_subjects", mode="before")
+    @classmethod
+    def _parse_subjects(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_subjects(value)
+        return value
+
+    @field_validator("platform_subjects")
+    @classmethod
+    def _check_subjects(cls, value: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+        known = set(LEGACY_PRODUCTS.values())
+        for subject, products in value.items():
+            unknown = sorted(products - known)
+            if unknown:
+                raise ValueError(
+                    f"{subject}: {', '.join(unknown)} is not a legacy product "
+                    f"({', '.join(sorted(known))})"
+                )
         return value
 
     @field_validator("rollup_properties", mode="before")

@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from labs_analytics.api import segment
+from labs_analytics.api import legacy, segment
 from labs_analytics.api.app import FAST_ROUTES, create_app
 from labs_analytics.api.errors import UnexpectedErrorMiddleware
 from labs_analytics.api.fast_path import FastPathMiddleware, FastResponse, FastRoute
@@ -38,11 +38,10 @@ def test_without_the_fast_path_there_is_no_such_layer() -> None:
     assert FastPathMiddleware not in [middleware.cls for middleware in app.user_middleware]
 
 
-def test_ingest_and_the_segment_routes_are_registered_fast_routes() -> None:
+def test_ingest_and_the_compatibility_routes_are_registered_fast_routes() -> None:
     registered = [(route.method, route.path) for route in FAST_ROUTES]
-    assert registered[0] == ("POST", INGEST_PATH)
-    segment_paths = [*segment.BATCH_PATHS, *segment.MESSAGE_PATHS]
-    assert registered[1:] == [("POST", path) for path in segment_paths]
+    paths = [INGEST_PATH, *segment.BATCH_PATHS, *segment.MESSAGE_PATHS, *legacy.PATHS]
+    assert registered == [("POST", path) for path in paths]
 
 
 async def _nothing(state: AppState, scope: Scope, receive: Receive) -> FastResponse:

@@ -24,11 +24,21 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labs_analytics import __version__
-from labs_analytics.api import analysis, health, ingest, metrics_route, read, records, segment
+from labs_analytics.api import (
+    analysis,
+    health,
+    ingest,
+    legacy,
+    metrics_route,
+    read,
+    records,
+    segment,
+)
 from labs_analytics.api.errors import UnexpectedErrorMiddleware, install_error_handlers
 from labs_analytics.api.fast_path import FastPathMiddleware
 from labs_analytics.api.state import AppState
 from labs_analytics.auth.cache import KeyCache
+from labs_analytics.auth.platform import PlatformVerifier
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.events import EventBatchIn, EventIn
 from labs_analytics.flusher import Flusher
@@ -48,7 +58,7 @@ log = get_logger(__name__)
 CORS_PATH_PREFIX = "/v1/"
 # The routes the fast path answers (api.fast_path); each also has its
 # documented FastAPI route, which answers the same when the fast path is off.
-FAST_ROUTES = (ingest.FAST_ROUTE, *segment.FAST_ROUTES)
+FAST_ROUTES = (ingest.FAST_ROUTE, *segment.FAST_ROUTES, *legacy.FAST_ROUTES)
 
 
 class ApiPathsCORSMiddleware:
@@ -112,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UnexpectedErrorMiddleware)
     app.include_router(ingest.router)
     app.include_router(segment.router)
+    app.include_router(legacy.router)
     app.include_router(read.router)
     app.include_router(analysis.router)
     app.include_router(records.router)
@@ -184,6 +195,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         asyncio.create_task(_supervise("key_cache", key_cache.run, stop)),
         asyncio.create_task(_supervise("queue", queue.run, stop)),
     ]
+    platform = PlatformVerifier(
+        settings.platform_jwks_url,
+        settings.platform_subjects,
+        leeway_seconds=settings.platform_jwt_leeway_seconds,
+        refresh_seconds=settings.platform_jwks_refresh_seconds,
+        min_refetch_seconds=settings.platform_jwks_min_refetch_seconds,
+        retry_after_seconds=settings.retry_after_seconds,
+    )
+    if platform.configured:
+        tasks.append(asyncio.create_task(_supervise("platform_keys", platform.run, stop)))
     flusher: Flusher | None = None
     flusher_redis = None
     pool = None
@@ -210,6 +231,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         ingest=IngestService(queue, settings),
         flusher=flusher,
         reads=ReadService(read_pool, settings),
+        platform=platform,
     )
     # Everything built so far lives as long as the process: move it out of
     # the collector's reach, so full collections stay short (they showed up

@@ -8,6 +8,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from labs_analytics.auth.cache import KeyCache
+from labs_analytics.auth.platform import PlatformVerifier
 from labs_analytics.flusher import Flusher
 from labs_analytics.ingest.service import IngestService
 from labs_analytics.queue.service import EventQueue
@@ -25,3 +26,4 @@ class AppState:
     ingest: IngestService
     flusher: Flusher | None
     reads: ReadService
+    platform: PlatformVerifier
