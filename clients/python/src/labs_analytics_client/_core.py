@@ -28,6 +28,7 @@ from labs_analytics_client._events import (
 from labs_analytics_client._exceptions import DeliveryError, InvalidEvent
 from labs_analytics_client._instrument import Timed
 from labs_analytics_client._ledger import Ledger
+from labs_analytics_client._messages import EVENT_NAMES, message_context
 from labs_analytics_client._options import ClientOptions, ClientStats, DroppedEvent
 from labs_analytics_client._prepare import BEFORE_SEND, Refused, prepare
 from labs_analytics_client._process_hooks import register
@@ -158,6 +159,98 @@ class BaseClient:
         if not self._worker_running:
             self._start_worker()
         return event.event_id
+
+    # --- Segment's other message types (the rows the server's Segment routes store)
+
+    def identify(
+        self,
+        user: str,
+        traits: Mapping[str, Any] | None = None,
+        *,
+        timestamp: Any = None,
+        event_id: Any = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Record who ``user`` is: an ``identify`` event whose properties are ``traits``."""
+        return self._message("identify", user, traits, timestamp, event_id, context)
+
+    def alias(
+        self,
+        previous_id: str,
+        user: str,
+        *,
+        timestamp: Any = None,
+        event_id: Any = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Record that ``previous_id`` (an anonymous id, an old account) is now ``user``."""
+        return self._message(
+            "alias", user, {}, timestamp, event_id, context, previousId=previous_id
+        )
+
+    def group(
+        self,
+        user: str,
+        group_id: str,
+        traits: Mapping[str, Any] | None = None,
+        *,
+        timestamp: Any = None,
+        event_id: Any = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """Record that ``user`` belongs to ``group_id`` (a club, a team), with its ``traits``."""
+        return self._message("group", user, traits, timestamp, event_id, context, groupId=group_id)
+
+    def page(
+        self,
+        user: str | None = None,
+        name: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        category: str | None = None,
+        timestamp: Any = None,
+        event_id: Any = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """A ``page.view`` event; the page's ``name`` and ``category`` in ``context.$segment``."""
+        return self._message(
+            "page", user, properties, timestamp, event_id, context, name=name, category=category
+        )
+
+    def screen(
+        self,
+        user: str | None = None,
+        name: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+        *,
+        category: str | None = None,
+        timestamp: Any = None,
+        event_id: Any = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> str | None:
+        """A ``screen.view`` event (a mobile app's screen), as ``page`` is for the web."""
+        return self._message(
+            "screen", user, properties, timestamp, event_id, context, name=name, category=category
+        )
+
+    def _message(
+        self,
+        kind: str,
+        user: str | None,
+        properties: Mapping[str, Any] | None,
+        timestamp: Any,
+        event_id: Any,
+        context: Mapping[str, Any] | None,
+        **fields: Any,
+    ) -> str | None:
+        return self.track(
+            EVENT_NAMES[kind],
+            user=user,
+            properties=properties,
+            timestamp=timestamp,
+            event_id=event_id,
+            context=message_context(kind, context, user, **fields),
+        )
 
     def scope(self, user: str | None = None, properties: Mapping[str, Any] | None = None) -> Scope:
         """``with client.scope(user=…, properties={…}):``: for every event in the block.
