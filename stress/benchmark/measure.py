@@ -23,9 +23,10 @@ import httpx
 
 from labs_analytics.storage.bulk_writer import STAGING_COLUMNS
 
+from . import compat
 from .load import load, paced
 from .report import load_line
-from .results import CopyCeiling, Drain, EndToEnd, IngestRounds, LoadResult, Soak
+from .results import Compat, CopyCeiling, Drain, EndToEnd, IngestRounds, LoadResult, Soak
 from .stack import backlog_of, sampling_rss
 
 SINGLE_EVENT = {"name": "page.view", "user": "u_1842", "properties": {"path": "/clubs/42"}}
@@ -81,6 +82,19 @@ async def batch_ingest(url: str, key: str, seconds: int, work: Path) -> LoadResu
     result = await asyncio.to_thread(load, url, key, BATCH_BODY, seconds, work)
     print(load_line("(c) batch x100", result), flush=True)
     return result
+
+
+async def compat_ingest(base_url: str, key: str, token: str, seconds: int, work: Path) -> Compat:
+    """(f) the legacy route with a cached JWT, (g) Segment batches, flat out."""
+    legacy = await asyncio.to_thread(
+        load, f"{base_url}/analytics/", token, compat.LEGACY_BODY, seconds, work
+    )
+    print(load_line("(f) legacy, 10 data points", legacy), flush=True)
+    segment = await asyncio.to_thread(
+        load, f"{base_url}/v1/batch", key, compat.SEGMENT_BODY, seconds, work
+    )
+    print(load_line("(g) Segment batch x100", segment), flush=True)
+    return Compat(legacy=legacy, segment=segment)
 
 
 async def drain(base_url: str, dsn: str) -> Drain:

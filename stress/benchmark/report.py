@@ -105,6 +105,7 @@ def measures(r: BenchResults) -> list[tuple[str, str]]:
             f"({batch.requests_per_second:,.0f} req/s, p99 {batch.p99_ms:.1f} ms), "
             f"{batch.errors} errors",
         ),
+        *_compat_rows(r),
         ("flushers draining alone", f"{r.drain.rows_per_second:,.0f} rows/s"),
         (
             f"(d) end to end, paced, {e2e.seconds} s",
@@ -136,6 +137,27 @@ def measures(r: BenchResults) -> list[tuple[str, str]]:
         )
     )
     return rows
+
+
+def _compat_rows(r: BenchResults) -> list[tuple[str, str]]:
+    if r.compat is None:
+        return []
+    legacy, segment = r.compat.legacy, r.compat.segment
+    return [
+        (
+            "(f) `POST /analytics/` (legacy), 10 data points, a cached Platform JWT",
+            f"{legacy.requests_per_second:,.0f} req/s "
+            f"({legacy.requests_per_second * 10:,.0f} events/s), p50 {legacy.p50_ms:.2f} ms, "
+            f"p99 {legacy.p99_ms:.2f} ms, **{r.legacy_share_of_floor:.0%} of (a)**, "
+            f"{legacy.errors} errors",
+        ),
+        (
+            "(g) `POST /v1/batch` (Segment), 100 `track` messages",
+            f"{segment.requests_per_second * 100:,.0f} events/s "
+            f"({segment.requests_per_second:,.0f} req/s, p99 {segment.p99_ms:.1f} ms), "
+            f"**{r.segment_share_of_batch:.0%} of (c)**, {segment.errors} errors",
+        ),
+    ]
 
 
 def replace_latest_run(existing: str, latest: str) -> str:

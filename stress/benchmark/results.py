@@ -99,6 +99,14 @@ class RssPeaks:
 
 
 @dataclass(frozen=True)
+class Compat:
+    """(f) the legacy route, 10 data points a request; (g) Segment batches of 100 messages."""
+
+    legacy: LoadResult
+    segment: LoadResult
+
+
+@dataclass(frozen=True)
 class BenchResults:
     workers: int  # `serve --workers`
     connections: int  # the load generator's, for (a), (b) and (c)
@@ -109,6 +117,20 @@ class BenchResults:
     copy: CopyCeiling  # (e)
     rss: RssPeaks
     soak: Soak | None  # None when run with --soak 0
+    compat: Compat | None = None  # (f) and (g)
+
+    @property
+    def legacy_share_of_floor(self) -> float | None:
+        if self.compat is None:
+            return None
+        return self.compat.legacy.requests_per_second / self.ingest.floor.requests_per_second
+
+    @property
+    def segment_share_of_batch(self) -> float | None:
+        """Segment messages/s over native batch events/s (both 100 per request)."""
+        if self.compat is None:
+            return None
+        return self.compat.segment.requests_per_second / self.batch.requests_per_second
 
     @property
     def end_to_end_share_of_copy(self) -> float:

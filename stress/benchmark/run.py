@@ -8,6 +8,7 @@ Each phase starts the server processes it needs and stops them after:
   3. a fresh `serve`: (d) end to end
   4. no API: (e) the COPY ceiling
   5. a fresh `serve`: the soak (skipped with --soak 0)
+  6. `serve --no-flusher`: the compatibility routes, (f) legacy and (g) Segment batches
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from labs_analytics.embedded import free_port
 from labs_analytics.settings import to_asyncpg_dsn
 
-from . import measure, report
+from . import compat, measure, report
 from .load import CONNECTIONS
 from .machine import this_machine
 from .results import BenchResults, RssPeaks, Soak
@@ -52,7 +53,15 @@ def main(options: Options) -> None:
 
 
 async def run(options: Options, work: Path, database_url: str, redis_url: str) -> BenchResults:
-    env = stack_env(database_url, redis_url, work)
+    platform = compat.Platform()
+    with platform.serving() as jwks_url:
+        env = {**stack_env(database_url, redis_url, work), **compat.platform_env(jwks_url)}
+        return await _run(options, work, database_url, env, platform.token())
+
+
+async def _run(
+    options: Options, work: Path, database_url: str, env: dict[str, str], token: str
+) -> BenchResults:
     dsn = to_asyncpg_dsn(database_url)
     key = await asyncio.to_thread(create_key, env)
     floor_port, port = free_port(), free_port()
@@ -106,6 +115,11 @@ async def run(options: Options, work: Path, database_url: str, redis_url: str) -
             )
         print(report.soak_line(soak), flush=True)
 
+    # (f) and (g) last, flushers off as for (c): what they queue is not in (d)'s drain.
+    with process([*serve, "--no-flusher"], env, work / "serve-compat.log"):
+        await asyncio.to_thread(wait_http, f"{base}/healthz")
+        compat_results = await measure.compat_ingest(base, key, token, options.seconds, work)
+
     return BenchResults(
         workers=options.workers,
         connections=CONNECTIONS,
@@ -116,6 +130,7 @@ async def run(options: Options, work: Path, database_url: str, redis_url: str) -
         copy=copy,
         rss=RssPeaks(ingest=ingest_rss.peak, end_to_end=e2e_rss.peak),
         soak=soak,
+        compat=compat_results,
     )
 
 

@@ -107,6 +107,28 @@ TARGETS: tuple[Target, ...] = (
         shown="{:.2f} s",
     ),
     Target(
+        text="legacy route (10 data points, a cached JWT) ≥ {threshold:.0%} of the floor's req/s",
+        measure="legacy_share_of_floor",
+        bound=Bound.AT_LEAST,
+        threshold=0.70,
+        shown="{:.0%}",
+    ),
+    Target(
+        text="legacy route p99 ≤ {threshold:g} ms at {r.connections} connections",
+        measure="compat.legacy.p99_ms",
+        bound=Bound.AT_MOST,
+        threshold=25,
+        shown="{:.1f} ms",
+    ),
+    Target(
+        text="Segment batches (100 messages) ≥ {threshold:.0%} of the native batch route's "
+        "events/s",
+        measure="segment_share_of_batch",
+        bound=Bound.AT_LEAST,
+        threshold=0.80,
+        shown="{:.0%}",
+    ),
+    Target(
         text="API RSS flat within {threshold:g}% over a {r.soak.seconds} s soak",
         measure="soak.growth_percent",
         bound=Bound.WITHIN,

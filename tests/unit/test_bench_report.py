@@ -14,10 +14,11 @@ from collections.abc import Callable
 import pytest
 from stress.benchmark.load import parse_wrk_output
 from stress.benchmark.machine import Machine
-from stress.benchmark.report import DEFAULT_HEADER, latest_run, replace_latest_run
+from stress.benchmark.report import DEFAULT_HEADER, latest_run, measures, replace_latest_run
 from stress.benchmark.results import (
     MIB,
     BenchResults,
+    Compat,
     CopyCeiling,
     Drain,
     EndToEnd,
@@ -199,8 +200,31 @@ def test_rss_shrinking_past_the_threshold_misses_the_flat_rss_target() -> None:
     assert (check.met, check.measured) == (False, "-12.0%")
 
 
-def test_every_target_of_the_sample_run_is_checked() -> None:
-    assert len(check_all(RESULTS)) == len(TARGETS)
+WITH_COMPAT = dataclasses.replace(
+    RESULTS, compat=Compat(legacy=wrk(13_000, 2.2, 9.5, 20), segment=wrk(1_400, 21.0, 80.0, 5))
+)
+
+
+def test_every_target_of_a_run_with_the_compatibility_routes_is_checked() -> None:
+    checks = check_all(WITH_COMPAT)
+    assert len(checks) == len(TARGETS)
+    compat = {check.text: (check.met, check.measured) for check in checks[-4:-1]}
+    assert compat == {
+        "legacy route (10 data points, a cached JWT) ≥ 70% of the floor's req/s": (True, "73%"),
+        "legacy route p99 ≤ 25 ms at 32 connections": (True, "9.5 ms"),
+        "Segment batches (100 messages) ≥ 80% of the native batch route's events/s": (
+            True,
+            "87%",
+        ),
+    }
+    rows = dict(measures(WITH_COMPAT))
+    legacy_row = "(f) `POST /analytics/` (legacy), 10 data points, a cached Platform JWT"
+    assert rows[legacy_row].startswith("13,000 req/s (130,000 events/s)")
+    assert "**87% of (c)**" in rows["(g) `POST /v1/batch` (Segment), 100 `track` messages"]
+
+
+def test_a_run_without_the_compatibility_routes_leaves_their_targets_out() -> None:
+    assert len(check_all(RESULTS)) == len(TARGETS) - 3
 
 
 def test_a_run_without_a_soak_leaves_the_soak_target_out() -> None:
