@@ -36,6 +36,8 @@ TABLES = (
     "rollup_user_daily",
     "rollup_users",
     "rollup_dirty",
+    "rollup_hourly_props",
+    "rollup_property_keys",
 )
 
 
