@@ -149,6 +149,12 @@ class Children:
         return server
 
     def close(self) -> None:
+        # Captured output, shown only when the test failed: what each child was
+        # doing last is the first thing to read when a fault test goes wrong.
+        for child in self.started:
+            with contextlib.suppress(OSError):
+                print(f"--- {child.name} (pid {child.pid}) log, last lines ---")
+                print("\n".join(child.logs().splitlines()[-40:]))
         for child in self.started:
             child.thaw()
         # serve processes first get their SIGTERM (serve_process's own clean-up)...

@@ -4,9 +4,12 @@ A real `serve --no-flusher` first queues a backlog of 5 000 events of ~2 KB,
 so that a standalone flusher's batch (one transaction: COPY into staging,
 INSERT ... ON CONFLICT, the ``ingest_batches`` row) lasts long enough to be
 caught; steady load goes on meanwhile. The test polls ``pg_stat_activity``
-until the flusher's transaction is open, then stops PostgreSQL immediately
-(no shutdown checkpoint, backends killed: a crash as far as the flusher can
-tell) and starts it again.
+until the flusher's COPY is running, freezes that backend (SIGSTOP) until the
+flusher's socket is full and asyncpg has paused writing, kills it (SIGKILL),
+then stops PostgreSQL immediately (no shutdown checkpoint, backends killed: a
+crash as far as the flusher can tell) and starts it again. Before the
+flusher's writer turned a lost connection into an error
+(``storage.connection_loss``), that paused COPY waited forever.
 
 Asserted: the batch that was in flight failed (``flush.failed``), was kept
 and retried, and committed afterwards; the flusher never crashed; ingest
@@ -17,6 +20,8 @@ once and intact, the stream drained, and a fresh event landing.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import asyncpg
 import pytest
@@ -54,6 +59,12 @@ async def test_postgres_restarted_mid_flush_transaction_loses_and_doubles_nothin
         # Caught in its COPY, the earliest step, so the rest of the transaction
         # (INSERT, the log row, COMMIT) outlasts the stop even on a busy machine.
         in_flight = await wait_for_flush_transaction(db, timeout=20, copy_only=True)
+        # The backend is frozen first, so the flusher's socket fills and asyncpg
+        # pauses writing: the state in which a lost connection once left the
+        # COPY waiting forever (asyncpg never wakes a paused writer on loss).
+        os.kill(in_flight["pid"], signal.SIGSTOP)
+        await asyncio.sleep(1.0)
+        os.kill(in_flight["pid"], signal.SIGKILL)
         await db.close()  # it dies with the server
         await asyncio.to_thread(postgres_server.stop, "immediate")
         await asyncio.to_thread(postgres_server.start)

@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 
 from labs_analytics.events import EventRecord
+from labs_analytics.storage.connection_loss import cancelled_on_connection_loss
 from labs_analytics.storage.rollups import mark_dirty_sql
 
 STAGING_TABLE = "events_staging"
@@ -183,7 +184,11 @@ class BulkWriter:
     ) -> BatchOutcome:
         started_at = datetime.now(UTC)
         started = time.perf_counter()
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with (
+            self._pool.acquire() as conn,
+            cancelled_on_connection_loss(conn),
+            conn.transaction(),
+        ):
             copy_started = time.perf_counter()
             if records:
                 await conn.copy_records_to_table(
