@@ -38,6 +38,7 @@ TABLES = (
     "rollup_dirty",
     "rollup_hourly_props",
     "rollup_property_keys",
+    "event_ids",
 )
 
 

@@ -205,6 +205,14 @@ class Settings(BaseSettings):
         le=1_000_000,
         description="Rows per DELETE when retention removes expired events batch by batch.",
     )
+    identity_window_days: int = Field(
+        default=7,
+        ge=1,
+        le=3650,
+        description="An event id is stored once per product whatever timestamps its resends "
+        "carry, for at least this many days after it first arrived (the flusher forgets older "
+        "ids when it runs retention).",
+    )
     rollup_interval_seconds: float = Field(
         default=5,
         ge=0,

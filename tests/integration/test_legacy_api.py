@@ -8,7 +8,10 @@ the fetches), so the verifier's caching and rotation run for real.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -22,6 +25,7 @@ import asyncpg
 import httpx
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
@@ -52,9 +56,48 @@ class SigningKey:
         public: dict[str, Any] = json.loads(RSAAlgorithm.to_jwk(self.private.public_key()))
         return {**public, "kid": self.kid, "use": "sig", "alg": "RS256"}
 
-    def token(self, subject: str = CLUBS, *, use: str = "access", expires_in: float = 600) -> str:
-        claims = {"sub": subject, "use": use, "exp": int(time.time() + expires_in)}
-        return jwt.encode(claims, self.private, algorithm="RS256", headers={"kid": self.kid})
+    def token(
+        self,
+        subject: str = CLUBS,
+        *,
+        use: str = "access",
+        expires_in: float = 600,
+        claims: dict[str, Any] | None = None,
+    ) -> str:
+        """RS256-signed; ``claims`` added or, where None, removed."""
+        payload: dict[str, Any] = {"sub": subject, "use": use, "exp": int(time.time() + expires_in)}
+        for name, value in (claims or {}).items():
+            if value is None:
+                payload.pop(name, None)
+            else:
+                payload[name] = value
+        return jwt.encode(payload, self.private, algorithm="RS256", headers={"kid": self.kid})
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims_segment() -> str:
+    claims = {"sub": CLUBS, "use": "access", "exp": int(time.time() + 600)}
+    return _b64(json.dumps(claims).encode())
+
+
+def unsigned_token(key: SigningKey) -> str:
+    header = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": key.kid}).encode())
+    return f"{header}.{_claims_segment()}."
+
+
+def hmac_token_keyed_with_the_public_key(key: SigningKey) -> str:
+    """HS256 with the public key's PEM as the secret: a verifier that lets the
+    token pick its algorithm would accept it."""
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": key.kid}).encode())
+    signing_input = f"{header}.{_claims_segment()}"
+    secret = key.private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
 
 
 class JwksServer:
@@ -182,6 +225,12 @@ async def test_tokens_and_bodies_that_are_refused(
             (signing_key.token(use="refresh"), body(), 401, "unauthenticated"),
             (foreign.token(), body(), 401, "unauthenticated"),
             (signing_key.token("urn:pennlabs:someone-else"), body(), 403, "forbidden"),
+            # Hostile tokens: unsigned, HMAC-signed with the public key (the
+            # classic key confusion), no expiry, and one too big to parse.
+            (unsigned_token(signing_key), body(), 401, "unauthenticated"),
+            (hmac_token_keyed_with_the_public_key(signing_key), body(), 401, "unauthenticated"),
+            (signing_key.token(claims={"exp": None}), body(), 401, "unauthenticated"),
+            (signing_key.token(claims={"pad": "x" * 9000}), body(), 401, "unauthenticated"),
             (signing_key.token(MOBILE), body(product=10), 403, "forbidden"),
             (good, body(product=11), 422, "invalid_events"),
             (good, body(product=True), 422, "invalid_events"),

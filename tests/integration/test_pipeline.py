@@ -47,6 +47,30 @@ async def test_resent_event_is_stored_once(api: ApiFactory, db: asyncpg.Connecti
     assert (totals["events"], totals["inserted"], totals["duplicates"]) == (5, 1, 4)
 
 
+async def test_a_uuid4_event_retried_without_timestamp_or_restamped_is_stored_once(
+    api: ApiFactory, db: asyncpg.Connection
+) -> None:
+    """The identity rule (README, "Exactly-once rows"): an event id is stored
+    once per product whatever timestamps its resends carry. A UUIDv4 without
+    a timestamp gets the receive time, a new one on each retry; another
+    client stamps each attempt with its own clock."""
+    event_id = str(uuid.uuid4())
+    async with api() as app:
+        key = await create_key(app.settings)
+        unstamped = make_event(event_id=event_id, timestamp=None)
+        for _ in range(2):
+            assert (await app.post(unstamped, key)).status_code == 202
+            await asyncio.sleep(0.01)  # a later receive time
+        restamped = make_event(event_id=event_id, timestamp="2026-11-20T08:30:00Z")
+        assert (await app.post(restamped, key)).status_code == 202
+        await wait_for(lambda: _total_events_flushed(db, 3), what="3 events through the flusher")
+
+    rows = await db.fetch("SELECT event_id, timestamp, received_at FROM events")
+    assert [row["event_id"] for row in rows] == [uuid.UUID(event_id)]
+    # The first copy's receive time is its timestamp.
+    assert rows[0]["timestamp"] == rows[0]["received_at"]
+
+
 async def _total_events_flushed(db: asyncpg.Connection, n: int) -> bool:
     total = await db.fetchval(
         "SELECT coalesce(sum(events), 0) FROM ingest_batches WHERE status = 'committed'"

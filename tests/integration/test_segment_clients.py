@@ -19,6 +19,7 @@ import pytest
 from rudderstack.analytics.client import Client as RudderClient
 from segment.analytics.client import Client as SegmentClient
 
+from labs_analytics.embedded import free_port
 from labs_analytics.ingest.segment import MESSAGE_ID_NAMESPACE
 from labs_analytics.settings import Settings
 from tests.helpers import (
@@ -27,6 +28,7 @@ from tests.helpers import (
     create_key,
     event_rows,
     fast_settings,
+    in_a_thread,
     new_product,
     serve_process,
     wait_for_drained_stream,
@@ -158,3 +160,102 @@ async def test_a_bad_key_is_one_refused_request_not_a_retry_storm(
     assert "401" in str(errors[0]) or getattr(errors[0], "status", None) == 401
     # One request reached us: the 401's body has a `code`, so no retries.
     assert await _rejected(server.base_url, "unauthenticated") - before == 1
+
+
+def _track(client: AnalyticsClient, ids: list[str], when: datetime) -> None:
+    for n, message_id in enumerate(ids):
+        client.track(
+            user_id=f"u_{n % 5}",
+            event="Search",
+            properties={"q": "chess", "n": n},
+            message_id=message_id,
+            timestamp=when + timedelta(seconds=n),
+        )
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+async def test_a_server_restarted_in_the_middle_loses_and_doubles_nothing(
+    client_settings: Settings,
+    db: asyncpg.Connection,
+    tmp_path_factory: pytest.TempPathFactory,
+    library: str,
+) -> None:
+    """Half the messages sent, the server stopped (SIGTERM) while the client
+    keeps tracking, and started again on the same port: the library's own
+    retries deliver the rest, and every message lands once."""
+    product = new_product()
+    key = await create_key(client_settings, product)
+    port = free_port()
+    log_dir = tmp_path_factory.mktemp(f"restart-{library}")
+    errors: list[Any] = []
+    ids = [str(uuid.uuid4()) for _ in range(40)]
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    async with in_a_thread(serve_process(client_settings, log_dir, port=port)) as first:
+        client = make_client(library, key, first.base_url, errors)
+        await asyncio.to_thread(lambda: (_track(client, ids[:20], when), client.flush()))
+    # Down now: the next messages find nothing listening until the new server is up.
+    sending = asyncio.create_task(
+        asyncio.to_thread(
+            lambda: (_track(client, ids[20:], when), client.flush(), client.shutdown())
+        )
+    )
+    await asyncio.sleep(0.3)
+    async with in_a_thread(serve_process(client_settings, log_dir, port=port)):
+        await sending
+        await wait_for_events(db, len(ids), product=product)
+    await wait_for_drained_stream(client_settings)
+    assert errors == []
+    rows = await event_rows(db, product)
+    assert sorted(str(row["event_id"]) for row in rows) == sorted(ids)
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+async def test_a_rate_limited_key_is_slowed_down_and_every_message_lands_once(
+    server: ServeProcess, client_settings: Settings, db: asyncpg.Connection, library: str
+) -> None:
+    """100 events/s: 1,300 messages sent at once outrun the key's bucket, are
+    answered 429 with Retry-After part way, and the library waits and sends
+    them again."""
+    product = new_product()
+    key = await create_key(client_settings, product, rate_limit_per_second=100)
+    before = await _rejected(server.base_url, "rate_limited")
+    errors: list[Any] = []
+    client = make_client(library, key, server.base_url, errors)
+    ids = [str(uuid.uuid4()) for _ in range(1_300)]
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    await asyncio.to_thread(lambda: (_track(client, ids, when), client.flush(), client.shutdown()))
+    assert await _rejected(server.base_url, "rate_limited") > before
+    assert errors == []
+    await wait_for_events(db, len(ids), product=product)
+    await wait_for_drained_stream(client_settings)
+    rows = await event_rows(db, product)
+    assert sorted(str(row["event_id"]) for row in rows) == sorted(ids)
+
+
+async def test_an_oversized_message_from_rudderstack_is_refused_alone(
+    server: ServeProcess, client_settings: Settings, db: asyncpg.Connection
+) -> None:
+    """rudder-sdk-python lets a message reach 4 MiB; ours stop at 32 KB. The
+    one too big is refused inside an answer of 200, the others land, and the
+    library reports no error (so it does not send the batch again)."""
+    product = new_product()
+    key = await create_key(client_settings, product)
+    errors: list[Any] = []
+    client = make_client("rudder", key, server.base_url, errors)
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    big = str(uuid.uuid4())
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+
+    def send() -> None:
+        _track(client, ids[:2], when)
+        client.track(user_id="u", event="Upload", properties={"blob": "x" * 40_000}, message_id=big)
+        _track(client, ids[2:], when + timedelta(minutes=1))
+        client.flush()
+        client.shutdown()
+
+    await asyncio.to_thread(send)
+    assert errors == []
+    await wait_for_events(db, len(ids), product=product)
+    await wait_for_drained_stream(client_settings)
+    rows = await event_rows(db, product)
+    assert sorted(str(row["event_id"]) for row in rows) == sorted(ids)

@@ -46,6 +46,7 @@ from labs_analytics.queue.consumer import PoisonEntry, StreamConsumer, StreamEnt
 from labs_analytics.queue.entries import encode_entry
 from labs_analytics.settings import Settings
 from labs_analytics.storage.bulk_writer import BatchOutcome, BulkWriter, DeadLetter, is_data_error
+from labs_analytics.storage.event_ids import forget_old_event_ids
 from labs_analytics.storage.partitions import ensure_partitions
 from labs_analytics.storage.retention import RetentionBusy, run_retention
 from labs_analytics.storage.rollups import refresh_rollups
@@ -147,6 +148,7 @@ class Flusher:
         while not await _sleep_unless_stopped(stop, delay):
             delay = interval
             started = time.monotonic()
+            await self._forget_old_event_ids()
             try:
                 async with self._pool.acquire() as conn:
                     report = await run_retention(
@@ -167,6 +169,27 @@ class Flusher:
                 rows=report.rows_by_product,
                 ms=round((time.monotonic() - started) * 1000),
             )
+
+    async def _forget_old_event_ids(self) -> None:
+        """The ids past IDENTITY_WINDOW_DAYS (storage.event_ids); on failure, next time."""
+        started = time.monotonic()
+        try:
+            async with self._pool.acquire() as conn:
+                forgotten = await forget_old_event_ids(
+                    conn,
+                    window_days=self.settings.identity_window_days,
+                    now=datetime.now(UTC),
+                    batch_rows=self.settings.retention_delete_batch_rows,
+                )
+        except Exception as exc:  # PostgreSQL away, a missing migration: next time
+            log.error("event_ids.forget_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        log.info(
+            "event_ids.forgotten",
+            ids=forgotten,
+            window_days=self.settings.identity_window_days,
+            ms=round((time.monotonic() - started) * 1000),
+        )
 
     async def _rollup_loop(self, stop: asyncio.Event) -> None:
         """Rollup refreshes, beside the flushing: every interval, until no hour

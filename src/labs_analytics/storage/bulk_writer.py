@@ -46,16 +46,31 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
 ) ON COMMIT DELETE ROWS
 """
 
-# ON CONFLICT DO NOTHING on the event's identity (the primary key) makes a
-# redelivered batch a no-op, and also folds duplicates inside one batch (the
-# same event sent twice in quick succession). The product is part of the
-# identity: another product's event with the same id and timestamp is a row
-# of its own, never a duplicate of this one.
+# An event is stored once per product and event id. `events` is partitioned by
+# day of `timestamp`, so its primary key must hold the timestamp and cannot
+# say that alone: the batch first claims its ids in `event_ids` (product,
+# event_id → the timestamp stored), and only the events whose claim this
+# statement made are inserted. An id claimed before (a resend, whatever its
+# timestamp; a redelivered batch) inserts nothing. Within the batch, the
+# earliest received copy of an id wins. The claims are made in key order, so
+# two flushers claiming overlapping ids wait on each other without deadlock.
+# ON CONFLICT on `events` still folds rows stored before `event_ids` existed.
+# The product is part of the identity: another product's event with the same
+# id is a row of its own, never a duplicate of this one.
 INSERT_FROM_STAGING_SQL = f"""
+WITH claimed AS (
+    INSERT INTO event_ids (product, event_id, "timestamp", received_at)
+    SELECT DISTINCT ON (product, event_id) product, event_id, "timestamp", received_at
+    FROM {STAGING_TABLE}
+    ORDER BY product, event_id, received_at, "timestamp"
+    ON CONFLICT (product, event_id) DO NOTHING
+    RETURNING product, event_id, "timestamp", received_at
+)
 INSERT INTO events ("timestamp", event_id, product, name, user_id, properties, context,
                     received_at, batch_id)
-SELECT "timestamp", event_id, product, name, user_id, properties, context, received_at, $1
-FROM {STAGING_TABLE}
+SELECT s."timestamp", s.event_id, s.product, s.name, s.user_id, s.properties, s.context,
+       s.received_at, $1
+FROM {STAGING_TABLE} AS s JOIN claimed USING (product, event_id, "timestamp", received_at)
 ON CONFLICT ("timestamp", product, event_id) DO NOTHING
 """
 
