@@ -15,6 +15,7 @@ import math
 import os
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -53,6 +54,8 @@ from labs_analytics_client.contract import (
 class EventLimits:
     max_properties_bytes: int = MAX_PROPERTIES_BYTES
     max_future_skew: timedelta = timedelta(seconds=MAX_FUTURE_SKEW_SECONDS)
+    # The largest sender clock skew believed (see ``correct_clock_skew``).
+    max_clock_skew: timedelta = timedelta(hours=24)
 
 
 DEFAULT_LIMITS = EventLimits()
@@ -109,6 +112,19 @@ def _to_datetime(value: Any) -> datetime:
         return datetime.fromtimestamp(value, tz=UTC)
     except (OverflowError, OSError, ValueError) as exc:
         raise ValueError("timestamp is out of range") from exc
+
+
+def parse_sent_at(value: Any) -> datetime | None:
+    """When a request says it was sent, in UTC: any timestamp form, no range
+    check (a clock days ahead is what the skew correction is for); None when
+    it is missing or not a time at all."""
+    if value is None:
+        return None
+    try:
+        moment = _to_datetime(value)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
 
 
 def timestamp_problem(moment: datetime, max_future_skew: timedelta) -> str | None:
@@ -381,6 +397,35 @@ class EventRecord:
     properties: dict[str, Any]
     context: dict[str, Any] | None
     received_at: datetime
+    # Set when the request said when it was sent (see ``correct_clock_skew``).
+    corrected_timestamp: datetime | None = None
+    clock_skew_ms: int | None = None
+
+
+def correct_clock_skew(
+    records: Sequence[EventRecord], sent_at: datetime, max_skew: timedelta
+) -> None:
+    """Stamp each record with the sender's clock skew and its time on our clock.
+
+    The request was sent at ``sent_at`` by the client's clock and received at
+    ``received_at`` by ours, so the client's clock is ``skew = sent_at -
+    received_at`` ahead (network time counted in, milliseconds on a back end),
+    and an event it stamped ``timestamp`` happened at ``timestamp - skew`` on
+    ours. That is ``corrected_timestamp``; ``timestamp`` stays the client's, as
+    the row's identity must (a resend carries a new ``sent_at``). A skew beyond
+    ``max_skew`` is not believed: ``clock_skew_ms`` records it, and
+    ``corrected_timestamp`` stays NULL. An event without a time of its own is
+    already on our clock: it took the receive time, and holds that very object
+    (``to_record`` and the Segment mapping assign it), so ``is`` tells it apart
+    exactly, even from a client time that happens to be equal.
+    """
+    for record in records:
+        skew = sent_at - record.received_at
+        record.clock_skew_ms = round(skew / timedelta(milliseconds=1))
+        if record.timestamp is record.received_at:
+            record.corrected_timestamp = record.received_at
+        elif abs(skew) <= max_skew:
+            record.corrected_timestamp = record.timestamp - skew
 
 
 def timestamp_from_uuid7(event_id: uuid.UUID) -> datetime | None:

@@ -69,6 +69,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Timestamps further ahead than this are refused.",
     )
+    clock_skew_max_seconds: int = Field(
+        default=86_400,
+        ge=0,
+        le=30 * 86_400,
+        description="A request that says when it was sent (`sent_at`, Segment's `sentAt`) "
+        "gets its events' times corrected for the sender's clock skew up to this much; a "
+        "larger skew is recorded but not applied.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins allowed to call the API from a browser (comma separated).",

@@ -142,8 +142,11 @@ HOUR_WEIGHTS = (
     3, 2, 1.5, 1, 1, 1.5, 3, 5, 7, 8, 8.5, 9, 9.5, 10, 10, 10, 9.5, 9, 9, 9.5, 9, 8, 6, 4.5,
 )  # fmt: skip
 
-# The columns the flusher writes, in its order (``batch_id`` stays NULL: no batch wrote these).
-COLUMNS = STAGING_COLUMNS
+# The columns the flusher writes, in its order (``batch_id`` stays NULL: no batch wrote these),
+# less the clock-skew pair: generated clients never say when they sent.
+COLUMNS = tuple(
+    name for name in STAGING_COLUMNS if name not in ("corrected_timestamp", "clock_skew_ms")
+)
 
 
 @dataclass(frozen=True)

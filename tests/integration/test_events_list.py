@@ -210,6 +210,8 @@ async def test_a_row_shows_the_event_as_stored(
         "properties": stored,  # exact: a 20-digit integer and 1e400 survive
         "context": None,
         "received_at": "2026-11-20T12:00:01Z",
+        "corrected_timestamp": None,  # the request did not say when it was sent
+        "clock_skew_ms": None,
     }
     assert row["properties"]["n"] == 12345678901234567890
     assert row["properties"]["e"] == 10**400

@@ -170,6 +170,15 @@ class EventRecord(BaseModel):
     properties: dict[str, Any] = Field(description="As stored.")
     context: dict[str, Any] | None
     received_at: dt.datetime
+    corrected_timestamp: dt.datetime | None = Field(
+        description="`timestamp` on the server's clock, when the request said when it was sent "
+        "(`sent_at`, Segment's `sentAt`) and the sender's clock was off by at most "
+        "`CLOCK_SKEW_MAX_SECONDS`; else null."
+    )
+    clock_skew_ms: int | None = Field(
+        description="How far ahead of the server's clock the sender's was (negative: behind), "
+        "network time included; null when the request did not say when it was sent."
+    )
 
 
 class EventsMeta(BaseModel):

@@ -92,6 +92,7 @@ async def accept(state: AppState, scope: Scope, receive: Receive, route_type: st
             limits=ingest.limits,
             raw=raw,
             route_type=route_type,
+            sent_at=data.get("sentAt"),
         )
         if not mapped.records:
             raise InvalidMessages(

@@ -58,9 +58,11 @@ from labs_analytics.events import (
     Timestamp,
     UserId,
     check_json_object,
+    correct_clock_skew,
     new_uuid4,
     no_nul,
     out_of_range_integers,
+    parse_sent_at,
 )
 
 MESSAGE_TYPES = ("track", "identify", "page", "screen", "group", "alias")
@@ -191,8 +193,15 @@ def map_messages(
     limits: EventLimits,
     raw: bytes,
     route_type: str | None,
+    sent_at: Any = None,
 ) -> MappedBatch:
-    """Every message as a record, or the reason it is refused."""
+    """Every message as a record, or the reason it is refused.
+
+    ``sent_at`` is the batch's ``sentAt``; a message's own wins. Either, when
+    it reads as a time, corrects the message's time for the sender's clock
+    skew (``events.correct_clock_skew``); one that does not is ignored, as
+    Segment does: it only ever informs.
+    """
     mapped = MappedBatch()
     oversized_integers = _messages_with_large_integers(raw, route_type)
     context = {"limits": limits}
@@ -207,6 +216,9 @@ def map_messages(
         except _Refused as exc:
             mapped.refusals.append(Refusal(index, exc.field, exc.message, message_id))
             continue
+        sent = parse_sent_at(message.get("sentAt", sent_at))
+        if sent is not None:
+            correct_clock_skew([record], sent, limits.max_clock_skew)
         mapped.records.append(record)
     return mapped
 

@@ -40,6 +40,7 @@ from labs_analytics.events import (
     EventLimits,
     EventRecord,
     Timestamp,
+    correct_clock_skew,
     may_hold_large_integers,
     out_of_range_integers,
     to_record,
@@ -87,6 +88,7 @@ class IngestService:
             "limits": EventLimits(
                 max_properties_bytes=settings.max_properties_bytes,
                 max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
+                max_clock_skew=timedelta(seconds=settings.clock_skew_max_seconds),
             )
         }
 
@@ -153,7 +155,13 @@ class IngestService:
                 "events name a product this key does not belong to", details=problems.details()
             )
         received_at = datetime.now(UTC)
-        return [to_record(event, product=key.product, received_at=received_at) for event in events]
+        product = key.product
+        records = [to_record(event, product=product, received_at=received_at) for event in events]
+        if "events" in data and data.get("sent_at") is not None:
+            # Checked with the envelope already; parsed again only here.
+            sent_at = SENT_AT_ADAPTER.validate_python(data["sent_at"], context=self._context)
+            correct_clock_skew(records, sent_at, self.limits.max_clock_skew)
+        return records
 
     async def enqueue(self, records: list[EventRecord], key: ApiKey) -> list[uuid.UUID]:
         """Queue validated records under the key's rate limit; their ids."""

@@ -24,21 +24,7 @@ class UndecodableEntry(ValueError):
 
 
 def encode_entry(records: Sequence[EventRecord]) -> dict[bytes, bytes]:
-    payload = orjson.dumps(
-        [
-            {
-                "event_id": record.event_id,
-                "product": record.product,
-                "name": record.name,
-                "user": record.user,
-                "timestamp": record.timestamp,
-                "properties": record.properties,
-                "context": record.context,
-                "received_at": record.received_at,
-            }
-            for record in records
-        ]
-    )
+    payload = orjson.dumps([_record_as_json(record) for record in records])
     return {b"v": ENTRY_FORMAT_VERSION, b"n": str(len(records)).encode(), b"events": payload}
 
 
@@ -66,8 +52,27 @@ def decode_entry(fields: Mapping[bytes, bytes]) -> list[EventRecord]:
         raise UndecodableEntry(f"{type(exc).__name__}: {exc}") from exc
 
 
+def _record_as_json(record: EventRecord) -> dict[str, Any]:
+    item = {
+        "event_id": record.event_id,
+        "product": record.product,
+        "name": record.name,
+        "user": record.user,
+        "timestamp": record.timestamp,
+        "properties": record.properties,
+        "context": record.context,
+        "received_at": record.received_at,
+    }
+    # Only when the request said when it was sent: most entries stay as they were.
+    if record.clock_skew_ms is not None:
+        item["clock_skew_ms"] = record.clock_skew_ms
+        item["corrected_timestamp"] = record.corrected_timestamp
+    return item
+
+
 def _record_from_json(item: dict[str, Any]) -> EventRecord:
-    return EventRecord(
+    # The required fields first: anything but an object fails on them (TypeError).
+    record = EventRecord(
         event_id=parse_uuid(item["event_id"]),
         product=str(item["product"]),
         name=str(item["name"]),
@@ -77,3 +82,11 @@ def _record_from_json(item: dict[str, Any]) -> EventRecord:
         context=item["context"],
         received_at=datetime.fromisoformat(item["received_at"]),
     )
+    skew = item.get("clock_skew_ms")
+    if skew is not None:
+        corrected = item.get("corrected_timestamp")
+        record.clock_skew_ms = int(skew)
+        record.corrected_timestamp = (
+            None if corrected is None else datetime.fromisoformat(corrected)
+        )
+    return record

@@ -317,7 +317,7 @@ def page_statement(
         ]
     sql = (
         'SELECT event_id, "timestamp", name, user_id, properties::text AS properties, '
-        "context::text AS context, received_at FROM events "
+        "context::text AS context, received_at, corrected_timestamp, clock_skew_ms FROM events "
         f"WHERE {' AND '.join(where)} "
         f'ORDER BY "timestamp" DESC, event_id DESC LIMIT {builder.param(limit + 1)}'
     )
@@ -364,7 +364,15 @@ async def list_events(
         )
     zone = ZoneInfo(params.timezone)
     body = {
-        "events": [event_record(row) | {"received_at": row["received_at"]} for row in page],
+        "events": [
+            event_record(row)
+            | {
+                "received_at": row["received_at"],
+                "corrected_timestamp": row["corrected_timestamp"],
+                "clock_skew_ms": row["clock_skew_ms"],
+            }
+            for row in page
+        ],
         "next_cursor": next_cursor,
         "meta": {
             "date_range": [

@@ -29,6 +29,8 @@ STAGING_COLUMNS = (
     "properties",
     "context",
     "received_at",
+    "corrected_timestamp",
+    "clock_skew_ms",
 )
 
 # Columns spelled out rather than LIKE events: a pool connection may be opened
@@ -42,7 +44,9 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
     user_id text,
     properties jsonb NOT NULL,
     context jsonb,
-    received_at timestamptz NOT NULL
+    received_at timestamptz NOT NULL,
+    corrected_timestamp timestamptz,
+    clock_skew_ms bigint
 ) ON COMMIT DELETE ROWS
 """
 
@@ -67,9 +71,9 @@ WITH claimed AS (
     RETURNING product, event_id, "timestamp", received_at
 )
 INSERT INTO events ("timestamp", event_id, product, name, user_id, properties, context,
-                    received_at, batch_id)
+                    received_at, corrected_timestamp, clock_skew_ms, batch_id)
 SELECT s."timestamp", s.event_id, s.product, s.name, s.user_id, s.properties, s.context,
-       s.received_at, $1
+       s.received_at, s.corrected_timestamp, s.clock_skew_ms, $1
 FROM {STAGING_TABLE} AS s JOIN claimed USING (product, event_id, "timestamp", received_at)
 ON CONFLICT ("timestamp", product, event_id) DO NOTHING
 """
@@ -176,6 +180,8 @@ def _to_copy_row(record: EventRecord) -> tuple[object, ...]:
         orjson.dumps(record.properties).decode(),
         orjson.dumps(record.context).decode() if record.context is not None else None,
         record.received_at,
+        record.corrected_timestamp,
+        record.clock_skew_ms,
     )
 
 

@@ -52,6 +52,10 @@ events = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("batch_id", UUID(as_uuid=True)),
+    # The sender's clock skew and the time on ours, when the request said when
+    # it was sent (events.correct_clock_skew).
+    Column("corrected_timestamp", DateTime(timezone=True)),
+    Column("clock_skew_ms", BigInteger),
     # The event's identity, and so the dedup key: an id is unique within its
     # product only (two products may send the same one); the timestamp is in
     # it because it is the partition key.
