@@ -169,7 +169,7 @@ async def copy_ceiling(dsn: str, seconds: float) -> CopyCeiling:
         while time.monotonic() - start < seconds:
             now = dt.datetime.now(dt.UTC)
             batch = [
-                (now, uuid.uuid4(), "bench", "api.call", "u_1842", props, None, now)
+                (now, uuid.uuid4(), "bench", "api.call", "u_1842", props, None, now, None, None)
                 for _ in range(5000)
             ]
             await conn.copy_records_to_table("events", records=batch, columns=columns)

@@ -368,7 +368,10 @@ async def test_a_refresh_skips_an_hour_a_flush_has_not_committed_yet(
             await flush.copy_records_to_table(
                 STAGING_TABLE,
                 records=[
-                    (r.timestamp, r.event_id, r.product, r.name, r.user, "{}", None, r.received_at)
+                    (
+                        *(r.timestamp, r.event_id, r.product, r.name, r.user, "{}", None),
+                        *(r.received_at, None, None),
+                    )
                     for r in pending
                 ],
                 columns=STAGING_COLUMNS,
