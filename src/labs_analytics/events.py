@@ -10,6 +10,7 @@ defaults below apply.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -450,6 +451,17 @@ def new_uuid4() -> uuid.UUID:
     sent without ids; here the value is made valid by construction.
     """
     return _uuid_from_int((int.from_bytes(os.urandom(16)) & _UUID4_CLEAR) | _UUID4_SET)
+
+
+_UUID5_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID5_SET = (0x5000 << 64) | (0x8000 << 48)
+
+
+def uuid5(namespace: uuid.UUID, name: str) -> uuid.UUID:
+    """``uuid.uuid5(namespace, name)``, the same value, without ``UUID.__init__``'s checks
+    (several per request on the compatibility routes)."""
+    digest = hashlib.sha1(namespace.bytes + name.encode(), usedforsecurity=False).digest()
+    return _uuid_from_int((int.from_bytes(digest[:16]) & _UUID5_CLEAR) | _UUID5_SET)
 
 
 _CANONICAL_UUID = re.compile(

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from labs_analytics.events import (
@@ -686,3 +688,15 @@ def test_server_assigned_ids_are_valid_distinct_version_4_uuids() -> None:
         assert value.variant == uuid.RFC_4122
         assert uuid.UUID(str(value)) == value
         assert hash(uuid.UUID(str(value))) == hash(value)
+
+
+@given(namespace=st.uuids(), name=st.text())
+def test_the_fast_uuid5_is_the_standard_librarys(namespace: uuid.UUID, name: str) -> None:
+    """Ids made from message ids and legacy data points must never change."""
+    from labs_analytics.events import uuid5
+
+    made, standard = uuid5(namespace, name), uuid.uuid5(namespace, name)
+    assert made == standard
+    assert str(made) == str(standard)
+    assert hash(made) == hash(standard)
+    assert made.version == 5

@@ -62,12 +62,13 @@ async def accept(state: AppState, scope: Scope, receive: Receive) -> bytes:
     ingest = state.ingest
     raw = await read_body(receive, headers, limit=MAX_BODY_BYTES, meter=RequestMeter())
     body = legacy.parse_body(raw, ingest.limits)
-    product, records = legacy.to_records(body, subject=client.subject, received_at=now())
-    if product not in client.products:
+    product = legacy.product_of(body)
+    if product not in client.products:  # before any work on the data
         raise Forbidden(
             f"this token's subject may write {', '.join(sorted(client.products))}, "
             f"not {product} (product {body.product})"
         )
+    _, records = legacy.to_records(body, subject=client.subject, received_at=now())
     key = _subject_key(client, product)
     left = ingest.limited_keys.seconds_left(key.key_id)
     if left is not None:

@@ -42,7 +42,7 @@ from pydantic import (
 )
 
 from labs_analytics.errors import InvalidEvents, MalformedBody
-from labs_analytics.events import EventLimits, EventRecord, Timestamp, UserId, no_nul
+from labs_analytics.events import EventLimits, EventRecord, Timestamp, UserId, no_nul, uuid5
 
 LEGACY_PRODUCTS = {
     0: "other",
@@ -119,11 +119,16 @@ def value_text(value: Any) -> str:
     return text
 
 
+def product_of(body: LegacyBody) -> str:
+    """Our name for the legacy product number the body carries."""
+    return LEGACY_PRODUCTS[body.product]
+
+
 def to_records(
     body: LegacyBody, *, subject: str, received_at: datetime
 ) -> tuple[str, list[EventRecord]]:
     """The product the body names, and an event per item (see the module's docstring)."""
-    product = LEGACY_PRODUCTS[body.product]
+    product = product_of(body)
     moment = body.timestamp.isoformat(timespec="microseconds")
     seen: Counter[tuple[str, str]] = Counter()
     records = []
@@ -146,7 +151,7 @@ def to_records(
         )
         records.append(
             EventRecord(
-                event_id=uuid.uuid5(LEGACY_NAMESPACE, identity),
+                event_id=uuid5(LEGACY_NAMESPACE, identity),
                 product=product,
                 name=item.key,
                 user=body.pennkey,

@@ -59,10 +59,13 @@ from labs_analytics.events import (
     UserId,
     check_json_object,
     correct_clock_skew,
+    may_hold_large_integers,
     new_uuid4,
     no_nul,
     out_of_range_integers,
     parse_sent_at,
+    parse_uuid,
+    uuid5,
 )
 
 MESSAGE_TYPES = ("track", "identify", "page", "screen", "group", "alias")
@@ -99,17 +102,19 @@ MAX_LISTED_REFUSALS = 100
 MESSAGE_ID_NAMESPACE = uuid.UUID("6f1c2b9e-5d0a-4f57-9a43-2e8b7c1d0a55")
 
 # Fields of a message copied into context.$segment when present.
-_SELF_DESCRIPTION = (
-    "type",
-    "messageId",
-    "userId",
-    "anonymousId",
-    "integrations",
-    "sentAt",
-    "name",
-    "category",
-    "groupId",
-    "previousId",
+_SELF_DESCRIPTION = frozenset(
+    {
+        "type",
+        "messageId",
+        "userId",
+        "anonymousId",
+        "integrations",
+        "sentAt",
+        "name",
+        "category",
+        "groupId",
+        "previousId",
+    }
 )
 # The row's fields, named as the message names them (for refusals).
 _SOURCE_FIELD = {"name": "event", "user": "userId", "timestamp": "timestamp", "context": "context"}
@@ -267,7 +272,13 @@ def _map_one(
         properties = {}
     if not isinstance(properties, dict):
         raise _Refused(properties_field, f"{properties_field} must be a JSON object")
-    about = {name: message[name] for name in _SELF_DESCRIPTION if message.get(name) is not None}
+    # The message's own fields, in its order: a message holds fewer fields than
+    # the list has names.
+    about = {
+        name: value
+        for name, value in message.items()
+        if name in _SELF_DESCRIPTION and value is not None
+    }
     context = {**shared_context, **(own_context or {}), RESERVED_CONTEXT_KEY: about}
     timestamp = message.get("timestamp")
     if timestamp is None:
@@ -328,9 +339,9 @@ def _event_id(message: dict[str, Any], product: str) -> uuid.UUID:
         if not text or len(text) > MAX_MESSAGE_ID_CHARS:
             raise _Refused("messageId", f"messageId must be 1 to {MAX_MESSAGE_ID_CHARS} characters")
         try:
-            return uuid.UUID(text)
+            return parse_uuid(text)
         except ValueError:
-            return uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{product}\n{text}")
+            return uuid5(MESSAGE_ID_NAMESPACE, f"{product}\n{text}")
     # No id: the same content is the same event. sentAt changes on every
     # attempt of the same message, so it is left out.
     content = {name: value for name, value in message.items() if name != "sentAt"}
@@ -338,7 +349,7 @@ def _event_id(message: dict[str, Any], product: str) -> uuid.UUID:
         canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:
         return new_uuid4()
-    return uuid.uuid5(MESSAGE_ID_NAMESPACE, f"{product}\n{canonical}")
+    return uuid5(MESSAGE_ID_NAMESPACE, f"{product}\n{canonical}")
 
 
 def _messages_with_large_integers(
@@ -347,6 +358,8 @@ def _messages_with_large_integers(
     """Messages holding an integer outside [-2^63, 2^64-1] (JSON parsers would
     round it), by index: the first such field and why."""
     found: dict[int, tuple[str | None, str]] = {}
+    if not may_hold_large_integers(raw):
+        return found  # the common case, without parsing the body a second time
     for integer in out_of_range_integers(raw):
         path = list(integer.path)
         if route_type is None:
