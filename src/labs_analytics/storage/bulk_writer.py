@@ -64,9 +64,9 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGING_TABLE} (
 INSERT_FROM_STAGING_SQL = f"""
 WITH claimed AS (
     INSERT INTO event_ids (product, event_id, "timestamp", received_at)
-    SELECT DISTINCT ON (product, event_id) product, event_id, "timestamp", received_at
+    SELECT DISTINCT ON (event_id, product) product, event_id, "timestamp", received_at
     FROM {STAGING_TABLE}
-    ORDER BY product, event_id, received_at, "timestamp"
+    ORDER BY event_id, product, received_at, "timestamp"
     ON CONFLICT (product, event_id) DO NOTHING
     RETURNING product, event_id, "timestamp", received_at
 )
