@@ -429,6 +429,11 @@ def correct_clock_skew(
             record.corrected_timestamp = record.timestamp - skew
 
 
+def now() -> datetime:
+    """The receive time of a request (one place, so every route reads the same clock)."""
+    return datetime.now(UTC)
+
+
 def timestamp_from_uuid7(event_id: uuid.UUID) -> datetime | None:
     """The creation time a UUIDv7 carries in its first 48 bits, if it is one."""
     if event_id.version != 7:

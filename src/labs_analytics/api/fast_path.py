@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labs_analytics.api.errors import app_error_body
@@ -55,6 +57,32 @@ class FastRoute:
     path: str
     handle: FastHandler
     render_error: Callable[[AppError], FastResponse] = field(default=json_error)
+
+
+# A route's work: the 200's JSON body, or an AppError.
+Accept = Callable[[AppState, Scope, Receive], Awaitable[bytes]]
+
+
+def framework_endpoint(
+    accept: Accept, render_error: Callable[[AppError], FastResponse]
+) -> Callable[[Request], Awaitable[Response]]:
+    """The same work as a FastAPI endpoint, answering exactly as the fast route does:
+    what OpenAPI documents, and what serves when the fast path is off."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            body = await accept(request.app.state.labs, request.scope, request.receive)
+        except AppError as exc:
+            error = render_error(exc)
+            return Response(
+                error.body,
+                status_code=error.status,
+                headers={name.decode(): value.decode() for name, value in error.headers},
+                media_type=error.media_type.decode(),
+            )
+        return Response(body, status_code=200, media_type=JSON.decode())
+
+    return endpoint
 
 
 class FastPathMiddleware:

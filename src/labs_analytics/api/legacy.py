@@ -17,20 +17,20 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter
 from starlette.types import Receive, Scope
 
 from labs_analytics import metrics
-from labs_analytics.api.fast_path import FastResponse, FastRoute
+from labs_analytics.api.fast_path import FastResponse, FastRoute, framework_endpoint
 from labs_analytics.api.state import AppState
 from labs_analytics.auth.keys import ApiKey
 from labs_analytics.auth.keys import Scope as KeyScope
 from labs_analytics.auth.platform import PlatformClient
 from labs_analytics.errors import AppError, Forbidden
+from labs_analytics.events import now
 from labs_analytics.ingest import legacy
 from labs_analytics.ingest.body import IngestHeaders, read_body
 from labs_analytics.ingest.limits import RequestMeter
-from labs_analytics.ingest.segment import now
 
 PATHS = ("/analytics", "/analytics/")
 MAX_BODY_BYTES = 1024 * 1024
@@ -109,24 +109,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _endpoint(request: Request) -> Response:
-    try:
-        body = await accept(request.app.state.labs, request.scope, request.receive)
-    except AppError as exc:
-        error = error_body(exc)
-        return Response(
-            error.body,
-            status_code=error.status,
-            headers={k.decode(): v.decode() for k, v in error.headers},
-            media_type="application/json",
-        )
-    return Response(body, status_code=200, media_type="application/json")
-
-
 for _path in PATHS:
     router.add_api_route(
         _path,
-        _endpoint,
+        framework_endpoint(accept, error_body),
         methods=["POST"],
         status_code=200,
         responses=_RESPONSES,

@@ -20,16 +20,17 @@ import binascii
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter
 from starlette.types import Receive, Scope
 
 from labs_analytics import metrics
 from labs_analytics.api.dependencies import authorize
-from labs_analytics.api.fast_path import FastResponse, FastRoute
+from labs_analytics.api.fast_path import FastResponse, FastRoute, framework_endpoint
 from labs_analytics.api.state import AppState
 from labs_analytics.auth.keys import ApiKey
 from labs_analytics.auth.keys import Scope as KeyScope
 from labs_analytics.errors import AppError, MalformedBody, Unauthenticated
+from labs_analytics.events import now
 from labs_analytics.ingest import segment
 from labs_analytics.ingest.body import IngestHeaders, read_body
 from labs_analytics.ingest.limits import RequestMeter
@@ -88,7 +89,7 @@ async def accept(state: AppState, scope: Scope, receive: Receive, route_type: st
             messages,
             shared_context,
             product=key.product,
-            received_at=segment.now(),
+            received_at=now(),
             limits=ingest.limits,
             raw=raw,
             route_type=route_type,
@@ -203,23 +204,13 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _documented_route(path: str, route_type: str | None) -> None:
-    async def endpoint(request: Request) -> Response:
-        try:
-            body = await accept(request.app.state.labs, request.scope, request.receive, route_type)
-        except AppError as exc:
-            error = error_body(exc)
-            return Response(
-                error.body,
-                status_code=error.status,
-                headers={k.decode(): v.decode() for k, v in error.headers},
-                media_type="application/json",
-            )
-        return Response(body, status_code=200, media_type="application/json")
+    async def accept_this_type(state: AppState, scope: Scope, receive: Receive) -> bytes:
+        return await accept(state, scope, receive, route_type)
 
     what = "a batch of Segment messages" if route_type is None else f"one `{route_type}` message"
     router.add_api_route(
         path,
-        endpoint,
+        framework_endpoint(accept_this_type, error_body),
         methods=["POST"],
         status_code=200,
         responses=_RESPONSES,

@@ -40,7 +40,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -385,7 +385,3 @@ def success_body(mapped: MappedBatch) -> bytes:
             "refusals": [r.as_json() for r in mapped.refusals[:MAX_LISTED_REFUSALS]],
         }
     )
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
