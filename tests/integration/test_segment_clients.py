@@ -60,6 +60,18 @@ def make_client(library: str, key: str, host: str, errors: list[Any]) -> Analyti
     )
 
 
+def _track(client: AnalyticsClient, ids: list[str], when: datetime) -> None:
+    """One `track` per id, a second apart from ``when`` (a Segment-style free-text name)."""
+    for n, message_id in enumerate(ids):
+        client.track(
+            user_id=f"u_{n % 5}",
+            event="Club Searched",
+            properties={"q": "chess club", "n": n},
+            message_id=message_id,
+            timestamp=when + timedelta(seconds=n),
+        )
+
+
 @pytest.fixture(scope="module")
 def client_settings(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return fast_settings(
@@ -94,30 +106,15 @@ async def test_events_from_the_library_land_once_with_the_mapping(
     client = make_client(library, key, server.base_url, errors)
     ids = [str(uuid.uuid4()) for _ in range(30)]
     when = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
-    times = [when + timedelta(seconds=n) for n in range(len(ids))]
 
     def send() -> None:
-        for n, message_id in enumerate(ids):
-            client.track(
-                user_id=f"u_{n % 3}",
-                event="Club Viewed",
-                properties={"club": "chess", "n": n},
-                message_id=message_id,
-                timestamp=times[n],
-            )
+        _track(client, ids, when)
         client.identify(user_id="u_0", traits={"school": "SEAS"}, message_id="identify-1")
         client.page(user_id="u_1", name="Home", properties={"path": "/"}, message_id="page-1")
         client.flush()
         # The same messages again, as a client resends them after a lost answer
         # (same messageId, same timestamp): stored once.
-        for n, message_id in enumerate(ids[:10]):
-            client.track(
-                user_id=f"u_{n % 3}",
-                event="Club Viewed",
-                properties={"club": "chess", "n": n},
-                message_id=message_id,
-                timestamp=times[n],
-            )
+        _track(client, ids[:10], when)
         client.flush()
         client.shutdown()
 
@@ -127,12 +124,12 @@ async def test_events_from_the_library_land_once_with_the_mapping(
     await wait_for_drained_stream(client_settings)  # the resent ten flushed too
     rows = await event_rows(db, product)
     assert len(rows) == 32
-    tracked = [row for row in rows if row["name"] == "Club Viewed"]
+    tracked = [row for row in rows if row["name"] == "Club Searched"]
     assert sorted(str(row["event_id"]) for row in tracked) == sorted(ids)
     first = next(row for row in tracked if str(row["event_id"]) == ids[0])
-    assert first["properties"] == {"club": "chess", "n": 0}
+    assert first["properties"] == {"q": "chess club", "n": 0}
     assert first["user_id"] == "u_0"
-    assert first["timestamp"] == times[0]
+    assert first["timestamp"] == when
     assert first["context"]["library"]["name"]  # the library's own context, kept
     assert first["context"]["$segment"]["messageId"] == ids[0]
     identify = next(row for row in rows if row["name"] == "identify")
@@ -160,17 +157,6 @@ async def test_a_bad_key_is_one_refused_request_not_a_retry_storm(
     assert "401" in str(errors[0]) or getattr(errors[0], "status", None) == 401
     # One request reached us: the 401's body has a `code`, so no retries.
     assert await _rejected(server.base_url, "unauthenticated") - before == 1
-
-
-def _track(client: AnalyticsClient, ids: list[str], when: datetime) -> None:
-    for n, message_id in enumerate(ids):
-        client.track(
-            user_id=f"u_{n % 5}",
-            event="Search",
-            properties={"q": "chess", "n": n},
-            message_id=message_id,
-            timestamp=when + timedelta(seconds=n),
-        )
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
