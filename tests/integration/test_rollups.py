@@ -29,7 +29,8 @@ from labs_analytics.read.request import QueryRequest
 from labs_analytics.read.service import ReadService, create_read_pool
 from labs_analytics.settings import Settings
 from labs_analytics.storage.bulk_writer import (
-    INSERT_FROM_STAGING_SQL,
+    CLAIM_IDS_SQL,
+    INSERT_ALL_SQL,
     MARK_DIRTY_SQL,
     STAGING_COLUMNS,
     STAGING_TABLE,
@@ -376,7 +377,8 @@ async def test_a_refresh_skips_an_hour_a_flush_has_not_committed_yet(
                 ],
                 columns=STAGING_COLUMNS,
             )
-            await flush.execute(INSERT_FROM_STAGING_SQL, uuid.uuid4())
+            await flush.execute(CLAIM_IDS_SQL)
+            await flush.execute(INSERT_ALL_SQL, uuid.uuid4())
             await flush.execute(MARK_DIRTY_SQL)
 
             # The refresh takes the committed marks and skips the locked ones.
