@@ -107,8 +107,17 @@ def expected_after_run(before: Counts) -> Counts:
 async def test_run_removes_exactly_the_expired_rows_of_products_with_retention(
     settings: Settings, conn: asyncpg.Connection, stored: Counts
 ) -> None:
+    # The identity rule's memory: one id past IDENTITY_WINDOW_DAYS (7), one within.
+    remembered = await conn.fetch(
+        "INSERT INTO event_ids (product, event_id, timestamp, received_at) "
+        "SELECT 'alpha', gen_random_uuid(), now(), now() - make_interval(days => d) "
+        "FROM unnest(ARRAY[30, 1]) AS d RETURNING event_id, received_at"
+    )
     result = await run_cli_async(settings, "retention", "run")
     assert result.returncode == 0, result.stderr
+    assert "event ids first received over 7 days ago forgotten: 1" in result.stdout
+    recent = max(remembered, key=lambda row: row["received_at"])["event_id"]
+    assert await conn.fetchval("SELECT array_agg(event_id) FROM event_ids") == [recent]
 
     assert await counts(conn) == expected_after_run(stored)
     # gamma (no retention) lost nothing, even in events_default and the shared day

@@ -15,6 +15,7 @@ from labs_analytics.auth.keys import InvalidKeyField, check_product
 from labs_analytics.cli.common import load_settings, require
 from labs_analytics.settings import to_asyncpg_dsn
 from labs_analytics.storage import retention
+from labs_analytics.storage.event_ids import forget_old_event_ids
 
 T = TypeVar("T")
 
@@ -87,6 +88,20 @@ def _run(dry_run: bool) -> None:
     except retention.RetentionBusy:
         typer.echo("error: another retention run is in progress; nothing done", err=True)
         raise typer.Exit(1) from None
+    if not dry_run:
+        # The identity rule's memory too, as the flusher's own retention run does.
+        forgotten = _with_connection(
+            lambda conn: forget_old_event_ids(
+                conn,
+                window_days=settings.identity_window_days,
+                now=now,
+                batch_rows=settings.retention_delete_batch_rows,
+            )
+        )
+        typer.echo(
+            f"event ids first received over {settings.identity_window_days} days ago "
+            f"forgotten: {forgotten}"
+        )
     if not report.policies:
         typer.echo("no product has a retention set: nothing to do (`retention set PRODUCT DAYS`)")
         return
