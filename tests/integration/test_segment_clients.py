@@ -47,16 +47,22 @@ class AnalyticsClient(Protocol):
 LIBRARIES = ("segment", "rudder")
 
 
-def make_client(library: str, key: str, host: str, errors: list[Any]) -> AnalyticsClient:
+def make_client(
+    library: str, key: str, host: str, errors: list[Any], *, max_retries: int = 3
+) -> AnalyticsClient:
     def on_error(error: Any, batch: Any) -> None:
         errors.append(error)
 
     if library == "segment":
         return SegmentClient(
-            write_key=key, host=host, on_error=on_error, upload_interval=0.05, max_retries=3
+            write_key=key,
+            host=host,
+            on_error=on_error,
+            upload_interval=0.05,
+            max_retries=max_retries,
         )
     return RudderClient(
-        write_key=key, host=host, on_error=on_error, upload_interval=0.05, max_retries=3
+        write_key=key, host=host, on_error=on_error, upload_interval=0.05, max_retries=max_retries
     )
 
 
@@ -177,7 +183,9 @@ async def test_a_server_restarted_in_the_middle_loses_and_doubles_nothing(
     ids = [str(uuid.uuid4()) for _ in range(40)]
     when = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     async with in_a_thread(serve_process(client_settings, log_dir, port=port)) as first:
-        client = make_client(library, key, first.base_url, errors)
+        # Retries enough to outlast a server start on a busy machine (the
+        # libraries back off 0.5, 1, 2, 4 s… between them).
+        client = make_client(library, key, first.base_url, errors, max_retries=10)
         await asyncio.to_thread(lambda: (_track(client, ids[:20], when), client.flush()))
     # Down now: the next messages find nothing listening until the new server is up.
     sending = asyncio.create_task(
@@ -206,7 +214,7 @@ async def test_a_rate_limited_key_is_slowed_down_and_every_message_lands_once(
     key = await create_key(client_settings, product, rate_limit_per_second=100)
     before = await _rejected(server.base_url, "rate_limited")
     errors: list[Any] = []
-    client = make_client(library, key, server.base_url, errors)
+    client = make_client(library, key, server.base_url, errors, max_retries=10)
     ids = [str(uuid.uuid4()) for _ in range(1_300)]
     when = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
     await asyncio.to_thread(lambda: (_track(client, ids, when), client.flush(), client.shutdown()))
