@@ -26,7 +26,11 @@ from labs_analytics.settings import Settings, to_asyncpg_dsn
 from labs_analytics.storage import migrations
 from tests.helpers import ApiFactory, Servers, fast_settings, running_api
 
+# In the order a flush transaction takes its locks (event_ids, then events,
+# ...): the TRUNCATE of the clean-up waits for a flusher still committing
+# instead of deadlocking with it.
 TABLES = (
+    "event_ids",
     "events",
     "api_keys",
     "ingest_batches",
@@ -38,7 +42,6 @@ TABLES = (
     "rollup_dirty",
     "rollup_hourly_props",
     "rollup_property_keys",
-    "event_ids",
 )
 
 
