@@ -68,7 +68,7 @@ async def accept(state: AppState, scope: Scope, receive: Receive) -> bytes:
             f"this token's subject may write {', '.join(sorted(client.products))}, "
             f"not {product} (product {body.product})"
         )
-    _, records = legacy.to_records(body, subject=client.subject, received_at=now())
+    records = legacy.to_records(body, subject=client.subject, received_at=now())
     key = _subject_key(client, product)
     left = ingest.limited_keys.seconds_left(key.key_id)
     if left is not None:

@@ -124,10 +124,8 @@ def product_of(body: LegacyBody) -> str:
     return LEGACY_PRODUCTS[body.product]
 
 
-def to_records(
-    body: LegacyBody, *, subject: str, received_at: datetime
-) -> tuple[str, list[EventRecord]]:
-    """The product the body names, and an event per item (see the module's docstring)."""
+def to_records(body: LegacyBody, *, subject: str, received_at: datetime) -> list[EventRecord]:
+    """An event per item, in the product the body names (see the module's docstring)."""
     product = product_of(body)
     moment = body.timestamp.isoformat(timespec="microseconds")
     seen: Counter[tuple[str, str]] = Counter()
@@ -163,4 +161,4 @@ def to_records(
         )
     if problems:
         raise InvalidEvents("the analytics body is invalid; nothing was stored", details=problems)
-    return product, records
+    return records

@@ -208,6 +208,7 @@ def map_messages(
     Segment does: it only ever informs.
     """
     mapped = MappedBatch()
+    batch_sent_at = parse_sent_at(sent_at)  # once, not once a message
     oversized_integers = _messages_with_large_integers(raw, route_type)
     context = {"limits": limits}
     for index, message in enumerate(messages):
@@ -221,7 +222,8 @@ def map_messages(
         except _Refused as exc:
             mapped.refusals.append(Refusal(index, exc.field, exc.message, message_id))
             continue
-        sent = parse_sent_at(message.get("sentAt", sent_at))
+        own = message.get("sentAt")
+        sent = batch_sent_at if own is None else parse_sent_at(own)
         if sent is not None:
             correct_clock_skew([record], sent, limits.max_clock_skew)
         mapped.records.append(record)

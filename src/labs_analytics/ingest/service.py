@@ -135,7 +135,7 @@ class IngestService:
         except orjson.JSONDecodeError as exc:
             raise MalformedBody(f"body is not valid JSON: {exc}") from exc
 
-        items = self._items(data)
+        items, sent_at = self._items(data)
         if meter is not None:
             meter.events = len(items)
         if len(items) > self._max_events:
@@ -157,9 +157,7 @@ class IngestService:
         received_at = datetime.now(UTC)
         product = key.product
         records = [to_record(event, product=product, received_at=received_at) for event in events]
-        if "events" in data and data.get("sent_at") is not None:
-            # Checked with the envelope already; parsed again only here.
-            sent_at = SENT_AT_ADAPTER.validate_python(data["sent_at"], context=self._context)
+        if sent_at is not None:
             correct_clock_skew(records, sent_at, self.limits.max_clock_skew)
         return records
 
@@ -241,8 +239,9 @@ class IngestService:
 
     # --- validation -------------------------------------------------------------------
 
-    def _items(self, data: Any) -> list[Any]:
-        """The events of a body: the batch's list, or the one event it is."""
+    def _items(self, data: Any) -> tuple[list[Any], datetime | None]:
+        """The events of a body (the batch's list, or the one event it is) and
+        the batch's ``sent_at``, if it has one."""
         if not isinstance(data, dict):
             raise InvalidEvents(
                 'body must be a JSON object: one event, or {"events": [...]}',
@@ -256,12 +255,13 @@ class IngestService:
                 ],
             )
         if "events" not in data:
-            return [data]
-        self._check_envelope(data)
+            return [data], None
+        sent_at = self._check_envelope(data)
         items: list[Any] = data["events"]
-        return items
+        return items, sent_at
 
-    def _check_envelope(self, data: dict[str, Any]) -> None:
+    def _check_envelope(self, data: dict[str, Any]) -> datetime | None:
+        """The batch's ``sent_at`` once every envelope field checks out."""
         problems = Problems()
         unknown = [name for name in data if name not in _ENVELOPE_FIELDS]
         # Sorted, but only as far as they are listed: there may be a hundred thousand.
@@ -273,9 +273,10 @@ class IngestService:
             problems.add(
                 None, "events", f"must be a list of 1 to {self._max_events} events", "list_type"
             )
+        sent_at = None
         if data.get("sent_at") is not None:
             try:
-                SENT_AT_ADAPTER.validate_python(data["sent_at"], context=self._context)
+                sent_at = SENT_AT_ADAPTER.validate_python(data["sent_at"], context=self._context)
             except ValidationError as exc:
                 for error in exc.errors(include_url=False, include_input=False):
                     problems.add(None, "sent_at", error["msg"], error["type"])
@@ -283,6 +284,7 @@ class IngestService:
             raise InvalidEvents(
                 "invalid batch envelope; nothing was accepted", details=problems.details()
             )
+        return sent_at
 
     def _refuse_large_integers(self, raw: bytes, *, is_batch: bool, events: int) -> None:
         found = out_of_range_integers(raw)
