@@ -18,7 +18,7 @@ async def test_keys_are_stored_only_as_hashes(api: ApiFactory, db: asyncpg.Conne
     rows = await db.fetch("SELECT * FROM api_keys")
     assert len(rows) == 1
     stored = " ".join(str(value) for value in rows[0].values())
-    secret = key.rsplit("_", 1)[1]
+    secret = key.split("_", 2)[2]
     assert secret not in stored
     assert rows[0]["key_hash"] == hashlib.sha256(key.encode()).hexdigest()
 

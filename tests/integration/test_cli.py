@@ -75,7 +75,8 @@ async def test_keys_list_shows_ids_never_secrets(
     listed = await run_cli_async(settings, "keys", "list")
     assert listed.returncode == 0, listed.stderr
     assert key.split("_")[1] in listed.stdout
-    assert key.rsplit("_", 1)[1] not in listed.stdout
+    # lak_<key_id>_<secret>: the secret itself may hold "_" (URL-safe base64).
+    assert key.split("_", 2)[2] not in listed.stdout
     assert "active" in listed.stdout
 
 
@@ -212,7 +213,7 @@ async def test_keys_list_shows_each_keys_rate_limit(
     assert keys[own_rate.split("_")[1]]["rate_limit_per_second"] == 2.5
     assert keys[default_rate.split("_")[1]]["rate_limit_per_second"] is None
     assert {k["status"] for k in keys.values()} == {"active"}
-    assert all(own_rate.rsplit("_", 1)[1] not in line for line in as_json.stdout.splitlines())
+    assert all(own_rate.split("_", 2)[2] not in line for line in as_json.stdout.splitlines())
 
 
 # --- psql --------------------------------------------------------------------
