@@ -13,7 +13,7 @@ ROUNDS  ?= 3
 PORT    ?= 8000
 EVENTS  ?= 10000000
 
-.PHONY: install run test test-unit test-integration test-faults lint format stress bench bench-read attacks chaos clean
+.PHONY: install browser screenshots run test test-unit test-integration test-faults lint format stress bench bench-read attacks chaos clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,23 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the service with dev, test and stress extras
 
+# Debian's Chromium for the dashboard's browser tests (Playwright cannot download its
+# own here). Installed where this user may (root with apt-get); elsewhere the browser
+# tests are skipped and the test summary says so. CI requires it (.ci/run).
+browser:  ## install Debian's chromium for the browser tests, where possible
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		  { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || \
+	echo "make: no chromium (needs root and apt-get): the browser tests will be skipped"
+
+screenshots: install browser  ## the browser tests, writing the README's dashboard screenshots
+	UPDATE_README_SCREENSHOTS=1 $(BIN)/python -m pytest tests/browser $(PYTEST_ARGS)
+
 run: install  ## embedded PostgreSQL + Redis, migrate, create a dev key, serve on :8000 (PORT=8010: elsewhere)
 	$(BIN)/labs-analytics dev --port $(PORT)
 
-test: install  ## the whole suite: unit, integration, faults
+test: install browser  ## the whole suite: unit, integration, faults, browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install

@@ -24,7 +24,13 @@ from redis.asyncio import Redis
 from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis
 from labs_analytics.settings import Settings, to_asyncpg_dsn
 from labs_analytics.storage import migrations
-from tests.helpers import ApiFactory, Servers, fast_settings, running_api
+from tests.helpers import (
+    BROWSER_SKIPPED_BECAUSE,
+    ApiFactory,
+    Servers,
+    fast_settings,
+    running_api,
+)
 
 # In the order a flush transaction takes its locks (event_ids, then events,
 # ...): the TRUNCATE of the clean-up waits for a flusher still committing
@@ -68,6 +74,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     own = session.config.stash.get(_OWN_BASETEMP, None)
     if own is not None and exitstatus == 0:
         shutil.rmtree(own, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Skipped browser tests are said at the end, where nobody misses it."""
+    reason = terminalreporter.config.stash.get(BROWSER_SKIPPED_BECAUSE, None)
+    if reason is not None:
+        terminalreporter.section("BROWSER TESTS SKIPPED", sep="!", red=True, bold=True)
+        terminalreporter.line(f"The dashboard was not tested in a browser: {reason}.")
+        terminalreporter.line("CI sets REQUIRE_BROWSER=1, which makes this a failure.")
 
 
 @pytest.fixture(scope="session")

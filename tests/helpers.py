@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+import pytest
 from alembic import command
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -35,6 +36,8 @@ from labs_analytics.storage import migrations
 from labs_analytics.storage.database import create_engine
 
 T = TypeVar("T")
+# Why the browser tests were skipped, for the session's closing summary.
+BROWSER_SKIPPED_BECAUSE = pytest.StashKey[str]()
 
 REPO = Path(__file__).resolve().parents[1]
 SDK = REPO / "clients" / "python"  # the SDK's distribution: scripts import it from src/

@@ -299,6 +299,31 @@ class Settings(BaseSettings):
     read_rate_limit_per_second: float = Field(
         default=10.0, gt=0, le=10_000, description="Read queries a key may start per second."
     )
+    # --- dashboard -------------------------------------------------------------
+    dashboard_session_seconds: int = Field(
+        default=8 * 3600,
+        ge=1,
+        le=30 * 86400,
+        description="A dashboard sign-in lasts this long (the session cookie's lifetime).",
+    )
+    dashboard_share_max_days: int = Field(
+        default=90, ge=1, le=3650, description="The longest expiry a share link may have."
+    )
+    live_poll_seconds: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=60,
+        description="How often GET /v1/live looks for new events (one small query each time).",
+    )
+    live_max_streams: int = Field(
+        default=50, ge=1, le=10_000, description="Open GET /v1/live streams per process."
+    )
+    live_stream_max_seconds: float = Field(
+        default=600,
+        ge=0.1,
+        le=86400,
+        description="A live stream ends after this long; the browser's EventSource reconnects.",
+    )
     fast_path: bool = Field(
         default=True,
         description="Answer POST /v1/events before the framework's layers (api/fast_path.py); "

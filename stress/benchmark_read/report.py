@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from stress.benchmark.machine import Machine
 
-from .results import MIB, ExportResult, ProbeResult, ReadResults, Timing
+from .results import MIB, DashboardResult, ExportResult, ProbeResult, ReadResults, Timing
 from .targets import TARGETS, ReadTarget, check_all
 
 HEADING = "## Read benchmark"
@@ -52,6 +52,17 @@ def export_line(export: ExportResult) -> str:
     )
 
 
+def dashboard_line(dashboard: DashboardResult | None) -> str:
+    if dashboard is None:
+        return "not measured"
+    if dashboard.loads is None:
+        return f"skipped: {dashboard.skipped}"
+    return (
+        f"{_ms(dashboard.loads)} ms (p50 / p95 of {len(dashboard.loads.samples_ms)} loads, "
+        f"`/dashboard?{dashboard.view}`, navigation start to every panel rendered)"
+    )
+
+
 def table(results: ReadResults) -> list[str]:
     rows = [probe_row(p) for p in results.probes]
     return [
@@ -59,6 +70,7 @@ def table(results: ReadResults) -> list[str]:
         "|" + "---|" * len(COLUMNS),
         *("| " + " | ".join(row) + " |" for row in rows),
         f"| export, NDJSON, 30 days, streamed | {export_line(results.export)} | raw | — | — | — |",
+        f"| dashboard overview in Chromium | {dashboard_line(results.dashboard)} | — | — | — | — |",
     ]
 
 
@@ -103,6 +115,7 @@ def console(results: ReadResults, targets: tuple[ReadTarget, ...] = TARGETS) -> 
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.append(f"export: {export_line(results.export)}")
+    lines.append(f"dashboard: {dashboard_line(results.dashboard)}")
     lines.append("")
     for check in check_all(results, targets):
         lines.append(f"{'met ' if check.met else 'MISS'}  {check.text}: {check.measured}")

@@ -70,6 +70,15 @@ class ExportResult:
 
 
 @dataclass(frozen=True)
+class DashboardResult:
+    """The dashboard's overview loaded in Chromium: every panel rendered, per load."""
+
+    loads: Timing | None  # None: skipped
+    view: str  # the query string of the view loaded
+    skipped: str | None  # why it was not measured
+
+
+@dataclass(frozen=True)
 class DataSet:
     events: int
     days: int
@@ -91,6 +100,7 @@ class ReadResults:
     runs: int  # measured runs per probe (after the warm-ups)
     probes: tuple[ProbeResult, ...]
     export: ExportResult
+    dashboard: DashboardResult | None = None
 
     def probe(self, key: str) -> ProbeResult | None:
         return next((p for p in self.probes if p.key == key), None)

@@ -38,6 +38,7 @@ from labs_analytics.settings import Settings, to_asyncpg_dsn
 from labs_analytics.storage.rollups import refresh_rollups
 
 from . import measure, report
+from .dashboard import measure_overview
 from .generate import HTTP_REQUEST, PRODUCTS, Shape, load
 from .queries import Facts, export_params, probes
 from .results import DataSet, ReadResults
@@ -135,6 +136,8 @@ async def run(options: Options, work: Path, database_url: str, redis_url: str) -
                     measured.append(result)
                 export = await measure.export(client, export_params(facts), api.pid, EXPORT_RUNS)
                 print(f"    export: {report.export_line(export)}", flush=True)
+                shown = await asyncio.to_thread(measure_overview, base, key, options.runs)
+                print(f"    dashboard: {report.dashboard_line(shown)}", flush=True)
         finally:
             await pool.close()
     return ReadResults(
@@ -143,6 +146,7 @@ async def run(options: Options, work: Path, database_url: str, redis_url: str) -
         runs=options.runs,
         probes=tuple(measured),
         export=export,
+        dashboard=shown,
     )
 
 

@@ -74,6 +74,11 @@ TARGETS: tuple[ReadTarget, ...] = (
         100_000, "{:,.0f} rows/s",
     ),
     ReadTarget(
+        "dashboard overview, every panel rendered in Chromium, p95 ≤ {threshold:g} ms",
+        lambda r: r.dashboard.loads.p95_ms if r.dashboard and r.dashboard.loads else None,
+        Bound.AT_MOST, 1500, "{:.0f} ms",
+    ),
+    ReadTarget(
         "RSS of the API process serving the export ≤ {threshold:g} MiB (peak)",
         lambda r: r.export.rss_peak_process_bytes / MIB, Bound.AT_MOST, 200, "{:.0f} MiB",
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from stress.benchmark.machine import Machine
@@ -9,6 +10,7 @@ from stress.benchmark_read.generate import COLUMNS, Shape, day_rows
 from stress.benchmark_read.report import HEADING, replace_section, section
 from stress.benchmark_read.results import (
     MIB,
+    DashboardResult,
     DataSet,
     ExportResult,
     ProbeResult,
@@ -100,3 +102,18 @@ def test_a_day_of_data_is_the_same_every_time_and_copy_shaped() -> None:
     assert len(lines) == shape.day_counts()[3]
     assert sum(shape.day_counts()) == 9_000
     assert all(len(line.split("\t")) == len(COLUMNS) for line in lines)
+
+
+def test_the_dashboard_target_holds_its_p95_and_says_why_it_was_skipped() -> None:
+    measured = dataclasses.replace(
+        RESULTS,
+        dashboard=DashboardResult(loads=timing(1490), view="view=overview", skipped=None),
+    )
+    (check,) = [c for c in check_all(measured) if c.text.startswith("dashboard overview")]
+    assert not check.met  # p95: 1490 + 18 ms
+    assert check.measured == "1508 ms"
+    skipped = dataclasses.replace(
+        RESULTS, dashboard=DashboardResult(loads=None, view="", skipped="no Chromium on PATH")
+    )
+    assert not any(c.text.startswith("dashboard") for c in check_all(skipped))
+    assert "skipped: no Chromium on PATH" in section(skipped, MACHINE)

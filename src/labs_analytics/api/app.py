@@ -29,10 +29,13 @@ from labs_analytics.api import (
     health,
     ingest,
     legacy,
+    live,
     metrics_route,
+    pipeline,
     read,
     records,
     segment,
+    shares,
 )
 from labs_analytics.api.errors import UnexpectedErrorMiddleware, install_error_handlers
 from labs_analytics.api.fast_path import FastPathMiddleware
@@ -40,6 +43,8 @@ from labs_analytics.api.state import AppState
 from labs_analytics.auth.cache import KeyCache
 from labs_analytics.auth.platform import PlatformVerifier
 from labs_analytics.auth.repository import KeyRepository
+from labs_analytics.dashboard import routes as dashboard_routes
+from labs_analytics.dashboard.sessions import DashboardSessions
 from labs_analytics.events import EventBatchIn, EventIn
 from labs_analytics.flusher import Flusher
 from labs_analytics.flusher.flusher import default_consumer_name
@@ -126,6 +131,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(read.router)
     app.include_router(analysis.router)
     app.include_router(records.router)
+    app.include_router(live.router)
+    app.include_router(pipeline.router)
+    app.include_router(shares.router)
+    app.include_router(dashboard_routes.router)
+    app.mount("/dashboard/static", dashboard_routes.static_files(), name="dashboard-static")
     app.include_router(health.router)
     app.include_router(metrics_route.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
@@ -232,6 +242,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         flusher=flusher,
         reads=ReadService(read_pool, settings),
         platform=platform,
+        dashboard=DashboardSessions(
+            redis,
+            key_cache,
+            prefix=settings.redis_key_prefix,
+            session_seconds=settings.dashboard_session_seconds,
+        ),
     )
     # Everything built so far lives as long as the process: move it out of
     # the collector's reach, so full collections stay short (they showed up

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import time
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from redis.exceptions import RedisError
 
 from labs_analytics import metrics
 from labs_analytics.api.dependencies import State
 from labs_analytics.api.errors import ErrorBody
 from labs_analytics.api.health import check_postgres
+from labs_analytics.api.pipeline import read_stream_state
 from labs_analytics.errors import Unauthenticated
 
 router = APIRouter(tags=["health"])
-
-STATE_TIMEOUT_SECONDS = 1.0
 
 
 @router.get(
@@ -51,29 +46,13 @@ def _check_metrics_token(expected: str, authorization: str | None) -> None:
 
 async def _refresh_shared_gauges(state: State) -> None:
     """Backlog, pending and oldest entry are shared state: read them at scrape time."""
-    settings = state.settings
     metrics.POSTGRES_UP.set(1 if await check_postgres(state) else 0)
-    try:
-        async with asyncio.timeout(STATE_TIMEOUT_SECONDS):
-            backlog = await state.queue.backlog.read()  # None: not an integer
-            oldest: Any = await state.redis.xrange(settings.stream_key, count=1)
-            try:
-                pending: Any = await state.redis.xpending(
-                    settings.stream_key, settings.consumer_group
-                )
-            except RedisError:  # no group yet
-                pending = {"pending": 0}
-    except (RedisError, OSError, TimeoutError):
+    stream = await read_stream_state(state)
+    if stream is None:
         metrics.REDIS_UP.set(0)
         return
     metrics.REDIS_UP.set(1)
-    if backlog is not None:
-        metrics.BACKLOG_EVENTS.set(backlog)
-    metrics.PENDING_ENTRIES.set(int(pending["pending"]))
-    metrics.OLDEST_ENTRY_AGE.set(_age_seconds(oldest[0][0]) if oldest else 0)
-
-
-def _age_seconds(entry_id: bytes | str) -> float:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    created_ms = int(text.split("-", 1)[0])
-    return max(0.0, time.time() - created_ms / 1000)
+    if stream.backlog is not None:
+        metrics.BACKLOG_EVENTS.set(stream.backlog)
+    metrics.PENDING_ENTRIES.set(stream.pending)
+    metrics.OLDEST_ENTRY_AGE.set(stream.oldest_entry_age_seconds)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from labs_analytics.api.dependencies import State, authorize
+from labs_analytics.api.dependencies import State, authorize_reader
 from labs_analytics.api.errors import ErrorBody
 from labs_analytics.auth.keys import ApiKey, Scope
 from labs_analytics.read.request import QueryRequest
@@ -20,14 +20,16 @@ from labs_analytics.read.request import QueryRequest
 router = APIRouter(tags=["read"])
 
 
-async def read_key(
-    state: State,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> ApiKey:
-    return await authorize(state, authorization, Scope.READ)
+async def read_key(state: State, request: Request) -> ApiKey:
+    return await authorize_reader(state, request, Scope.READ)
+
+
+async def admin_key(state: State, request: Request) -> ApiKey:
+    return await authorize_reader(state, request, Scope.ADMIN)
 
 
 ReadKey = Annotated[ApiKey, Depends(read_key)]
+AdminKey = Annotated[ApiKey, Depends(admin_key)]
 
 
 class QueryRow(BaseModel):
@@ -51,7 +53,7 @@ class QueryResponse(BaseModel):
     meta: QueryMeta
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
+READ_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing, unknown or revoked API key."},
     403: {
         "model": ErrorBody,
@@ -74,7 +76,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/v1/query",
     response_model=QueryResponse,
-    responses=_ERRORS,
+    responses=READ_ERRORS,
     summary="Counts, unique users, aggregates and breakdowns",
     description="Exact: every number is what SQL over the stored events gives (each event "
     "stored once, retries included).",

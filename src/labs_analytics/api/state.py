@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from labs_analytics.auth.cache import KeyCache
 from labs_analytics.auth.platform import PlatformVerifier
+from labs_analytics.dashboard.sessions import DashboardSessions
 from labs_analytics.flusher import Flusher
 from labs_analytics.ingest.service import IngestService
 from labs_analytics.queue.service import EventQueue
@@ -27,3 +28,4 @@ class AppState:
     flusher: Flusher | None
     reads: ReadService
     platform: PlatformVerifier
+    dashboard: DashboardSessions

@@ -56,6 +56,10 @@ class KeyCache:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def get(self, key_id: str) -> ApiKey | None:
+        """The active key with this public id (a dashboard session checks it is still active)."""
+        return self._keys.get(key_id)
+
     async def lookup(self, token: str) -> ApiKey | None:
         key_id = key_id_of(token)
         if key_id is None:

@@ -254,6 +254,7 @@ def _banner(
         "",
         "Labs Analytics dev server",
         f"  API        {base}   (docs: {base}/docs)",
+        f"  Dashboard  {base}/dashboard   (sign in with the API key below)",
         f"  PostgreSQL {database_url}",
         f"  Redis      {redis_url}",
         "  API key    (product 'dev', scopes ingest+read; shown once)",

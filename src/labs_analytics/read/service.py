@@ -29,6 +29,14 @@ from labs_analytics.settings import Settings, to_asyncpg_dsn
 
 log = get_logger(__name__)
 POOL_WAIT_SECONDS = 5.0
+# How a connection taken from the pool fails when its server is gone: closed
+# under the statement, refused, or terminated by a shutdown (SQLSTATE 57P0x).
+_CONNECTION_LOST = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    OSError,
+)
 
 
 class QueryTimeout(AppError):
@@ -187,6 +195,11 @@ class ReadService:
                 f"the query ran longer than {self._timeout:g} s and was cancelled; "
                 "narrow its date range or filters"
             ) from None
+        except _CONNECTION_LOST as exc:
+            # A pooled connection whose server went away since (a restart, a
+            # failover): the next request gets a new one, or this same answer.
+            log.warning("read.connection_lost", error=f"{type(exc).__name__}: {exc}")
+            raise ReadUnavailable("the database is unavailable; retry later") from exc
         finally:
             await self._pool.release(connection)
 
