@@ -118,9 +118,16 @@ def test_overview_numbers_equal_the_read_api(site: Site, new_page: Any) -> None:
         }
     )
     assert [norm(row) for row in table_rows(page, "top-values")] == rows_of(clubs["results"])
-    # The previous period is overlaid (a dashed line) with the change in percent.
+    # The previous period (the 7 days before) is overlaid, dashed, with the change in percent.
     assert page.locator("#panel-overview polyline.dashed").count() == 1
-    assert page.locator("[data-kpi='events'] .kpi-change").count() == 1
+    today = dt.datetime.now(dt.UTC).date()
+    before = [str(today - dt.timedelta(days=13)), str(today - dt.timedelta(days=7))]
+    (previous,) = site.query({"date_range": before, "timezone": "UTC", "metrics": ["events"]})[
+        "results"
+    ]
+    change = page.get_attribute("[data-kpi='events'] .kpi-change", "data-change")
+    expected = (totals["metrics"][0] - previous["metrics"][0]) / previous["metrics"][0] * 100
+    assert float(change) == pytest.approx(expected)
     # Another product's events never appear.
     assert "other.secret" not in page.content()
     assert "hidden" not in page.inner_text("main")

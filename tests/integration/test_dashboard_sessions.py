@@ -324,3 +324,25 @@ async def test_an_unknown_cookie_is_refused_and_forgotten(
             assert response.status_code == 401
         page = await client.get("/dashboard", headers={"Cookie": "la_session=" + "x" * 43})
         assert 'la_session=""' in page.headers.get("set-cookie", "")
+
+
+async def test_behind_a_path_prefix_every_link_keeps_it(
+    api: ApiFactory, settings: Settings
+) -> None:
+    key = await create_key(settings, new_product(), (Scope.READ,))
+    async with api() as running:
+        transport = httpx.ASGITransport(app=running.app, root_path="/analytics")
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            page = await client.get("/analytics/dashboard")
+            assert page.status_code == 200, page.text
+            assert 'action="/analytics/dashboard/sign-in"' in page.text
+            assert 'href="/analytics/dashboard/static/dashboard.css' in page.text
+            signed = await client.post(
+                "/analytics/dashboard/sign-in", data={"key": key}, headers=FORM
+            )
+            assert signed.headers["location"] == "/analytics/dashboard"
+            app_page = await client.get("/analytics/dashboard")
+            assert 'data-base="/analytics"' in app_page.text
+            assert 'src="/analytics/dashboard/static/dashboard.js' in app_page.text
+            script = await client.get("/analytics/dashboard/static/dashboard.js")
+            assert script.status_code == 200

@@ -11,7 +11,7 @@ from html import escape
 
 from labs_analytics import __version__
 
-STATIC = "/dashboard/static"
+STATIC = "/dashboard/static"  # below the deployment's path prefix (``base``)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -25,7 +25,7 @@ SECURITY_HEADERS = {
 }
 
 
-def _head(title: str) -> str:
+def _head(title: str, base: str) -> str:
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -33,26 +33,26 @@ def _head(title: str) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title>
 <link rel="icon" href="data:,">
-<link rel="stylesheet" href="{STATIC}/dashboard.css?v={__version__}">
+<link rel="stylesheet" href="{escape(base)}{STATIC}/dashboard.css?v={__version__}">
 </head>
 """
 
 
-def sign_in_page(*, error: str | None = None, notice: str | None = None) -> str:
+def sign_in_page(base: str, *, error: str | None = None, notice: str | None = None) -> str:
     message = ""
     if error:
         message = f'<p class="error" role="alert">{escape(error)}</p>'
     elif notice:
         message = f'<p class="notice" role="status">{escape(notice)}</p>'
     return (
-        _head("Sign in · Labs Analytics")
+        _head("Sign in · Labs Analytics", base)
         + f"""<body class="sign-in">
 <main>
 <h1>Labs Analytics</h1>
 <p>Sign in with an API key that has the <code>read</code> or <code>admin</code> scope.
 It stays on the server: your browser keeps only a session cookie.</p>
 {message}
-<form method="post" action="/dashboard/sign-in">
+<form method="post" action="{escape(base)}/dashboard/sign-in">
 <label for="key">API key</label>
 <input id="key" name="key" type="password" autocomplete="off" spellcheck="false"
  required maxlength="200" placeholder="lak_…">
@@ -68,6 +68,7 @@ prints one.</p>
 
 
 def app_page(
+    base: str,
     *,
     product: str,
     signed_in_as: str,
@@ -84,15 +85,15 @@ def app_page(
         else ""
     )
     return (
-        _head(f"{product} · Labs Analytics")
+        _head(f"{product} · Labs Analytics", base)
         + f"""<body data-product="{escape(product)}" data-admin="{str(is_admin).lower()}"
  data-share="{str(is_share).lower()}" data-csrf="{escape(csrf)}"
- data-expires="{escape(expires_at)}">
+ data-expires="{escape(expires_at)}" data-base="{escape(base)}">
 <a class="skip" href="#view">Skip to the panels</a>
 <header>
 <h1>Labs Analytics <span class="product">{escape(product)}</span></h1>
 <p class="who">Signed in with {escape(who)}</p>
-<form method="post" action="/dashboard/sign-out">
+<form method="post" action="{escape(base)}/dashboard/sign-out">
 <input type="hidden" name="csrf" value="{escape(csrf)}">
 <button type="submit">Sign out</button>
 </form>
@@ -128,21 +129,21 @@ def app_page(
 <button type="submit">Apply</button>
 </form>
 <main id="view" tabindex="-1" aria-live="polite"></main>
-<script src="{STATIC}/dashboard.js?v={__version__}"></script>
+<script src="{escape(base)}{STATIC}/dashboard.js?v={__version__}"></script>
 </body>
 </html>
 """
     )
 
 
-def message_page(title: str, text: str) -> str:
+def message_page(base: str, title: str, text: str) -> str:
     return (
-        _head(f"{title} · Labs Analytics")
+        _head(f"{title} · Labs Analytics", base)
         + f"""<body class="sign-in">
 <main>
 <h1>{escape(title)}</h1>
 <p>{escape(text)}</p>
-<p><a href="/dashboard">Go to the dashboard</a></p>
+<p><a href="{escape(base)}/dashboard">Go to the dashboard</a></p>
 </main>
 </body>
 </html>

@@ -49,9 +49,22 @@ def _html(body: str, status_code: int = 200) -> HTMLResponse:
     return HTMLResponse(body, status_code=status_code, headers=pages.SECURITY_HEADERS)
 
 
-def _redirect_to_dashboard() -> RedirectResponse:
-    # A relative Location: never built from the client's Host header.
-    return RedirectResponse("/dashboard", status_code=303, headers={"Cache-Control": "no-store"})
+def _base(request: Request) -> str:
+    """The deployment's path prefix (``root_path`` behind a proxy), "" when served at /."""
+    root: str = request.scope.get("root_path", "")
+    return root.rstrip("/")
+
+
+def _refused(request: Request, error: str, status_code: int) -> HTMLResponse:
+    """The sign-in page again, saying why."""
+    return _html(pages.sign_in_page(_base(request), error=error), status_code)
+
+
+def _redirect(request: Request, query: str = "") -> RedirectResponse:
+    # A path, never a URL built from the client's Host header.
+    return RedirectResponse(
+        f"{_base(request)}/dashboard{query}", status_code=303, headers={"Cache-Control": "no-store"}
+    )
 
 
 async def _viewer(state: State, request: Request) -> Viewer | None:
@@ -64,16 +77,18 @@ async def dashboard(state: State, request: Request) -> Response:
     try:
         viewer = await _viewer(state, request)
     except (RedisError, OSError):
-        return _html(pages.sign_in_page(error=REDIS_DOWN), 503)
+        return _refused(request, REDIS_DOWN, 503)
     if viewer is None:
         signed_out = "signed-out" in request.query_params
-        response = _html(pages.sign_in_page(notice="Signed out." if signed_out else None))
+        notice = "Signed out." if signed_out else None
+        response = _html(pages.sign_in_page(_base(request), notice=notice))
         if SESSION_COOKIE in request.cookies:  # expired or revoked: forget it
             response.delete_cookie(SESSION_COOKIE, path="/")
         return response
     session = viewer.session
     return _html(
         pages.app_page(
+            _base(request),
             product=session.product,
             signed_in_as=viewer.key.key_id,
             csrf=session.csrf,
@@ -87,30 +102,31 @@ async def dashboard(state: State, request: Request) -> Response:
 @router.post("/dashboard/sign-in")
 async def sign_in(state: State, request: Request) -> Response:
     if not _same_site(request):
-        return _html(pages.sign_in_page(error="Sign in from this site's own page."), 403)
+        return _refused(request, "Sign in from this site's own page.", 403)
     form = await _read_form(request)
     if form is None:
-        return _html(pages.sign_in_page(error="The form was too large."), 413)
+        return _refused(request, "The form was too large.", 413)
     token = form.get("key", "").strip()
     if not token:
-        return _html(pages.sign_in_page(error="Paste an API key."), 422)
+        return _refused(request, "Paste an API key.", 422)
     key = await state.key_cache.lookup(token)
     if key is None:
-        return _html(pages.sign_in_page(error="Unknown or revoked API key."), 401)
+        return _refused(request, "Unknown or revoked API key.", 401)
     if not key.allows(Scope.READ):
         return _html(
             pages.sign_in_page(
+                _base(request),
                 error="This key may only send events. Sign in with a key that has the read "
-                "or admin scope."
+                "or admin scope.",
             ),
             403,
         )
     try:
         session_token, session = await state.dashboard.sign_in(key)
     except (RedisError, OSError):
-        return _html(pages.sign_in_page(error=REDIS_DOWN), 503)
+        return _refused(request, REDIS_DOWN, 503)
     log.info("dashboard.signed_in", key_id=key.key_id, product=key.product)
-    response = _redirect_to_dashboard()
+    response = _redirect(request)
     _set_session_cookie(response, request, session_token, session)
     return response
 
@@ -124,14 +140,13 @@ async def sign_out(state: State, request: Request) -> Response:
             viewer = await state.dashboard.resolve(token)
             if viewer is not None:
                 if not _csrf_matches(form.get("csrf", ""), viewer.session):
-                    return _html(pages.message_page("Not signed out", "The form was stale."), 403)
+                    stale = "The form was stale: reload the dashboard and sign out again."
+                    return _html(pages.message_page(_base(request), "Not signed out", stale), 403)
                 await state.dashboard.sign_out(token)
         except (RedisError, OSError):
-            return _html(pages.sign_in_page(error=REDIS_DOWN), 503)
+            return _refused(request, REDIS_DOWN, 503)
     # Post/redirect/get: reloading the page afterwards does not post the form again.
-    response = RedirectResponse(
-        "/dashboard?signed-out", status_code=303, headers={"Cache-Control": "no-store"}
-    )
+    response = _redirect(request, "?signed-out")
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
 
@@ -143,18 +158,20 @@ async def open_share(
     try:
         opened = await state.dashboard.open_share(token)
     except (RedisError, OSError):
-        return _html(pages.sign_in_page(error=REDIS_DOWN), 503)
+        return _refused(request, REDIS_DOWN, 503)
     if opened is None:
         return _html(
             pages.message_page(
-                "Link not valid", "This share link has expired or was revoked: ask for a new one."
+                _base(request),
+                "Link not valid",
+                "This share link has expired or was revoked: ask for a new one.",
             ),
             404,
         )
     session_token, session = opened
     # Trade the link for a cookie and leave its URL, so the token does not stay
     # in the address bar (or the history) while the page is open.
-    response = _redirect_to_dashboard()
+    response = _redirect(request)
     _set_session_cookie(response, request, session_token, session)
     return response
 

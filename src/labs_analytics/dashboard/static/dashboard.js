@@ -8,6 +8,8 @@
   const CSRF = body.dataset.csrf;
   const PRODUCT = body.dataset.product;
   const IS_ADMIN = body.dataset.admin === "true";
+  // The deployment's path prefix (behind a proxy that serves us below a path): "" at /.
+  const BASE = body.dataset.base || "";
   const main = document.getElementById("view");
   const controls = document.getElementById("controls");
   const DB_DOWN =
@@ -115,12 +117,12 @@
         init.body = JSON.stringify(body);
       }
     }
-    let response = await fetch(path, init);
+    let response = await fetch(BASE + path, init);
     // Past the key's query rate (a burst of panels, quick clicks): wait as told, then retry.
     for (let attempt = 0; response.status === 429 && attempt < 3; attempt++) {
       const seconds = Math.min(5, Number(response.headers.get("Retry-After")) || 1);
       await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
-      response = await fetch(path, init);
+      response = await fetch(BASE + path, init);
     }
     const text = await response.text();
     let payload = null;
@@ -135,10 +137,17 @@
     return payload;
   }
 
+  // Identical queries within one render are asked once (the active-users panel's
+  // 7 or 30 days is often the range the overview shows already).
+  let asked = new Map();
+  function ask(body) {
+    const key = JSON.stringify(body);
+    if (!asked.has(key)) asked.set(key, api("/v1/query", { body }));
+    return asked.get(key);
+  }
+
   function query(s, extra) {
-    return api("/v1/query", {
-      body: { date_range: dateRange(s), timezone: s.tz, filters: filters(s), ...extra },
-    });
+    return ask({ date_range: dateRange(s), timezone: s.tz, filters: filters(s), ...extra });
   }
 
   function explain(error) {
@@ -325,11 +334,38 @@
     return el("figure", { class: "chart-figure" }, chart, legend);
   }
 
-  function previousRange(meta) {
-    const [start, end] = meta.date_range.map((t) => new Date(t));
-    if (!(end > start) || start.getUTCFullYear() <= 1970) return null; // `all`: nothing before
-    const before = new Date(start.getTime() - (end.getTime() - start.getTime()));
-    return [before.toISOString(), start.toISOString()];
+  // Local calendar dates as day numbers (days since 1970-01-01), and back.
+  const dayNumber = (iso) => Date.UTC(+iso.slice(0, 4), +iso.slice(5, 7) - 1, +iso.slice(8, 10)) / 86400000;
+  const isoDay = (n) => new Date(n * 86400000).toISOString().slice(0, 10);
+
+  // The range's first and last local day, as the API reads it: calendar words
+  // are whole local days ending today (in the view's time zone).
+  function localDays(s) {
+    if (s.range === "custom" && s.from && s.to) return [dayNumber(s.from), dayNumber(s.to)];
+    const today = dayNumber(new Intl.DateTimeFormat("en-CA", { timeZone: s.tz }).format(new Date()));
+    const iso = isoDay(today);
+    const days = /^(\d+)d$/.exec(s.range);
+    if (s.range === "today") return [today, today];
+    if (s.range === "yesterday") return [today - 1, today - 1];
+    if (days) return [today - Number(days[1]) + 1, today];
+    if (s.range === "month") return [dayNumber(`${iso.slice(0, 7)}-01`), today];
+    if (s.range === "year") return [dayNumber(`${iso.slice(0, 4)}-01-01`), today];
+    return null; // `all`: nothing before it
+  }
+
+  // The period just before the range, as long as it: asked at the same time as
+  // the range itself, not after it.
+  function previousRange(s) {
+    let days = null;
+    try {
+      days = localDays(s);
+    } catch (e) {
+      return null; // a time zone the browser does not know: the API says what is wrong
+    }
+    if (!days) return null;
+    const [first, last] = days;
+    const length = last - first + 1;
+    return [isoDay(first - length), isoDay(first - 1)];
   }
 
   function change(current, previous) {
@@ -339,7 +375,7 @@
 
   function emptyHint() {
     const curl =
-      `curl -X POST ${location.origin}/v1/events \\\n` +
+      `curl -X POST ${location.origin}${BASE}/v1/events \\\n` +
       `  -H "Authorization: Bearer $LABS_API_KEY" -H "Content-Type: application/json" \\\n` +
       `  -d '{"name": "page.view", "user": "u_1", "properties": {"path": "/"}}'`;
     return [
@@ -365,22 +401,19 @@
     const jobs = [];
     jobs.push(
       (async () => {
-        const [series, totals] = await Promise.all([
+        const previous = previousRange(s);
+        const earlier = { date_range: previous, timezone: s.tz, filters: filters(s) };
+        const [series, totals, before] = await Promise.all([
           query(s, { metrics: ["events", "users"], dimensions: [`time:${g}`], limit: 1000 }),
           query(s, { metrics: ["events", "users"] }),
+          previous
+            ? Promise.all([
+                ask({ ...earlier, metrics: ["events"], dimensions: [`time:${g}`], limit: 1000 }),
+                ask({ ...earlier, metrics: ["events", "users"] }),
+              ])
+            : null,
         ]);
         const [events, users] = totals.results.length ? totals.results[0].metrics : [0, 0];
-        const previous = previousRange(totals.meta);
-        let before = null;
-        if (previous) {
-          const prev = { ...s, range: "custom" };
-          const body = { date_range: previous, timezone: s.tz, filters: filters(s) };
-          before = await Promise.all([
-            api("/v1/query", { body: { ...body, metrics: ["events"], dimensions: [`time:${g}`], limit: 1000 } }),
-            api("/v1/query", { body: { ...body, metrics: ["events", "users"] } }),
-          ]);
-          void prev;
-        }
         const labels = series.results.map((r) => r.dimensions[0]);
         const rows = series.results.map((r) => [r.dimensions[0], r.metrics[0], r.metrics[1]]);
         trend.setCsv([`time:${g}`, "events", "users"], rows);
@@ -411,10 +444,12 @@
     jobs.push(
       (async () => {
         const ranges = [["dau", "Daily (today)", "today"], ["wau", "Weekly (7 days)", "7d"], ["mau", "Monthly (30 days)", "30d"]];
+        // The same body as the overview's totals (events too, no filters), so a
+        // 7- or 30-day view without filters asks it once.
         const answers = await Promise.all(
-          ranges.map(([, , range]) => api("/v1/query", { body: { metrics: ["users"], date_range: range, timezone: s.tz } }))
+          ranges.map(([, , range]) => ask({ date_range: range, timezone: s.tz, filters: [], metrics: ["events", "users"] }))
         );
-        const counts = answers.map((a) => (a.results.length ? a.results[0].metrics[0] : 0));
+        const counts = answers.map((a) => (a.results.length ? a.results[0].metrics[1] : 0));
         active.setCsv(["period", "users"], ranges.map(([name], i) => [name, counts[i]]));
         active.show("ready", el("div", { class: "kpis" }, ranges.map(([name, label], i) => kpi(name, label, counts[i]))));
       })().catch((e) => active.fail(e))
@@ -470,15 +505,15 @@
     const requests = [["is", "name", ["http.request"]], ...filters(s, { withEvent: false })];
     const errors = [...requests, ["gte", "prop:status_code", [500]]];
     const latency = ["p50:duration_ms", "p95:duration_ms", "p99:duration_ms"];
-    const ask = (body) => api("/v1/query", { body: { ...base, ...body } });
+    const askHere = (body) => ask({ ...base, ...body });
     try {
       const [all, failed, byRoute, failedByRoute, series, failedSeries] = await Promise.all([
-        ask({ metrics: ["events", ...latency], filters: requests }),
-        ask({ metrics: ["events"], filters: errors }),
-        ask({ metrics: ["events", ...latency], dimensions: ["prop:route"], filters: requests, order_by: [["events", "desc"]], limit: 100 }),
-        ask({ metrics: ["events"], dimensions: ["prop:route"], filters: errors, limit: 1000 }),
-        ask({ metrics: ["events", "p95:duration_ms"], dimensions: [`time:${g}`], filters: requests, limit: 1000 }),
-        ask({ metrics: ["events"], dimensions: [`time:${g}`], filters: errors, limit: 1000 }),
+        askHere({ metrics: ["events", ...latency], filters: requests }),
+        askHere({ metrics: ["events"], filters: errors }),
+        askHere({ metrics: ["events", ...latency], dimensions: ["prop:route"], filters: requests, order_by: [["events", "desc"]], limit: 100 }),
+        askHere({ metrics: ["events"], dimensions: ["prop:route"], filters: errors, limit: 1000 }),
+        askHere({ metrics: ["events", "p95:duration_ms"], dimensions: [`time:${g}`], filters: requests, limit: 1000 }),
+        askHere({ metrics: ["events"], dimensions: [`time:${g}`], filters: errors, limit: 1000 }),
       ]);
       const [total, p50, p95, p99] = all.results.length ? all.results[0].metrics : [0, null, null, null];
       const errorCount = failed.results.length ? failed.results[0].metrics[0] : 0;
@@ -666,7 +701,7 @@
     main.append(panel.node);
     const status = el("p", { class: "live-status", role: "status", text: "Connecting…" });
     panel.show("loading", status);
-    liveSource = new EventSource("/v1/live");
+    liveSource = new EventSource(`${BASE}/v1/live`);
     liveSource.addEventListener("snapshot", (message) => {
       const data = JSON.parse(message.data);
       const rows = data.latest.map((e) => [e.received_at.slice(11, 19), e.name, e.user, e.timestamp, e.properties]);
@@ -870,6 +905,7 @@
       else link.removeAttribute("aria-current");
     }
     main.replaceChildren();
+    asked = new Map();
     main.dataset.view = name;
     main.dataset.ready = "false";
     await VIEWS[name](s);
