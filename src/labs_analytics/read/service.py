@@ -201,7 +201,12 @@ class ReadService:
             log.warning("read.connection_lost", error=f"{type(exc).__name__}: {exc}")
             raise ReadUnavailable("the database is unavailable; retry later") from exc
         finally:
-            await self._pool.release(connection)
+            try:
+                await self._pool.release(connection)
+            except _CONNECTION_LOST as exc:
+                # Lost after the answer was read (the reset on release failed): the
+                # pool has dropped it; the answer stands, or the error above does.
+                log.warning("read.release_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def fetch(self, sql: str, args: list[Any]) -> list[asyncpg.Record]:
         """Run one statement, bounded by the query timeout; its rows."""
