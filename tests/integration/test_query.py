@@ -225,6 +225,16 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "filters": [["is", "prop:ok", [True]]],
     },
     "contains": {"metrics": ["users"], "filters": [["contains", "prop:route", ["club"]]]},
+    # `users` is counted per user first, then per group (read/query.py): the edges of that.
+    "users before events, by user": {"metrics": ["users", "events"], "dimensions": ["user"]},
+    "users by name and a property": {
+        "metrics": ["events", "users"],
+        "dimensions": ["name", "prop:route"],
+    },
+    "events and users of an empty range": {
+        "metrics": ["events", "users"],
+        "date_range": ["2001-01-01", "2001-01-02"],
+    },
     "second page": {
         "metrics": ["events"],
         "dimensions": ["name", "user"],
