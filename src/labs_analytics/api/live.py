@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import asyncpg
 import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
@@ -26,11 +25,9 @@ from labs_analytics.api.dependencies import State
 from labs_analytics.api.errors import ErrorBody
 from labs_analytics.api.read import READ_ERRORS, ReadKey
 from labs_analytics.errors import AppError
-from labs_analytics.logs import get_logger
 from labs_analytics.read.live import live_snapshot
 from labs_analytics.read.service import ReadService
 
-log = get_logger(__name__)
 router = APIRouter(tags=["read"])
 
 
@@ -125,18 +122,9 @@ async def _stream(
 async def _poll(reads: ReadService, product: str) -> bytes:
     try:
         snapshot: dict[str, Any] = await live_snapshot(reads, product, dt.datetime.now(dt.UTC))
-    except AppError as exc:  # PostgreSQL down or busy: say so, and try again next time
+    # Down, lost mid-poll or busy: ReadService.connection makes each an AppError.
+    except AppError as exc:
         return _event("error", {"code": exc.code, "message": exc.message})
-    except (
-        asyncpg.PostgresConnectionError,
-        asyncpg.InterfaceError,
-        OSError,
-    ) as exc:  # lost mid-poll
-        log.warning("live.poll_failed", error=f"{type(exc).__name__}: {exc}")
-        return _event(
-            "error",
-            {"code": "database_unavailable", "message": "the database is unavailable; retrying"},
-        )
     return _event("snapshot", snapshot)
 
 
