@@ -48,6 +48,8 @@ TABLES = (
     "rollup_dirty",
     "rollup_hourly_props",
     "rollup_property_keys",
+    "rollup_user_daily_names",
+    "rollup_user_daily_props",
 )
 
 

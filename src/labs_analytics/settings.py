@@ -244,8 +244,9 @@ class Settings(BaseSettings):
     rollup_properties: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["route", "status_code"],
         description="Property keys (dotted paths) whose events are also counted per hour, "
-        "name and value, so breakdowns by them read a rollup (comma separated; low-cardinality "
-        "keys only: a rollup row per value and hour). A key added is rolled up from all stored "
+        "name and value, and per day, value and user, so breakdowns by them (with users) read "
+        "a rollup (comma separated; low-cardinality keys only: rollup rows per value and hour, "
+        "and per value, user and day). A key added is rolled up from all stored "
         "events by the next refreshes, read raw meanwhile.",
     )
     run_flusher: bool = Field(

@@ -23,7 +23,7 @@ from labs_analytics.events import EventRecord
 from labs_analytics.read.request import QueryRequest
 from labs_analytics.settings import to_asyncpg_dsn
 from labs_analytics.storage.rollups import refresh_rollups, rollup_status
-from tests.helpers import Servers, scratch_database, upgrade_database
+from tests.helpers import Servers, downgrade_database, scratch_database, upgrade_database
 from tests.integration import test_rollups
 from tests.integration.test_rollups import Rig, same_json
 
@@ -265,3 +265,62 @@ async def test_the_migration_counts_the_periods_already_rolled_up_and_only_those
         ("month", "2026-10-01"): 3,
         # The week of 2026-11-02 and November are marked: no row, counted at read.
     }
+
+
+@pytest.fixture
+def database_at_clock_skew(servers: Servers) -> Iterator[str]:
+    with scratch_database(servers, "0009_clock_skew") as url:
+        yield url
+
+
+async def test_the_day_level_migration_rolls_up_every_stored_day_by_name_and_value(
+    database_at_clock_skew: str,
+) -> None:
+    """Events stored before revision 0010 get their rows by (day, name, user) and
+    (key, day, value, user), NULL users and values included; a downgrade drops them."""
+    url = database_at_clock_skew
+    stored = [  # (product, timestamp, name, user, route)
+        ("clubs", "2026-11-03 23:59:59Z", "a", "u1", "/x"),
+        ("clubs", "2026-11-03 08:00:00Z", "a", "u1", "/x"),
+        ("clubs", "2026-11-03 09:00:00Z", "a", None, None),
+        ("clubs", "2026-11-04 00:00:00Z", "b", "u2", "/x"),
+        ("mobile", "2026-11-04 10:00:00Z", "a", "u1", "/y"),
+    ]
+    conn = await asyncpg.connect(to_asyncpg_dsn(url))
+    try:
+        await conn.execute("INSERT INTO rollup_property_keys (key) VALUES ('route')")
+        await conn.executemany(
+            'INSERT INTO events ("timestamp", event_id, product, name, user_id, properties, '
+            "received_at) VALUES ($1::text::timestamptz, $2, $3, $4, $5, "
+            "jsonb_strip_nulls(jsonb_build_object('route', $6::text)), now())",
+            [
+                (at, uuid.uuid4(), product, name, user, route)
+                for product, at, name, user, route in stored
+            ],
+        )
+        await asyncio.to_thread(upgrade_database, url, "0010_user_daily_names_props")
+        names = await conn.fetch(
+            "SELECT product, day::text, name, user_id, events FROM rollup_user_daily_names "
+            "ORDER BY 1, 2, 3, 4 NULLS LAST"
+        )
+        props = await conn.fetch(
+            "SELECT product, key, day::text, value, user_id, events FROM rollup_user_daily_props "
+            "ORDER BY 1, 2, 3, 4 NULLS LAST, 5 NULLS LAST"
+        )
+        assert [tuple(row) for row in names] == [
+            ("clubs", "2026-11-03", "a", "u1", 2),
+            ("clubs", "2026-11-03", "a", None, 1),
+            ("clubs", "2026-11-04", "b", "u2", 1),
+            ("mobile", "2026-11-04", "a", "u1", 1),
+        ]
+        assert [tuple(row) for row in props] == [
+            ("clubs", "route", "2026-11-03", "/x", "u1", 2),
+            ("clubs", "route", "2026-11-03", None, None, 1),
+            ("clubs", "route", "2026-11-04", "/x", "u2", 1),
+            ("mobile", "route", "2026-11-04", "/y", "u1", 1),
+        ]
+        await asyncio.to_thread(downgrade_database, url, "0009_clock_skew")
+        assert await conn.fetchval("SELECT to_regclass('rollup_user_daily_names')") is None
+        assert await conn.fetchval("SELECT to_regclass('rollup_user_daily_props')") is None
+    finally:
+        await conn.close()

@@ -228,6 +228,38 @@ ELIGIBLE: dict[str, dict[str, Any]] = {
         "date_range": RANGE,
         "limit": 1000,
     },
+    "top events with users, 30 days": {
+        "metrics": ["events", "users"],
+        "dimensions": ["name"],
+        "order_by": [["events", "desc"]],
+        "limit": 3,
+        "date_range": "30d",
+    },
+    "users by week and name, filtered": {
+        "metrics": ["users", "events"],
+        "dimensions": ["time:week", "name"],
+        "filters": [["is_not", "name", ["search"]]],
+        "date_range": RANGE,
+        "limit": 1000,
+    },
+    "users of one name, all time": {
+        "metrics": ["users"],
+        "filters": [["is", "name", ["club.view"]]],
+        "date_range": "all",
+    },
+    "top values with users, 30 days": {
+        "metrics": ["events", "users"],
+        "dimensions": ["prop:route"],
+        "order_by": [["events", "desc"]],
+        "limit": 3,
+        "date_range": "30d",
+    },
+    "users by day and rolled-up property": {
+        "metrics": ["users"],
+        "dimensions": ["time:day", "prop:route"],
+        "date_range": RANGE,
+        "limit": 1000,
+    },
     "a rolled-up property, top 3 over 7 days": {
         "metrics": ["events"],
         "dimensions": ["prop:route"],
@@ -244,7 +276,17 @@ INELIGIBLE: dict[str, dict[str, Any]] = {
         "metrics": ["events"],
         "dimensions": ["prop:route", "prop:duration_ms"],
     },
-    "a rolled-up property and users": {"metrics": ["users"], "dimensions": ["prop:route"]},
+    "a rolled-up property, users and a filter": {
+        "metrics": ["users"],
+        "dimensions": ["prop:route"],
+        "filters": [["is", "name", ["search"]]],
+    },
+    "users by name in New York": {
+        "metrics": ["users"],
+        "dimensions": ["name"],
+        "timezone": "America/New_York",
+    },
+    "users by name and hour": {"metrics": ["users"], "dimensions": ["name", "time:hour"]},
     "Kolkata": {"metrics": ["events"], "dimensions": ["time:day"], "timezone": "Asia/Kolkata"},
     "a property filter": {"metrics": ["events"], "filters": [["is", "prop:route", ["/a"]]]},
     "users in New York": {
@@ -296,6 +338,8 @@ async def test_rollup_answers_equal_raw_answers_in_every_state(
     assert status.hourly_rows > 0
     assert status.user_daily_rows > 0
     assert status.props_rows > 0
+    assert status.user_daily_names_rows > 0
+    assert status.user_daily_props_rows > 0
     assert status.property_keys == sorted(rig.property_keys)
     await assert_exact(rig, ELIGIBLE, "rollup")
 
@@ -508,9 +552,9 @@ def rollup_queries(draw: st.DrawFn) -> dict[str, Any]:
     days = [(START + dt.timedelta(days=d)).date().isoformat() for d in (first, last)]
     metrics = draw(st.lists(st.sampled_from(["events", "users"]), min_size=1, unique=True))
     dimensions = draw(
-        st.lists(st.sampled_from([*TIME, "name", "user"]), max_size=2, unique=True).filter(
-            lambda ds: sum(d in TIME for d in ds) <= 1
-        )
+        st.lists(
+            st.sampled_from([*TIME, "name", "user", "prop:route"]), max_size=2, unique=True
+        ).filter(lambda ds: sum(d in TIME for d in ds) <= 1)
     )
     names = st.lists(st.sampled_from(["page.view", "club.view", "search", "x"]), min_size=1)
     filters = draw(
@@ -656,10 +700,21 @@ async def test_a_property_key_declared_late_or_dropped_reads_exactly_throughout(
     planned, raw = await rig.both(body, "clubs")
     assert not same_json(planned, raw)
     await db.execute("UPDATE rollup_hourly_props SET events = events - 1000 WHERE value = '/a'")
+    # Likewise the users per value, from the day-level rows: one more user there.
+    body = PROPERTY_CASES["top values with users, 30 days"]
+    await db.execute(
+        "INSERT INTO rollup_user_daily_props SELECT product, key, day, value, 'ghost', 0 "
+        "FROM rollup_user_daily_props WHERE product = 'clubs' AND value = '/a' "
+        "ORDER BY day DESC LIMIT 1"
+    )
+    planned, raw = await rig.both(body, "clubs")
+    assert planned["meta"]["source"] == "rollup"
+    assert not same_json(planned, raw)
+    await db.execute("DELETE FROM rollup_user_daily_props WHERE user_id = 'ghost'")
 
     # Dropped: its rows go, its breakdowns are read raw, and still the same.
     rig.property_keys = []
     await rig.refresh_all()
     status = await rollup_status(db)
-    assert (status.props_rows, status.property_keys) == (0, [])
+    assert (status.props_rows, status.user_daily_props_rows, status.property_keys) == (0, 0, [])
     await assert_exact(rig, PROPERTY_CASES, "rollup")

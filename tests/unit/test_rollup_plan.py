@@ -59,6 +59,49 @@ def test_users_by_utc_day_come_from_the_user_daily_rollup(body: dict[str, Any]) 
 @pytest.mark.parametrize(
     "body",
     [
+        {"metrics": ["users"], "dimensions": ["name"]},
+        {
+            "metrics": ["events", "users"],
+            "dimensions": ["name"],
+            "order_by": [["events", "desc"]],
+            "limit": 10,
+            "date_range": "30d",
+        },
+        {"metrics": ["users"], "filters": [["is", "name", ["a"]]]},
+        {
+            "metrics": ["users", "events"],
+            "dimensions": ["time:week", "name", "user"],
+            "filters": [["contains", "name", ["a"]]],
+        },
+    ],
+)
+def test_users_by_name_come_from_the_user_daily_names_rollup(body: dict[str, Any]) -> None:
+    assert plan(**body) == "user_daily_names"
+
+
+def test_users_by_a_rolled_up_value_come_from_the_user_daily_props_rollup() -> None:
+    def props_plan(**body: Any) -> str:
+        request = QueryRequest.model_validate({"date_range": DAYS, **body})
+        return choose_plan(request, request.interval(NOW), ("route", "a.b"))
+
+    users_by = {"metrics": ["events", "users"], "date_range": "30d"}
+    assert props_plan(**users_by, dimensions=["prop:route"]) == "user_daily_props"
+    assert props_plan(**users_by, dimensions=["time:day", "prop:a.b"]) == "user_daily_props"
+    # Events alone: the hourly rollup of the key, which has fewer rows to sum.
+    assert props_plan(metrics=["events"], dimensions=["prop:route"]) == "hourly_props"
+    # Not rolled up, with a name or a filter, two properties, or a day that is not UTC's.
+    assert props_plan(**users_by, dimensions=["prop:other"]) == "raw"
+    assert props_plan(**users_by, dimensions=["prop:route", "name"]) == "raw"
+    assert props_plan(**users_by, dimensions=["prop:route", "prop:a.b"]) == "raw"
+    assert (
+        props_plan(**users_by, dimensions=["prop:route"], filters=[["is", "name", ["a"]]]) == "raw"
+    )
+    assert props_plan(**users_by, dimensions=["prop:route"], timezone="America/New_York") == "raw"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
         {"metrics": ["events", "p95:duration_ms"]},
         {"metrics": ["sum:duration_ms"]},
         {"metrics": ["events"], "dimensions": ["prop:route"]},
@@ -75,8 +118,10 @@ def test_users_by_utc_day_come_from_the_user_daily_rollup(body: dict[str, Any]) 
         {"metrics": ["users"], "dimensions": ["time:day"], "timezone": "America/New_York"},
         {"metrics": ["users"], "timezone": "Europe/London"},  # +1 in summer
         {"metrics": ["users"], "dimensions": ["time:hour"]},
-        {"metrics": ["users"], "dimensions": ["name"]},
-        {"metrics": ["users"], "filters": [["is", "name", ["a"]]]},
+        {"metrics": ["users"], "dimensions": ["name", "time:hour"]},
+        {"metrics": ["users"], "dimensions": ["name"], "timezone": "America/New_York"},
+        {"metrics": ["users"], "dimensions": ["name"], "filters": [["is", "user", ["u1"]]]},
+        {"metrics": ["users"], "dimensions": ["prop:route"]},  # not rolled up (no keys here)
         {"metrics": ["users"], "date_range": ["2026-11-01T05:00:00Z", "2026-11-02T00:00:00Z"]},
         {"metrics": ["events"], "date_range": ["1970-01-01", "2300-01-01"]},  # too long to check
     ],

@@ -68,6 +68,8 @@ def rollups_status() -> None:
     typer.echo(f"rollup_users rows: {status.users_rows}")
     keys = ", ".join(status.property_keys) or "none"
     typer.echo(f"rollup_hourly_props rows: {status.props_rows} (keys: {keys})")
+    typer.echo(f"rollup_user_daily_names rows: {status.user_daily_names_rows}")
+    typer.echo(f"rollup_user_daily_props rows: {status.user_daily_props_rows}")
 
 
 __all__ = ["app"]

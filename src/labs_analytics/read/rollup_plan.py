@@ -16,6 +16,13 @@ answered from one when every number it asks for can be summed from it:
   ``time:day|week|month`` and ``user``; no filters; a time zone at UTC
   throughout, and a range of whole UTC days.
 
+- **user-daily-names**: as user-daily, with ``name`` among the dimensions
+  and filters on ``name`` allowed (``rollup_user_daily_names``): top events
+  with their users.
+- **user-daily-props**: as user-daily, with one dimension ``prop:KEY`` for a
+  rolled-up key besides (``rollup_user_daily_props``; the key is checked in
+  the statement as for hourly-props): top values with their users.
+
 Anything else reads ``events`` as before. Either way the answer is the same
 number: the rollup relation below takes rollup rows only for hours (days)
 without a dirty mark, and the raw events of the marked ones, in the one
@@ -42,10 +49,12 @@ from zoneinfo import ZoneInfo
 
 from labs_analytics.read.dates import Granularity, Interval
 from labs_analytics.read.fields import FieldRef
-from labs_analytics.read.request import QueryRequest
+from labs_analytics.read.request import Dimension, QueryRequest
 from labs_analytics.read.sql import SqlBuilder
 
-Plan = Literal["raw", "hourly", "hourly_props", "user_daily"]
+Plan = Literal[
+    "raw", "hourly", "hourly_props", "user_daily", "user_daily_names", "user_daily_props"
+]
 
 HOUR = dt.timedelta(hours=1)
 # Zone offsets are checked day by day over the years a range covers; a range
@@ -62,7 +71,7 @@ class Source:
     relation: str
     conditions: list[str]
     events_sql: str
-    # The property the relation carries as its column ``prop_value`` (hourly-props).
+    # The property the relation carries as its column ``prop_value`` (the props plans).
     rolled_property: FieldRef | None = None
 
 
@@ -75,6 +84,10 @@ def choose_plan(
         return "hourly_props"
     if user_daily_eligible(request, interval):
         return "user_daily"
+    if user_daily_names_eligible(request, interval):
+        return "user_daily_names"
+    if user_daily_props_eligible(request, interval, property_keys):
+        return "user_daily_props"
     return "raw"
 
 
@@ -122,12 +135,40 @@ def _hourly_shape(request: QueryRequest, interval: Interval) -> bool:
 
 def user_daily_eligible(request: QueryRequest, interval: Interval) -> bool:
     return (
-        all(metric.kind in ("events", "users") for metric in request.parsed_metrics())
-        and all(
-            d.granularity in ("day", "week", "month") or d.text == "user"
-            for d in request.parsed_dimensions()
-        )
+        all(_day_or_user(d) for d in request.parsed_dimensions())
         and not request.filters
+        and _user_daily_shape(request, interval)
+    )
+
+
+def user_daily_names_eligible(request: QueryRequest, interval: Interval) -> bool:
+    return (
+        all(_day_or_user(d) or d.text == "name" for d in request.parsed_dimensions())
+        and all(flt.field.column == "name" for flt in request.parsed_filters())
+        and _user_daily_shape(request, interval)
+    )
+
+
+def user_daily_props_eligible(
+    request: QueryRequest, interval: Interval, property_keys: Collection[str]
+) -> bool:
+    prop = rolled_property(request, property_keys)
+    return (
+        prop is not None
+        and all(_day_or_user(d) or d.field == prop for d in request.parsed_dimensions())
+        and not request.filters
+        and _user_daily_shape(request, interval)
+    )
+
+
+def _day_or_user(dimension: Dimension) -> bool:
+    return dimension.granularity in ("day", "week", "month") or dimension.text == "user"
+
+
+def _user_daily_shape(request: QueryRequest, interval: Interval) -> bool:
+    """What the day-level rollups need besides their dimensions and filters."""
+    return (
+        all(metric.kind in ("events", "users") for metric in request.parsed_metrics())
         and _on_utc_boundary(interval, dt.timedelta(days=1))
         and _offsets(request.timezone, interval) == {dt.timedelta(0)}
     )
@@ -209,11 +250,12 @@ def rollup_source(
 ) -> Source:
     """The rows of ``plan`` for ``product`` over ``interval``, as a relation with
     the columns a raw query reads (``"timestamp"``, ``name`` or ``user_id``),
-    ``prop_value`` (hourly-props: ``prop`` as text) and ``events``, the number
-    of events each row stands for."""
+    ``prop_value`` (the props plans: ``prop`` as text) and ``events``, the
+    number of events each row stands for."""
     p = builder.param(product)
     s = builder.param(interval.start)
     e = builder.param(interval.end)
+    by_prop = plan in ("hourly_props", "user_daily_props")
     if plan == "hourly":
         relation = _hourly_relation(p, s, e)
     elif plan == "hourly_props":
@@ -221,16 +263,25 @@ def rollup_source(
         key = builder.param(".".join(prop.path), "text")
         relation = _hourly_props_relation(p, s, e, key, builder.text_of(prop))
     else:
-        start_day = builder.param(interval.start.astimezone(dt.UTC).date(), "date")
-        end_day = builder.param(interval.end.astimezone(dt.UTC).date(), "date")
-        relation = _user_daily_relation(p, s, e, start_day, end_day)
+        days = (
+            builder.param(interval.start.astimezone(dt.UTC).date(), "date"),
+            builder.param(interval.end.astimezone(dt.UTC).date(), "date"),
+        )
+        if plan == "user_daily_names":
+            relation = _user_daily_names_relation(p, s, e, *days)
+        elif plan == "user_daily_props":
+            assert prop is not None
+            key = builder.param(".".join(prop.path), "text")
+            relation = _user_daily_props_relation(p, s, e, *days, key, builder.text_of(prop))
+        else:
+            relation = _user_daily_relation(p, s, e, *days)
     # count(*) of no rows is 0, a sum of none NULL: coalesced, and a bigint as count's.
     return Source(
         "rollup",
         f"({relation}) AS src",
         [],
         "coalesce(sum(events), 0)::bigint",
-        prop if plan == "hourly_props" else None,
+        prop if by_prop else None,
     )
 
 
@@ -269,6 +320,11 @@ def _hourly_props_relation(p: str, s: str, e: str, key: str, raw_value: str) -> 
 
 
 _DAY_START = "({}::timestamp AT TIME ZONE 'UTC')"
+# The UTC days of the range with a mark in any of their hours: read raw.
+_DIRTY_DAYS = (
+    "dirty AS (SELECT DISTINCT (hour AT TIME ZONE 'UTC')::date AS day "
+    "FROM rollup_dirty WHERE product = {p} AND hour >= {s} AND hour < {e})"
+)
 
 
 def _user_daily_relation(p: str, s: str, e: str, start_day: str, end_day: str) -> str:
@@ -280,8 +336,7 @@ def _user_daily_relation(p: str, s: str, e: str, start_day: str, end_day: str) -
     """
     day = _DAY_START.format
     return (
-        "WITH dirty AS (SELECT DISTINCT (hour AT TIME ZONE 'UTC')::date AS day "
-        f"FROM rollup_dirty WHERE product = {p} AND hour >= {s} AND hour < {e}), "
+        f"WITH {_DIRTY_DAYS.format(p=p, s=s, e=e)}, "
         "clean AS (SELECT r.day, r.user_id, r.events FROM rollup_user_daily r "
         f"WHERE r.product = {p} AND r.day >= {start_day} AND r.day < {end_day} "
         "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = r.day)), "
@@ -298,6 +353,42 @@ def _user_daily_relation(p: str, s: str, e: str, start_day: str, end_day: str) -
         'UNION ALL SELECT ev."timestamp", ev.user_id, 1::bigint FROM dirty '
         f'JOIN events ev ON ev.product = {p} AND ev."timestamp" >= {day("dirty.day")} '
         f"AND ev.\"timestamp\" < {day('dirty.day')} + interval '1 day'"
+    )
+
+
+def _user_daily_names_relation(p: str, s: str, e: str, start_day: str, end_day: str) -> str:
+    day = _DAY_START.format
+    return (
+        f"WITH {_DIRTY_DAYS.format(p=p, s=s, e=e)} "
+        f'SELECT {day("r.day")} AS "timestamp", r.name, r.user_id, r.events '
+        f"FROM rollup_user_daily_names r WHERE r.product = {p} "
+        f"AND r.day >= {start_day} AND r.day < {end_day} "
+        "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = r.day) "
+        'UNION ALL SELECT ev."timestamp", ev.name, ev.user_id, 1::bigint FROM dirty '
+        f'JOIN events ev ON ev.product = {p} AND ev."timestamp" >= {day("dirty.day")} '
+        f"AND ev.\"timestamp\" < {day('dirty.day')} + interval '1 day'"
+    )
+
+
+def _user_daily_props_relation(
+    p: str, s: str, e: str, start_day: str, end_day: str, key: str, raw_value: str
+) -> str:
+    """Rollup rows for the key's clean days, raw rows for its marked ones; and
+    raw rows for the whole range if the key is not (or no longer) rolled up."""
+    day = _DAY_START.format
+    declared = f"EXISTS (SELECT 1 FROM rollup_property_keys WHERE key = {key})"
+    return (
+        f"WITH {_DIRTY_DAYS.format(p=p, s=s, e=e)} "
+        f'SELECT {day("r.day")} AS "timestamp", r.value AS prop_value, r.user_id, r.events '
+        f"FROM rollup_user_daily_props r WHERE r.product = {p} AND r.key = {key} "
+        f"AND r.day >= {start_day} AND r.day < {end_day} "
+        "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = r.day) "
+        f'UNION ALL SELECT events."timestamp", {raw_value}, events.user_id, 1::bigint FROM dirty '
+        f'JOIN events ON events.product = {p} AND events."timestamp" >= {day("dirty.day")} '
+        f"AND events.\"timestamp\" < {day('dirty.day')} + interval '1 day' "
+        f"WHERE {declared} "
+        f'UNION ALL SELECT "timestamp", {raw_value}, user_id, 1::bigint FROM events '
+        f'WHERE NOT {declared} AND product = {p} AND "timestamp" >= {s} AND "timestamp" < {e}'
     )
 
 
@@ -341,8 +432,7 @@ def user_period_series(
         f"WHERE dirty.day >= {lo} AND dirty.day < {hi}) AS x)"
     )
     return (
-        "WITH dirty AS (SELECT DISTINCT (hour AT TIME ZONE 'UTC')::date AS day "
-        f"FROM rollup_dirty WHERE product = {p} AND hour >= {s} AND hour < {e}), "
+        f"WITH {_DIRTY_DAYS.format(p=p, s=s, e=e)}, "
         f"series AS (SELECT generate_series({first}, {last}, {step}) AS d0) "
         f"SELECT series.d0, CASE WHEN u.users IS NOT NULL THEN u.users ELSE {counted} END AS m0, "
         "count(*) OVER () AS total_rows FROM series "
@@ -361,6 +451,8 @@ __all__ = [
     "hourly_eligible",
     "rollup_source",
     "user_daily_eligible",
+    "user_daily_names_eligible",
+    "user_daily_props_eligible",
     "user_period_series",
     "users_by_period",
 ]

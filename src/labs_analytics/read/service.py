@@ -196,6 +196,8 @@ class ReadService:
                 "narrow its date range or filters"
             ) from None
         except _CONNECTION_LOST as exc:
+            if isinstance(exc, asyncpg.InterfaceError) and not connection.is_closed():
+                raise  # a misuse on a live connection (a bug): the 500 handler logs it
             # A pooled connection whose server went away since (a restart, a
             # failover): the next request gets a new one, or this same answer.
             log.warning("read.connection_lost", error=f"{type(exc).__name__}: {exc}")

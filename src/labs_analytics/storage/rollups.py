@@ -7,13 +7,22 @@ Three tables hold counts computed from ``events``:
 - ``rollup_users``: distinct users per (product, period, start), the period a
   UTC day, an ISO week (from its Monday) or a month, from ``rollup_user_daily``;
 - ``rollup_hourly_props``: events per (product, property key, UTC hour, name,
-  value), for the keys listed in ``rollup_property_keys`` (``ROLLUP_PROPERTIES``).
+  value), for the keys listed in ``rollup_property_keys`` (``ROLLUP_PROPERTIES``);
+- ``rollup_user_daily_names``: events per (product, UTC day, name, user), a
+  NULL user for the events without one;
+- ``rollup_user_daily_props``: events per (product, key, UTC day, value, user),
+  likewise, for the listed keys.
+
+The two last count distinct users per name or per value over a range of days
+(top events and top values with users) from a row per user and day, not one
+per event.
 
 ``rollup_dirty`` holds a mark per (product, UTC hour) whose raw rows changed
 since it was rolled up. A flush marks every hour it wrote into, in its own
 transaction, with ``mark_dirty_sql``; ``refresh_rollups`` recomputes marked
 hours (and the whole days around them) from ``events`` and removes their
 marks, then the periods of the days it rewrote from ``rollup_user_daily``.
+The three day-level tables are rewritten together, a day at a time.
 Reads (``read.rollup_plan``) take rollup rows for unmarked hours, days and
 periods only, raw rows for the rest, in one statement: one snapshot.
 
@@ -44,9 +53,10 @@ The property keys follow ``ROLLUP_PROPERTIES`` (``sync_property_keys``, at the
 start of a refresh, under its lock). A key added is listed in the same
 transaction as a mark for every hour that has rollup rows (every other hour
 with events is marked already), so from its commit on, each hour has that
-key's rows or a mark, as for the other rollups; the refreshes that take those
-marks write them. A key dropped goes with its rows in one transaction; reads
-check the list in the statement they read by (``read.rollup_plan``).
+key's rows or a mark, and each day its day-level rows or a mark in one of its
+hours, as for the other rollups; the refreshes that take those marks write
+them. A key dropped goes with its rows in one transaction; reads check the
+list in the statement they read by (``read.rollup_plan``).
 
 Retention (``storage.retention``) deletes raw rows without marking anything:
 rollups outlive the raw events they were computed from. So an hour (a day)
@@ -150,16 +160,42 @@ _DELETE_USER_DAILY_SQL = f"""
 DELETE FROM rollup_user_daily r USING {_DAYS}
 WHERE r.product = d.product AND r.day = d.day
 """
+_DELETE_USER_DAILY_NAMES_SQL = f"""
+DELETE FROM rollup_user_daily_names r USING {_DAYS}
+WHERE r.product = d.product AND r.day = d.day
+"""
+# Every key's rows, listed or not: a key dropped has none left (sync_property_keys).
+_DELETE_USER_DAILY_PROPS_SQL = f"""
+DELETE FROM rollup_user_daily_props r USING {_DAYS}
+WHERE r.product = d.product AND r.day = d.day
+"""
 # The whole day, whichever of its hours were marked: a day's distinct users
-# cannot be patched hour by hour.
-_INSERT_USER_DAILY_SQL = f"""
-INSERT INTO rollup_user_daily (product, day, user_id, events)
-SELECT d.product, d.day, e.user_id, count(*)
+# cannot be patched hour by hour. The day's events are read once, for the
+# names; the users' rows are summed from those.
+_INSERT_USER_DAILY_NAMES_SQL = f"""
+INSERT INTO rollup_user_daily_names (product, day, name, user_id, events)
+SELECT d.product, d.day, e.name, e.user_id, count(*)
 FROM {_DAYS}
 JOIN events e ON e.product = d.product
     AND e."timestamp" >= {_DAY_START} AND e."timestamp" < {_DAY_START} + interval '1 day'
-    AND e.user_id IS NOT NULL
+GROUP BY 1, 2, 3, 4
+"""
+_INSERT_USER_DAILY_SQL = f"""
+INSERT INTO rollup_user_daily (product, day, user_id, events)
+SELECT d.product, d.day, r.user_id, sum(r.events)
+FROM {_DAYS}
+JOIN rollup_user_daily_names r ON r.product = d.product AND r.day = d.day
+WHERE r.user_id IS NOT NULL
 GROUP BY 1, 2, 3
+"""
+_INSERT_USER_DAILY_PROPS_SQL = f"""
+INSERT INTO rollup_user_daily_props (product, key, day, value, user_id, events)
+SELECT d.product, k.key, d.day, e.properties #>> k.path, e.user_id, count(*)
+FROM {_DAYS}
+JOIN events e ON e.product = d.product
+    AND e."timestamp" >= {_DAY_START} AND e."timestamp" < {_DAY_START} + interval '1 day'
+CROSS JOIN {_DECLARED_KEYS}
+GROUP BY 1, 2, 3, 4, 5
 """
 # The day, ISO week and month of each day just rewritten, unless a mark is
 # left anywhere in the period: that period is read raw, and recomputed with
@@ -232,8 +268,12 @@ async def refresh_rollups(
             (_INSERT_PROPS_SQL, live_hours),
             # Every mark taken, before the days: a day is redone once no mark is left in it.
             (_DELETE_MARKS_SQL, every),
+            (_DELETE_USER_DAILY_NAMES_SQL, live_days),
             (_DELETE_USER_DAILY_SQL, live_days),
-            (_INSERT_USER_DAILY_SQL, live_days),
+            (_DELETE_USER_DAILY_PROPS_SQL, live_days),
+            (_INSERT_USER_DAILY_NAMES_SQL, live_days),
+            (_INSERT_USER_DAILY_SQL, live_days),  # after the names: summed from them
+            (_INSERT_USER_DAILY_PROPS_SQL, live_days),
             (_UPSERT_USERS_SQL, live_days),  # after the days: counted from their new rows
         ):
             if products:
@@ -250,7 +290,8 @@ async def sync_property_keys(conn: asyncpg.Connection, keys: Sequence[str]) -> N
     dropped = sorted(listed - set(keys))
     added = sorted(set(keys) - listed)
     if dropped:
-        await conn.execute("DELETE FROM rollup_hourly_props WHERE key = ANY($1::text[])", dropped)
+        for table in ("rollup_hourly_props", "rollup_user_daily_props"):
+            await conn.execute(f"DELETE FROM {table} WHERE key = ANY($1::text[])", dropped)
         await conn.execute("DELETE FROM rollup_property_keys WHERE key = ANY($1::text[])", dropped)
     if added:
         await conn.execute(
@@ -293,6 +334,8 @@ class RollupStatus:
     user_daily_rows: int
     users_rows: int
     props_rows: int
+    user_daily_names_rows: int
+    user_daily_props_rows: int
     property_keys: list[str]
 
 
@@ -304,6 +347,8 @@ async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
         "(SELECT count(*) FROM rollup_user_daily) AS user_daily_rows, "
         "(SELECT count(*) FROM rollup_users) AS users_rows, "
         "(SELECT count(*) FROM rollup_hourly_props) AS props_rows, "
+        "(SELECT count(*) FROM rollup_user_daily_names) AS user_daily_names_rows, "
+        "(SELECT count(*) FROM rollup_user_daily_props) AS user_daily_props_rows, "
         "(SELECT coalesce(array_agg(key ORDER BY key), '{}') FROM rollup_property_keys) AS keys"
     )
     assert row is not None
@@ -314,6 +359,8 @@ async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
         user_daily_rows=row["user_daily_rows"],
         users_rows=row["users_rows"],
         props_rows=row["props_rows"],
+        user_daily_names_rows=row["user_daily_names_rows"],
+        user_daily_props_rows=row["user_daily_props_rows"],
         property_keys=list(row["keys"]),
     )
 
