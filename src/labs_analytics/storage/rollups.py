@@ -118,6 +118,25 @@ _DAYS = f"""(
     )
 ) AS d"""
 
+# The raw rows of one mark's hour (or one day): a LATERAL subquery that is
+# never merged into the statement (its OFFSET 0 keeps it a subquery), so each
+# mark reads its own hour through an index, the other partitions pruned as it
+# runs. Joined, the planner took a hash join over every partition past ~100
+# marks: each refresh read the whole table (11 s for 200 hours of a
+# 10-million-event table, growing with it).
+_HOUR_ROWS = """LATERAL (
+    SELECT {columns} FROM events
+    WHERE product = mark.product
+      AND "timestamp" >= mark.hour AND "timestamp" < mark.hour + interval '1 hour'
+    OFFSET 0
+) AS e"""
+_DAY_ROWS = f"""LATERAL (
+    SELECT {{columns}} FROM events
+    WHERE product = d.product
+      AND "timestamp" >= {_DAY_START} AND "timestamp" < {_DAY_START} + interval '1 day'
+    OFFSET 0
+) AS e"""
+
 _DELETE_HOURLY_SQL = f"""
 DELETE FROM rollup_hourly r USING {_MARKS}
 WHERE r.product = mark.product AND r.hour = mark.hour
@@ -126,8 +145,7 @@ _INSERT_HOURLY_SQL = f"""
 INSERT INTO rollup_hourly (product, hour, name, events)
 SELECT mark.product, mark.hour, e.name, count(*)
 FROM {_MARKS}
-JOIN events e ON e.product = mark.product
-    AND e."timestamp" >= mark.hour AND e."timestamp" < mark.hour + interval '1 hour'
+CROSS JOIN {_HOUR_ROWS.format(columns="name")}
 GROUP BY 1, 2, 3
 """
 # Every declared key's rows, recomputed for the marked hours: the key's value
@@ -141,8 +159,7 @@ _INSERT_PROPS_SQL = f"""
 INSERT INTO rollup_hourly_props (product, key, hour, name, value, events)
 SELECT mark.product, k.key, mark.hour, e.name, e.properties #>> k.path, count(*)
 FROM {_MARKS}
-JOIN events e ON e.product = mark.product
-    AND e."timestamp" >= mark.hour AND e."timestamp" < mark.hour + interval '1 hour'
+CROSS JOIN {_HOUR_ROWS.format(columns="name, properties")}
 CROSS JOIN {_DECLARED_KEYS}
 GROUP BY 1, 2, 3, 4, 5
 """
@@ -176,8 +193,7 @@ _INSERT_USER_DAILY_NAMES_SQL = f"""
 INSERT INTO rollup_user_daily_names (product, day, name, user_id, events)
 SELECT d.product, d.day, e.name, e.user_id, count(*)
 FROM {_DAYS}
-JOIN events e ON e.product = d.product
-    AND e."timestamp" >= {_DAY_START} AND e."timestamp" < {_DAY_START} + interval '1 day'
+CROSS JOIN {_DAY_ROWS.format(columns="name, user_id")}
 GROUP BY 1, 2, 3, 4
 """
 _INSERT_USER_DAILY_SQL = f"""
@@ -192,8 +208,7 @@ _INSERT_USER_DAILY_PROPS_SQL = f"""
 INSERT INTO rollup_user_daily_props (product, key, day, value, user_id, events)
 SELECT d.product, k.key, d.day, e.properties #>> k.path, e.user_id, count(*)
 FROM {_DAYS}
-JOIN events e ON e.product = d.product
-    AND e."timestamp" >= {_DAY_START} AND e."timestamp" < {_DAY_START} + interval '1 day'
+CROSS JOIN {_DAY_ROWS.format(columns="properties, user_id")}
 CROSS JOIN {_DECLARED_KEYS}
 GROUP BY 1, 2, 3, 4, 5
 """
