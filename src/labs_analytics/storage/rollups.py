@@ -106,7 +106,10 @@ _DAY_START = "(d.day::timestamp AT TIME ZONE 'UTC')"
 # The days of the marks taken that no other mark is left in (run after the
 # taken marks are deleted): a day still marked elsewhere reads raw anyway, and
 # is recomputed with its last mark, so each day is scanned about once, not
-# once per hour of it.
+# once per hour of it. OFFSET 0 keeps the days a subquery of their own, found
+# before any row is read: merged into the statement, the check for marks ran
+# once per row of the days (a day's user rows against every mark of the
+# product, 30 s a refresh on the 10-million-event data set).
 _DAYS = f"""(
     SELECT product, day FROM (
         SELECT DISTINCT product, (hour AT TIME ZONE 'UTC')::date AS day FROM {_MARKS}
@@ -116,6 +119,7 @@ _DAYS = f"""(
         WHERE m.product = d.product
           AND m.hour >= {_DAY_START} AND m.hour < {_DAY_START} + interval '1 day'
     )
+    OFFSET 0
 ) AS d"""
 
 # The raw rows of one mark's hour (or one day): a LATERAL subquery that is
@@ -200,8 +204,11 @@ _INSERT_USER_DAILY_SQL = f"""
 INSERT INTO rollup_user_daily (product, day, user_id, events)
 SELECT d.product, d.day, r.user_id, sum(r.events)
 FROM {_DAYS}
-JOIN rollup_user_daily_names r ON r.product = d.product AND r.day = d.day
-WHERE r.user_id IS NOT NULL
+CROSS JOIN LATERAL (
+    SELECT user_id, events FROM rollup_user_daily_names
+    WHERE product = d.product AND day = d.day AND user_id IS NOT NULL
+    OFFSET 0
+) AS r
 GROUP BY 1, 2, 3
 """
 _INSERT_USER_DAILY_PROPS_SQL = f"""
