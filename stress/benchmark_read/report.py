@@ -59,7 +59,8 @@ def dashboard_line(dashboard: DashboardResult | None) -> str:
         return f"skipped: {dashboard.skipped}"
     return (
         f"{_ms(dashboard.loads)} ms (p50 / p95 of {len(dashboard.loads.samples_ms)} loads, "
-        f"`/dashboard?{dashboard.view}`, navigation start to every panel rendered)"
+        f"`/dashboard?{dashboard.view}`, navigation start to the page's `dashboard:ready` "
+        "mark: every panel painted)"
     )
 
 
