@@ -6,6 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist), each with its own PostgreSQL and Redis; a test
+# file stays in one process (its module fixtures are shared). 0: one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 WORKERS ?= 2
 SUSTAIN ?= 60
 SOAK    ?= 60
@@ -41,16 +45,16 @@ run: install  ## embedded PostgreSQL + Redis, migrate, create a dev key, serve o
 	$(BIN)/labs-analytics dev --port $(PORT)
 
 test: install browser  ## the whole suite: unit, integration, faults, browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-unit: install
-	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
 
 test-integration: install
-	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
 test-faults: install
-	$(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
+	$(PYTEST) tests/faults $(PYTEST_ARGS)
 
 lint: install  ## ruff, ruff-format and mypy, as in pre-commit and CI
 	$(BIN)/ruff check .

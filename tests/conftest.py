@@ -25,7 +25,7 @@ from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis
 from labs_analytics.settings import Settings, to_asyncpg_dsn
 from labs_analytics.storage import migrations
 from tests.helpers import (
-    BROWSER_SKIPPED_BECAUSE,
+    BROWSER_SKIPPED,
     ApiFactory,
     Servers,
     fast_settings,
@@ -79,9 +79,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Skipped browser tests are said at the end, where nobody misses it."""
-    reason = terminalreporter.config.stash.get(BROWSER_SKIPPED_BECAUSE, None)
-    if reason is not None:
+    """Skipped browser tests are said at the end, where nobody misses it. Read
+    from the skip reports, which reach this process from xdist's workers too."""
+    reasons = set()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        text = str(longrepr[2]) if isinstance(longrepr, tuple) else ""
+        if BROWSER_SKIPPED in text:
+            reasons.add(text.split(BROWSER_SKIPPED, 1)[1])
+    for reason in sorted(reasons):
         terminalreporter.section("BROWSER TESTS SKIPPED", sep="!", red=True, bold=True)
         terminalreporter.line(f"The dashboard was not tested in a browser: {reason}.")
         terminalreporter.line("CI sets REQUIRE_BROWSER=1, which makes this a failure.")

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from tests.helpers import (
-    BROWSER_SKIPPED_BECAUSE,
+    BROWSER_SKIPPED,
     REPO,
     ServeProcess,
     Servers,
@@ -71,13 +71,12 @@ def _missing_browser() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def chromium_path(request: pytest.FixtureRequest) -> str:
+def chromium_path() -> str:
     reason = _missing_browser()
     if reason is not None:
         if os.environ.get("REQUIRE_BROWSER") == "1":
             pytest.fail(f"REQUIRE_BROWSER=1 but the browser tests cannot run: {reason}")
-        request.config.stash[BROWSER_SKIPPED_BECAUSE] = reason
-        pytest.skip(f"BROWSER TESTS SKIPPED: {reason}")
+        pytest.skip(f"{BROWSER_SKIPPED}{reason}")
     path = find_chromium()
     assert path is not None
     return path

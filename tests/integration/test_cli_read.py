@@ -56,7 +56,7 @@ async def test_query_flags_and_the_table(settings: Settings, db: asyncpg.Connect
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["time:week", "events", "users"]
     assert [line.split()[0] for line in lines[1:-1]] == ["2026-10-26", "2026-11-02"]
-    assert lines[-1].startswith("2 of 2 rows, raw")
+    assert lines[-1].startswith("2 of 2 rows, rollup")  # users by name: a day-level rollup
 
 
 async def test_a_bad_query_says_which_field(settings: Settings) -> None:

@@ -53,6 +53,11 @@ async def run_locust(base_url: str, key: str, csv_prefix: Path) -> subprocess.Co
         "5",
         "-t",
         "5s",
+        # Users finish the request they are sending when the time is up, so the
+        # stats count every request the server may have answered (terminated
+        # immediately, a batch could land uncounted and break the bounds below).
+        "--stop-timeout",
+        "30",
         "--host",
         base_url,
         "--csv",
