@@ -126,7 +126,7 @@ _DAYS = f"""(
 # never merged into the statement (its OFFSET 0 keeps it a subquery), so each
 # mark reads its own hour through an index, the other partitions pruned as it
 # runs. Joined, the planner took a hash join over every partition past ~100
-# marks: each refresh read the whole table (11 s for 200 hours of a
+# marks: each refresh read the whole table (11 to 25 s for 200 hours of a
 # 10-million-event table, growing with it).
 _HOUR_ROWS = """LATERAL (
     SELECT {columns} FROM events
