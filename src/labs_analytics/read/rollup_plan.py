@@ -327,6 +327,15 @@ _DIRTY_DAYS = (
 )
 
 
+def _marked_days_events(p: str, columns: str) -> str:
+    """``columns`` of the product's raw events on the marked days (the ``dirty`` CTE)."""
+    day = _DAY_START.format("dirty.day")
+    return (
+        f"SELECT {columns} FROM dirty JOIN events ON events.product = {p} "
+        f'AND events."timestamp" >= {day} AND events."timestamp" < {day} + interval \'1 day\''
+    )
+
+
 def _user_daily_relation(p: str, s: str, e: str, start_day: str, end_day: str) -> str:
     """A day with any marked hour is dirty: its users are read raw.
 
@@ -350,9 +359,7 @@ def _user_daily_relation(p: str, s: str, e: str, start_day: str, end_day: str) -
         "FROM every LEFT JOIN with_user ON with_user.day = every.day "
         "WHERE every.events > coalesce(with_user.events, 0) "
         "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = every.day) "
-        'UNION ALL SELECT ev."timestamp", ev.user_id, 1::bigint FROM dirty '
-        f'JOIN events ev ON ev.product = {p} AND ev."timestamp" >= {day("dirty.day")} '
-        f"AND ev.\"timestamp\" < {day('dirty.day')} + interval '1 day'"
+        "UNION ALL " + _marked_days_events(p, 'events."timestamp", events.user_id, 1::bigint')
     )
 
 
@@ -364,9 +371,8 @@ def _user_daily_names_relation(p: str, s: str, e: str, start_day: str, end_day: 
         f"FROM rollup_user_daily_names r WHERE r.product = {p} "
         f"AND r.day >= {start_day} AND r.day < {end_day} "
         "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = r.day) "
-        'UNION ALL SELECT ev."timestamp", ev.name, ev.user_id, 1::bigint FROM dirty '
-        f'JOIN events ev ON ev.product = {p} AND ev."timestamp" >= {day("dirty.day")} '
-        f"AND ev.\"timestamp\" < {day('dirty.day')} + interval '1 day'"
+        "UNION ALL "
+        + _marked_days_events(p, 'events."timestamp", events.name, events.user_id, 1::bigint')
     )
 
 
@@ -383,10 +389,9 @@ def _user_daily_props_relation(
         f"FROM rollup_user_daily_props r WHERE r.product = {p} AND r.key = {key} "
         f"AND r.day >= {start_day} AND r.day < {end_day} "
         "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = r.day) "
-        f'UNION ALL SELECT events."timestamp", {raw_value}, events.user_id, 1::bigint FROM dirty '
-        f'JOIN events ON events.product = {p} AND events."timestamp" >= {day("dirty.day")} '
-        f"AND events.\"timestamp\" < {day('dirty.day')} + interval '1 day' "
-        f"WHERE {declared} "
+        "UNION ALL "
+        + _marked_days_events(p, f'events."timestamp", {raw_value}, events.user_id, 1::bigint')
+        + f" WHERE {declared} "
         f'UNION ALL SELECT "timestamp", {raw_value}, user_id, 1::bigint FROM events '
         f'WHERE NOT {declared} AND product = {p} AND "timestamp" >= {s} AND "timestamp" < {e}'
     )
@@ -420,16 +425,14 @@ def user_period_series(
     period_start = "series.d0::date"
     period_end = f"(series.d0 + {step})::date"
     lo, hi = f"greatest({period_start}, {start_day})", f"least({period_end}, {end_day})"
-    day = _DAY_START.format
     counted = (
         "(SELECT count(DISTINCT x.user_id) FROM ("
         f"SELECT r.user_id FROM rollup_user_daily r WHERE r.product = {p} "
         f"AND r.day >= {lo} AND r.day < {hi} "
         "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = r.day) "
-        f"UNION ALL SELECT ev.user_id FROM dirty JOIN events ev ON ev.product = {p} "
-        f'AND ev."timestamp" >= {day("dirty.day")} '
-        f"AND ev.\"timestamp\" < {day('dirty.day')} + interval '1 day' "
-        f"WHERE dirty.day >= {lo} AND dirty.day < {hi}) AS x)"
+        "UNION ALL "
+        + _marked_days_events(p, "events.user_id")
+        + f" WHERE dirty.day >= {lo} AND dirty.day < {hi}) AS x)"
     )
     return (
         f"WITH {_DIRTY_DAYS.format(p=p, s=s, e=e)}, "
