@@ -50,6 +50,7 @@ TABLES = (
     "rollup_property_keys",
     "rollup_user_daily_names",
     "rollup_user_daily_props",
+    "rollup_user_hours",
 )
 
 

@@ -324,3 +324,61 @@ async def test_the_day_level_migration_rolls_up_every_stored_day_by_name_and_val
         assert await conn.fetchval("SELECT to_regclass('rollup_user_daily_props')") is None
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def database_at_day_level_rollups(servers: Servers) -> Iterator[str]:
+    with scratch_database(servers, "0010_user_daily_names_props") as url:
+        yield url
+
+
+async def test_the_user_hours_migration_rolls_up_every_stored_day_by_user_and_hour(
+    database_at_day_level_rollups: str,
+) -> None:
+    """Events stored before revision 0011 get a row per (product, UTC day, user)
+    with their events per UTC hour, events without a user none; a downgrade
+    drops the table and the two indexes by user."""
+    url = database_at_day_level_rollups
+    stored = [  # (product, timestamp, user)
+        ("clubs", "2026-11-03 23:59:59Z", "u1"),
+        ("clubs", "2026-11-03 23:00:00Z", "u1"),
+        ("clubs", "2026-11-03 00:00:00Z", "u1"),
+        ("clubs", "2026-11-03 09:00:00Z", None),
+        ("clubs", "2026-11-04 00:00:00Z", "u2"),
+        ("mobile", "2026-11-03 10:30:00Z", "u1"),
+    ]
+    conn = await asyncpg.connect(to_asyncpg_dsn(url))
+    try:
+        await conn.executemany(
+            'INSERT INTO events ("timestamp", event_id, product, name, user_id, properties, '
+            "received_at) VALUES ($1::text::timestamptz, $2, $3, 'a', $4, '{}', now())",
+            [(at, uuid.uuid4(), product, user) for product, at, user in stored],
+        )
+        await asyncio.to_thread(upgrade_database, url, "0011_user_hours")
+        rows = await conn.fetch(
+            "SELECT product, day::text, user_id, events_by_hour FROM rollup_user_hours "
+            "ORDER BY 1, 2, 3"
+        )
+
+        def hours(**counts: int) -> list[int]:
+            return [counts.get(f"h{hour}", 0) for hour in range(24)]
+
+        assert [tuple(row) for row in rows] == [
+            ("clubs", "2026-11-03", "u1", hours(h0=1, h23=2)),
+            ("clubs", "2026-11-04", "u2", hours(h0=1)),
+            ("mobile", "2026-11-03", "u1", hours(h10=1)),
+        ]
+        indexes = await conn.fetchval(
+            "SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%\\_user\\_day'"
+        )
+        assert indexes == 3
+        await asyncio.to_thread(downgrade_database, url, "0010_user_daily_names_props")
+        assert await conn.fetchval("SELECT to_regclass('rollup_user_hours')") is None
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%\\_user\\_day'"
+            )
+            == 0
+        )
+    finally:
+        await conn.close()

@@ -247,6 +247,7 @@ def as_json(summary: dict[str, Any]) -> dict[str, Any]:
 def normalized(answer: dict[str, Any]) -> dict[str, Any]:
     """The answer with its instants parsed back and written the reference's way."""
     del answer["took_ms"]
+    assert answer.pop("source") in ("raw", "rollup")
     for key in ("first_seen", "last_seen"):
         if answer[key] is not None:
             answer[key] = dt.datetime.fromisoformat(answer[key].replace("Z", "+00:00")).isoformat()

@@ -130,6 +130,9 @@ class UserSummary(BaseModel):
     most_active_weekday: WeekdayCount | None = Field(description="Ties: the earliest weekday.")
     most_active_hour: HourCount | None = Field(description="Ties: the earliest hour.")
     longest_streak: Streak | None = Field(description="Ties: the earliest run.")
+    source: str = Field(
+        description="`rollup` (whole clean UTC days from the rollups, the rest raw) or `raw`."
+    )
     took_ms: float
 
 

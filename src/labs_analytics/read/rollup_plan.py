@@ -129,7 +129,7 @@ def _hourly_shape(request: QueryRequest, interval: Interval) -> bool:
         all(metric.kind == "events" for metric in request.parsed_metrics())
         and all(flt.field.column == "name" for flt in request.parsed_filters())
         and _on_utc_boundary(interval, HOUR)
-        and _offsets_whole_hours(request.timezone, interval)
+        and offsets_whole_hours(request.timezone, interval)
     )
 
 
@@ -198,7 +198,7 @@ def _on_utc_boundary(interval: Interval, unit: dt.timedelta) -> bool:
     )
 
 
-def _offsets_whole_hours(zone: str, interval: Interval) -> bool:
+def offsets_whole_hours(zone: str, interval: Interval) -> bool:
     offsets = _offsets(zone, interval)
     return bool(offsets) and all(offset % HOUR == dt.timedelta(0) for offset in offsets)
 
@@ -452,6 +452,7 @@ __all__ = [
     "Source",
     "choose_plan",
     "hourly_eligible",
+    "offsets_whole_hours",
     "rollup_source",
     "user_daily_eligible",
     "user_daily_names_eligible",

@@ -169,6 +169,11 @@ class ReadService:
         }
 
     @property
+    def property_keys(self) -> frozenset[str]:
+        """The property keys rolled up (``ROLLUP_PROPERTIES``), as this process knows them."""
+        return self._property_keys
+
+    @property
     def timeout(self) -> float:
         """How long one statement may run (the client cancels it; the server too, a bit later)."""
         return self._timeout

@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+from collections.abc import Collection
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -45,6 +46,7 @@ from labs_analytics.auth.keys import ApiKey
 from labs_analytics.read.dates import Interval
 from labs_analytics.read.fields import FieldRef, parse_field
 from labs_analytics.read.request import check_timezone
+from labs_analytics.read.rollup_plan import offsets_whole_hours
 from labs_analytics.read.service import ReadService
 from labs_analytics.read.sql import SqlBuilder
 
@@ -171,63 +173,72 @@ def _interval(first: dt.date, last: dt.date, zone: ZoneInfo) -> Interval:
 class _Statement:
     """The whole summary as one statement: planned once, the user's rows read once.
 
-    ``mine`` is the user's rows in range, each with its local wall-clock hour
-    and the text of each top field. ``counts`` groups them by several keys in
-    one pass (``GROUPING SETS``: one hash table per key, no copy of the rows):
-    the whole range, each name, each local hour, each value of each top field;
-    ``grouped_by`` says which key a row counts by. Everything else is computed
-    from those few rows: weekdays, hours and days from the local hours (an
-    hour's events share its weekday and its day). Each part is a one-row
-    subquery, lists as arrays in their final order, so the answer is one row.
-    Every client value is a parameter; the keys and labels are this code's own.
+    ``counts`` is the user's events in range counted by several keys, a row
+    per key and value (``grouped_by`` says which key): each name, each local
+    wall-clock hour, each value of each top field. Everything else is computed
+    from those few rows: the total from the hours, weekdays, hours and days
+    from the local hours (an hour's events share its weekday and its day).
+    Each part is a one-row subquery, lists as arrays in their final order, so
+    the answer is one row. Every client value is a parameter; the keys and
+    labels are this code's own.
+
+    Raw (``rolled`` false), ``mine`` is the user's rows in range, each with its
+    local hour and the text of each top field, grouped by every key in one
+    pass (``GROUPING SETS``: one hash table per key, no copy of the rows).
+
+    Rolled (``rolled`` true: every top field a rolled-up property, and the
+    zone's offset a whole number of hours throughout the range), the whole UTC
+    days inside the range that no mark is in come from the day-level rollups
+    (``storage.rollups``): the user's events per UTC hour, per name and per
+    value, a row per day where the raw rows are a heap page per event. The
+    rest, the partial first and last UTC days and the marked days, are raw
+    rows grouped as above, and the two are added up. The statement itself
+    checks that the rollups may answer (``usable``): every top key is listed
+    in ``rollup_property_keys``, and no retention cutoff of the product lies
+    after the range's start (past it, the rollups keep counts of events
+    retention deleted); else it reads every raw row, as the raw statement
+    does. First and last seen are read from the index on (product, user,
+    time) either way: two lookups.
     """
 
     def __init__(
-        self, product: str, user: str, interval: Interval, zone: str, fields: list[FieldRef]
+        self,
+        product: str,
+        user: str,
+        interval: Interval,
+        zone: str,
+        fields: list[FieldRef],
+        *,
+        rolled: bool = False,
     ) -> None:
         self.product = product
         self.user = user
         self.interval = interval
         self.zone = zone
         self.fields = fields
+        self.rolled = rolled
+        self.tops = [f"top_{index}" for index in range(len(fields))]
+        self.keys = ["name", "local_hour", *self.tops]
 
     def sql(self) -> tuple[str, list[Any]]:
         builder = SqlBuilder()
-        tops = [f"top_{index}" for index in range(len(self.fields))]
-        keys = ["name", "local_hour", *tops]
-        top_columns = "".join(
-            f", {builder.text_of(field)} AS {top}"
-            for field, top in zip(self.fields, tops, strict=True)
-        )
-        local = f'"timestamp" AT TIME ZONE {builder.param(self.zone, "text")}'
-        mine = (
-            'SELECT "timestamp", name, '
-            f"date_trunc('hour', {local}) AS local_hour{top_columns} FROM events "
-            f"WHERE product = {builder.param(self.product)} "
-            f"AND user_id = {builder.param(self.user)} "
-            f'AND "timestamp" >= {builder.param(self.interval.start)} '
-            f'AND "timestamp" < {builder.param(self.interval.end)}'
-        )
-        grouped_by = " ".join(f"WHEN GROUPING({key}) = 0 THEN '{key}'" for key in keys)
-        counts = (
-            f"SELECT CASE {grouped_by} ELSE 'total' END AS grouped_by, {', '.join(keys)}, "
-            'count(*) AS events, min("timestamp") AS first_seen, max("timestamp") AS last_seen '
-            f"FROM mine GROUP BY GROUPING SETS ((), {', '.join(f'({key})' for key in keys)})"
-        )
+        if self.rolled:
+            counts, totals = self._rolled_counts(builder)
+        else:
+            counts, totals = self._raw_counts(builder)
         parts = [
-            "(SELECT events, first_seen, last_seen FROM counts "
-            "WHERE grouped_by = 'total') AS totals",
+            totals,
             self._ranked("name", builder.param(MAX_NAMES), "names", "name_events"),
             self._clock(),
             *(
                 self._ranked(
                     top, builder.param(TOP_VALUES), f"top_values_{index}", f"top_events_{index}"
                 )
-                for index, top in enumerate(tops)
+                for index, top in enumerate(self.tops)
             ),
         ]
         sql = (
-            f"WITH mine AS ({mine}), counts AS ({counts}), "
+            f"WITH {counts}, "
             "days AS (SELECT DISTINCT local_hour::date AS day FROM counts "
             "WHERE grouped_by = 'local_hour'), "
             # Consecutive days minus their rank are one constant date per run.
@@ -241,6 +252,137 @@ class _Statement:
             "ORDER BY streak_days DESC, streak_first_day ASC LIMIT 1) AS streak ON true"
         )
         return sql, builder.args
+
+    def _raw_counts(self, builder: SqlBuilder) -> tuple[str, str]:
+        """``mine`` and ``counts`` over every raw row; the totals from the empty grouping set."""
+        mine = self._mine(builder, self._user_rows(builder, self.interval.start, self.interval.end))
+        grouped_by = " ".join(f"WHEN GROUPING({key}) = 0 THEN '{key}'" for key in self.keys)
+        counts = (
+            f"SELECT CASE {grouped_by} ELSE 'total' END AS grouped_by, {', '.join(self.keys)}, "
+            'count(*) AS events, min("timestamp") AS first_seen, max("timestamp") AS last_seen '
+            f"FROM mine GROUP BY GROUPING SETS ((), {', '.join(f'({key})' for key in self.keys)})"
+        )
+        totals = (
+            "(SELECT events, first_seen, last_seen FROM counts "
+            "WHERE grouped_by = 'total') AS totals"
+        )
+        return f"mine AS ({mine}), counts AS ({counts})", totals
+
+    def _rolled_counts(self, builder: SqlBuilder) -> tuple[str, str]:
+        p, u = builder.param(self.product), builder.param(self.user)
+        s, e = builder.param(self.interval.start), builder.param(self.interval.end)
+        # The whole UTC days inside the range, as instants and as dates.
+        first, end = _whole_utc_days(self.interval)
+        d0, d1 = builder.param(first), builder.param(end)
+        day0, day1 = builder.param(first.date(), "date"), builder.param(end.date(), "date")
+        keys = [builder.param(".".join(field.path), "text") for field in self.fields]
+        declared = "".join(
+            f" AND EXISTS (SELECT 1 FROM rollup_property_keys WHERE key = {key})" for key in keys
+        )
+        usable = (
+            "usable AS (SELECT NOT EXISTS (SELECT 1 FROM product_retention "
+            f"WHERE product = {p} AND now() - make_interval(days => keep_days) > {s})"
+            f"{declared} AS ok)"
+        )
+        ok = "(SELECT ok FROM usable)"
+        dirty = (
+            "dirty AS (SELECT DISTINCT (hour AT TIME ZONE 'UTC')::date AS day FROM rollup_dirty "
+            f"WHERE product = {p} AND hour >= {d0} AND hour < {d1})"
+        )
+        day_start = "(dirty.day::timestamp AT TIME ZONE 'UTC')"
+        raw_rows = " UNION ALL ".join(
+            [
+                # The rollups may not answer: every raw row, as the raw statement reads.
+                f"{self._user_rows(builder, s, e)} AND NOT {ok}",
+                # The partial UTC days at either end, and the marked days.
+                f"{self._user_rows(builder, s, d0)} AND {ok}",
+                f"{self._user_rows(builder, d1, e)} AND {ok}",
+                # One marked day's rows through the index, the other partitions
+                # pruned as it runs (OFFSET 0 keeps it a subquery of its own).
+                f"SELECT mine_day.* FROM dirty CROSS JOIN LATERAL ("
+                f"{self._user_rows(builder, day_start, f'{day_start} + interval {_ONE_DAY}')} "
+                f"OFFSET 0) AS mine_day WHERE {ok}",
+            ]
+        )
+        mine = self._mine(builder, raw_rows)
+        grouped_by = " ".join(f"WHEN GROUPING({key}) = 0 THEN '{key}'" for key in self.keys)
+        raw_counts = (
+            f"SELECT CASE {grouped_by} END AS grouped_by, {', '.join(self.keys)}, "
+            "count(*) AS events "
+            f"FROM mine GROUP BY GROUPING SETS ({', '.join(f'({key})' for key in self.keys)})"
+        )
+        clean = (
+            f"r.product = {p} AND r.user_id = {u} AND r.day >= {day0} AND r.day < {day1} "
+            f"AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = r.day) AND {ok}"
+        )
+        zone = builder.param(self.zone, "text")
+        utc_hour = "((r.day::timestamp + (h.n - 1) * interval '1 hour') AT TIME ZONE 'UTC')"
+
+        def row(key: str, value: str) -> str:
+            return ", ".join(value if column == key else "NULL" for column in self.keys)
+
+        rolled = [
+            f"SELECT 'local_hour', {row('local_hour', 'c.local_hour')}, sum(c.events) "
+            "FROM rollup_user_hours r CROSS JOIN LATERAL ("
+            f"SELECT date_trunc('hour', {utc_hour} AT TIME ZONE {zone}) AS local_hour, h.events "
+            "FROM unnest(r.events_by_hour) WITH ORDINALITY AS h(events, n) "
+            f"WHERE h.events > 0) AS c WHERE {clean} GROUP BY c.local_hour",
+            f"SELECT 'name', {row('name', 'r.name')}, sum(r.events) "
+            f"FROM rollup_user_daily_names r WHERE {clean} GROUP BY r.name",
+            *(
+                f"SELECT '{top}', {row(top, 'r.value')}, sum(r.events) "
+                f"FROM rollup_user_daily_props r WHERE r.key = {key} AND r.value IS NOT NULL "
+                f"AND {clean} GROUP BY r.value"
+                for top, key in zip(self.tops, keys, strict=True)
+            ),
+        ]
+        counts = (
+            f"SELECT grouped_by, {', '.join(self.keys)}, sum(events)::bigint AS events FROM ("
+            f"SELECT grouped_by, {', '.join(self.keys)}, events FROM raw_counts "
+            f"UNION ALL {' UNION ALL '.join(rolled)}) AS parts "
+            f"GROUP BY grouped_by, {', '.join(self.keys)}"
+        )
+        seen = (
+            f'SELECT {{}}("timestamp") FROM events WHERE product = {p} AND user_id = {u} '
+            f'AND "timestamp" >= {s} AND "timestamp" < {e}'
+        )
+        totals = (
+            "(SELECT coalesce(sum(events), 0)::bigint AS events, "
+            f"({seen.format('min')}) AS first_seen, ({seen.format('max')}) AS last_seen "
+            "FROM counts WHERE grouped_by = 'local_hour') AS totals"
+        )
+        ctes = (
+            f"{usable}, {dirty}, mine AS ({mine}), raw_counts AS ({raw_counts}), "
+            f"counts AS ({counts})"
+        )
+        return ctes, totals
+
+    def _user_rows(
+        self, builder: SqlBuilder, start: str | dt.datetime, end: str | dt.datetime
+    ) -> str:
+        """The user's raw rows in ``[start, end)`` (SQL, or instants), as ``mine`` reads them."""
+        p, u = builder.param(self.product), builder.param(self.user)
+        lo = start if isinstance(start, str) else builder.param(start)
+        hi = end if isinstance(end, str) else builder.param(end)
+        columns = ", ".join(
+            ['"timestamp"', "name"]
+            + [
+                f"{builder.text_of(field)} AS {top}"
+                for field, top in zip(self.fields, self.tops, strict=True)
+            ]
+        )
+        return (
+            f"SELECT {columns} FROM events WHERE product = {p} AND user_id = {u} "
+            f'AND "timestamp" >= {lo} AND "timestamp" < {hi}'
+        )
+
+    def _mine(self, builder: SqlBuilder, rows: str) -> str:
+        """``rows`` with each one's local wall-clock hour."""
+        local = f'"timestamp" AT TIME ZONE {builder.param(self.zone, "text")}'
+        return (
+            f"SELECT \"timestamp\", name, date_trunc('hour', {local}) AS local_hour"
+            f"{''.join(f', {top}' for top in self.tops)} FROM ({rows}) AS raw_rows"
+        )
 
     @staticmethod
     def _ranked(key: str, limit: str, values: str, events: str) -> str:
@@ -265,16 +407,54 @@ class _Statement:
         )
 
 
+_ONE_DAY = "'1 day'"
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+
+
+def _whole_utc_days(interval: Interval) -> tuple[dt.datetime, dt.datetime]:
+    """``[first, end)`` midnights: the UTC days wholly inside the range; when
+    there is none, an empty range at its start (so the raw rows are all of it)."""
+    start = interval.start.astimezone(dt.UTC)
+    first = _midnight(start.date())
+    if first < start:
+        first += dt.timedelta(days=1)
+    end = _midnight(interval.end.astimezone(dt.UTC).date())
+    return (first, end) if first < end else (start, start)
+
+
 def _most(counts: list[int]) -> int | None:
     """The index with the most events, the earliest on ties; None when all are 0."""
     best = max(range(len(counts)), key=lambda index: (counts[index], -index))
     return best if counts[best] else None
 
 
+def rollups_can_answer(
+    fields: list[FieldRef], zone: str, interval: Interval, property_keys: Collection[str]
+) -> bool:
+    """Whether the rolled statement may answer: every top field a rolled-up
+    property, and each UTC hour of the range in one local hour."""
+    return all(
+        field.column == "properties" and ".".join(field.path) in property_keys for field in fields
+    ) and offsets_whole_hours(zone, interval)
+
+
 async def user_summary(
-    reads: ReadService, key: ApiKey, user: str, params: SummaryParams, now: dt.datetime
+    reads: ReadService,
+    key: ApiKey,
+    user: str,
+    params: SummaryParams,
+    now: dt.datetime,
+    *,
+    use_rollups: bool = True,
 ) -> dict[str, Any]:
-    """The summary of ``user`` in the key's product (or the one an admin names)."""
+    """The summary of ``user`` in the key's product (or the one an admin names).
+
+    ``use_rollups``: false reads every raw row even where the rollups could
+    answer (the same numbers; to compare the two).
+    """
     reads.admit(key)
     product = reads.product_for(key, params.product)
     started = time.monotonic()
@@ -282,7 +462,11 @@ async def user_summary(
     first_day, last_day = params.days(now)
     interval = _interval(first_day, last_day, zone)
     fields = params.top_fields()
-    sql, args = _Statement(product, user, interval, params.timezone, fields).sql()
+    rolled = use_rollups and rollups_can_answer(
+        fields, params.timezone, interval, reads.property_keys
+    )
+    statement = _Statement(product, user, interval, params.timezone, fields, rolled=rolled)
+    sql, args = statement.sql()
 
     async with reads.connection() as connection, connection.transaction():
         # One user's rows are found the same way whatever the range: an index
@@ -294,7 +478,7 @@ async def user_summary(
         await connection.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         # One statement, so one snapshot: the parts agree even while events arrive.
         row = await connection.fetchrow(sql, *args, timeout=reads.timeout)
-    assert row is not None  # the empty grouping set gives one row, even with no events
+    assert row is not None  # the totals are one row, even with no events
 
     weekdays, hours = [0] * 7, [0] * 24
     clock = (row["clock_weekdays"] or [], row["clock_hours"] or [], row["clock_events"] or [])
@@ -337,5 +521,6 @@ async def user_summary(
             "start": row["streak_first_day"],
             "end": row["streak_last_day"],
         },
+        "source": "rollup" if rolled else "raw",
         "took_ms": round((time.monotonic() - started) * 1000, 1),
     }

@@ -11,18 +11,20 @@ Three tables hold counts computed from ``events``:
 - ``rollup_user_daily_names``: events per (product, UTC day, name, user), a
   NULL user for the events without one;
 - ``rollup_user_daily_props``: events per (product, key, UTC day, value, user),
-  likewise, for the listed keys.
+  likewise, for the listed keys;
+- ``rollup_user_hours``: per (product, UTC day, user), the user's events in
+  each UTC hour of the day (24 counts), for one user's summary.
 
-The two last count distinct users per name or per value over a range of days
-(top events and top values with users) from a row per user and day, not one
-per event.
+The names and props tables count distinct users per name or per value over
+a range of days (top events and top values with users) from a row per user
+and day, not one per event.
 
 ``rollup_dirty`` holds a mark per (product, UTC hour) whose raw rows changed
 since it was rolled up. A flush marks every hour it wrote into, in its own
 transaction, with ``mark_dirty_sql``; ``refresh_rollups`` recomputes marked
 hours (and the whole days around them) from ``events`` and removes their
 marks, then the periods of the days it rewrote from ``rollup_user_daily``.
-The three day-level tables are rewritten together, a day at a time.
+The four day-level tables are rewritten together, a day at a time.
 Reads (``read.rollup_plan``) take rollup rows for unmarked hours, days and
 periods only, raw rows for the rest, in one statement: one snapshot.
 
@@ -211,6 +213,28 @@ CROSS JOIN LATERAL (
 ) AS r
 GROUP BY 1, 2, 3
 """
+# A user's events per UTC hour of the day, hour 0 first (one user's summary,
+# read.summary): a row per user and day, where raw events are a heap page each.
+EVENTS_BY_HOUR = (
+    "ARRAY["
+    + ", ".join(
+        f"""count(*) FILTER (WHERE extract(hour FROM "timestamp" AT TIME ZONE 'UTC') = {hour})"""
+        for hour in range(24)
+    )
+    + "]::integer[]"
+)
+_DELETE_USER_HOURS_SQL = f"""
+DELETE FROM rollup_user_hours r USING {_DAYS}
+WHERE r.product = d.product AND r.day = d.day
+"""
+_INSERT_USER_HOURS_SQL = f"""
+INSERT INTO rollup_user_hours (product, day, user_id, events_by_hour)
+SELECT d.product, d.day, e.user_id, {EVENTS_BY_HOUR}
+FROM {_DAYS}
+CROSS JOIN {_DAY_ROWS.format(columns='user_id, "timestamp"')}
+WHERE e.user_id IS NOT NULL
+GROUP BY 1, 2, 3
+"""
 _INSERT_USER_DAILY_PROPS_SQL = f"""
 INSERT INTO rollup_user_daily_props (product, key, day, value, user_id, events)
 SELECT d.product, k.key, d.day, e.properties #>> k.path, e.user_id, count(*)
@@ -293,9 +317,11 @@ async def refresh_rollups(
             (_DELETE_USER_DAILY_NAMES_SQL, live_days),
             (_DELETE_USER_DAILY_SQL, live_days),
             (_DELETE_USER_DAILY_PROPS_SQL, live_days),
+            (_DELETE_USER_HOURS_SQL, live_days),
             (_INSERT_USER_DAILY_NAMES_SQL, live_days),
             (_INSERT_USER_DAILY_SQL, live_days),  # after the names: summed from them
             (_INSERT_USER_DAILY_PROPS_SQL, live_days),
+            (_INSERT_USER_HOURS_SQL, live_days),
             (_UPSERT_USERS_SQL, live_days),  # after the days: counted from their new rows
         ):
             if products:
@@ -358,6 +384,7 @@ class RollupStatus:
     props_rows: int
     user_daily_names_rows: int
     user_daily_props_rows: int
+    user_hours_rows: int
     property_keys: list[str]
 
 
@@ -371,6 +398,7 @@ async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
         "(SELECT count(*) FROM rollup_hourly_props) AS props_rows, "
         "(SELECT count(*) FROM rollup_user_daily_names) AS user_daily_names_rows, "
         "(SELECT count(*) FROM rollup_user_daily_props) AS user_daily_props_rows, "
+        "(SELECT count(*) FROM rollup_user_hours) AS user_hours_rows, "
         "(SELECT coalesce(array_agg(key ORDER BY key), '{}') FROM rollup_property_keys) AS keys"
     )
     assert row is not None
@@ -383,6 +411,7 @@ async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
         props_rows=row["props_rows"],
         user_daily_names_rows=row["user_daily_names_rows"],
         user_daily_props_rows=row["user_daily_props_rows"],
+        user_hours_rows=row["user_hours_rows"],
         property_keys=list(row["keys"]),
     )
 
