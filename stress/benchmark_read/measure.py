@@ -2,24 +2,29 @@
 
 The HTTP timings are the targets' numbers: the whole request as a client
 sees it (connection kept alive). The in-process ones answer the same
-/v1/query body through ``ReadService.answer`` twice, with the rollups and
-with raw rows only (``use_rollups=False``, which the API does not offer), so
-the speed-up compares the two paths alone.
+/v1/query body through ``ReadService.answer`` (the user summary through
+``user_summary``) twice, with the rollups and with raw rows only
+(``use_rollups=False``, which the API does not offer), so the speed-up
+compares the two paths alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import psutil
 from stress.benchmark.stack import tree_rss
 
+from labs_analytics.auth.keys import ApiKey, Scope
 from labs_analytics.read.request import QueryRequest
 from labs_analytics.read.service import ReadService
+from labs_analytics.read.summary import SummaryParams, user_summary
 
 from .queries import Probe
 from .results import ExportResult, ProbeResult, Timing
@@ -57,9 +62,12 @@ async def measure_probe(
 ) -> ProbeResult:
     http = await timed(lambda: http_once(client, probe), runs)
     answer = await http_once(client, probe)
-    source = answer.get("meta", {}).get("source") if probe.has_rollup_path else None
     rollup = raw = None
-    if probe.has_rollup_path:
+    if probe.is_user_summary:
+        source = answer["source"]
+        rollup, raw = await _summary_in_process(reads, product, probe, runs, raw_runs)
+    elif probe.has_rollup_path:
+        source = answer["meta"]["source"]
         request = QueryRequest.model_validate(probe.body)
         rollup = await timed(lambda: reads.answer(product, request), runs)
         rollup_answer = await reads.answer(product, request)
@@ -67,6 +75,8 @@ async def measure_probe(
         if raw_answer["results"] != rollup_answer["results"]:
             raise SystemExit(f"{probe.key}: the raw rows answer differently from the rollups")
         raw = await timed(lambda: reads.answer(product, request, use_rollups=False), raw_runs)
+    else:
+        source = None
     return ProbeResult(
         key=probe.key,
         label=probe.label,
@@ -75,6 +85,30 @@ async def measure_probe(
         rollup_in_process=rollup,
         raw_in_process=raw,
     )
+
+
+async def _summary_in_process(
+    reads: ReadService, product: str, probe: Probe, runs: int, raw_runs: int
+) -> tuple[Timing, Timing]:
+    """The summary through ``user_summary``, planned and raw only; the two checked equal."""
+    user = unquote(probe.path.split("/")[-2])
+    values: dict[str, Any] = {}
+    for name, value in probe.params:
+        if name == "top":
+            values.setdefault("top", []).append(value)
+        else:
+            values[name] = value
+    params = SummaryParams.model_validate(values)
+    key = ApiKey(key_id="bench", product=product, scopes=frozenset({Scope.ADMIN}), key_hash="")
+
+    async def ask(use_rollups: bool) -> dict[str, Any]:
+        now = dt.datetime.now(dt.UTC)
+        answer = await user_summary(reads, key, user, params, now, use_rollups=use_rollups)
+        return {k: v for k, v in answer.items() if k not in ("source", "took_ms")}
+
+    if await ask(True) != await ask(False):
+        raise SystemExit(f"{probe.key}: the raw rows answer differently from the rollups")
+    return await timed(lambda: ask(True), runs), await timed(lambda: ask(False), raw_runs)
 
 
 def process_rss(root_pid: int) -> list[tuple[int, int]]:

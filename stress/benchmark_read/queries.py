@@ -37,8 +37,12 @@ class Probe:
 
     @property
     def has_rollup_path(self) -> bool:
-        """Only /v1/query reads rollups; the others always read raw rows."""
-        return self.path == "/v1/query"
+        """/v1/query and the user summary read rollups; the others always read raw rows."""
+        return self.path == "/v1/query" or self.is_user_summary
+
+    @property
+    def is_user_summary(self) -> bool:
+        return self.path.endswith("/summary")
 
 
 def days(facts: Facts, n: int) -> list[str]:

@@ -98,7 +98,8 @@ def section(
         "HTTP: the whole request as a client sees it. In-process: the same /v1/query body "
         "through `ReadService.answer`, with the rollups and with raw rows only "
         "(`use_rollups=False`; both answers checked equal); the speed-up is raw ÷ rollups. "
-        "Funnels, retention, the user summary and the export always read raw rows.",
+        "Funnels, retention and the export always read raw rows; the user summary reads the "
+        "rollups for whole clean UTC days (in-process: `user_summary`, with and without them).",
         "",
         "| target | met | measured |",
         "|---|---|---|",
