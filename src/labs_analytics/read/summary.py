@@ -2,8 +2,9 @@
 
 Every number is plain SQL over the stored events of the product whose
 ``user_id`` is the user, inside ``[from, to]`` (local days, both included;
-default the current calendar year in the time zone). It is one statement,
-so one snapshot: the parts agree even while events arrive.
+default the current calendar year in the time zone). Its statements run
+in one repeatable-read transaction, so one snapshot: the parts agree even
+while events arrive.
 
 Definitions (the README says the same):
 
@@ -33,6 +34,7 @@ from collections.abc import Collection
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
+import asyncpg
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -190,15 +192,15 @@ class _Statement:
     zone's offset a whole number of hours throughout the range), the whole UTC
     days inside the range that no mark is in come from the day-level rollups
     (``storage.rollups``): the user's events per UTC hour, per name and per
-    value, a row per day where the raw rows are a heap page per event. The
+    value, a row per day where the raw rows are about a heap page per event. The
     rest, the partial first and last UTC days and the marked days, are raw
     rows grouped as above, and the two are added up. The statement itself
     checks that the rollups may answer (``usable``): every top key is listed
     in ``rollup_property_keys``, and no retention cutoff of the product lies
     after the range's start (past it, the rollups keep counts of events
     retention deleted); else it reads every raw row, as the raw statement
-    does. First and last seen are read from the index on (product, user,
-    time) either way: two lookups.
+    does. It gives the first and last UTC day with events, not the instants:
+    ``first_and_last_seen`` reads those from the two days' raw rows.
     """
 
     def __init__(
@@ -342,18 +344,22 @@ class _Statement:
             f"UNION ALL {' UNION ALL '.join(rolled)}) AS parts "
             f"GROUP BY grouped_by, {', '.join(self.keys)}"
         )
-        seen = (
-            f'SELECT {{}}("timestamp") FROM events WHERE product = {p} AND user_id = {u} '
-            f'AND "timestamp" >= {s} AND "timestamp" < {e}'
+        # The first and last UTC day with events: their raw rows give the exact
+        # instants (``first_and_last_seen``), one partition each.
+        seen_days = (
+            "seen_days AS (SELECT min(day) AS first_day, max(day) AS last_day FROM ("
+            f"SELECT r.day FROM rollup_user_hours r WHERE {clean} "
+            "UNION ALL SELECT (\"timestamp\" AT TIME ZONE 'UTC')::date FROM mine) AS d)"
         )
         totals = (
             "(SELECT coalesce(sum(events), 0)::bigint AS events, "
-            f"({seen.format('min')}) AS first_seen, ({seen.format('max')}) AS last_seen "
+            "(SELECT first_day FROM seen_days) AS first_day, "
+            "(SELECT last_day FROM seen_days) AS last_day "
             "FROM counts WHERE grouped_by = 'local_hour') AS totals"
         )
         ctes = (
             f"{usable}, {dirty}, mine AS ({mine}), raw_counts AS ({raw_counts}), "
-            f"counts AS ({counts})"
+            f"counts AS ({counts}), {seen_days}"
         )
         return ctes, totals
 
@@ -431,6 +437,47 @@ def _most(counts: list[int]) -> int | None:
     return best if counts[best] else None
 
 
+_SEEN_SQL = """
+SELECT (SELECT min("timestamp") FROM events WHERE product = $1 AND user_id = $2
+          AND "timestamp" >= $3 AND "timestamp" < $4) AS first_seen,
+       (SELECT max("timestamp") FROM events WHERE product = $1 AND user_id = $2
+          AND "timestamp" >= $5 AND "timestamp" < $6) AS last_seen
+"""
+
+
+async def first_and_last_seen(
+    connection: asyncpg.Connection,
+    product: str,
+    user: str,
+    interval: Interval,
+    first_day: dt.date | None,
+    last_day: dt.date | None,
+    reads: ReadService,
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The earliest and latest event in range, read from the raw rows of the first
+    and last UTC day with events only: bounds known before the plan starts
+    prune every other partition (over the whole range, each lookup opened an
+    index scan in every partition of the year, ~4 ms apiece)."""
+    if first_day is None or last_day is None:
+        return None, None
+
+    def day_in_range(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+        start = _midnight(day)
+        end = start + dt.timedelta(days=1)
+        return max(start, interval.start), min(end, interval.end)
+
+    row = await connection.fetchrow(
+        _SEEN_SQL,
+        product,
+        user,
+        *day_in_range(first_day),
+        *day_in_range(last_day),
+        timeout=reads.timeout,
+    )
+    assert row is not None
+    return row["first_seen"], row["last_seen"]
+
+
 def rollups_can_answer(
     fields: list[FieldRef], zone: str, interval: Interval, property_keys: Collection[str]
 ) -> bool:
@@ -468,17 +515,27 @@ async def user_summary(
     statement = _Statement(product, user, interval, params.timezone, fields, rolled=rolled)
     sql, args = statement.sql()
 
-    async with reads.connection() as connection, connection.transaction():
+    # One snapshot for the statements of the summary: the parts agree even
+    # while events arrive.
+    async with (
+        reads.connection() as connection,
+        connection.transaction(isolation="repeatable_read", readonly=True),
+    ):
         # One user's rows are found the same way whatever the range: an index
         # scan per partition, the partitions outside the range pruned when the
-        # plan starts. So this statement keeps one generic plan per connection
-        # (the read sessions plan every statement afresh otherwise) and skips
+        # plan starts. So these statements keep one generic plan per connection
+        # (the read sessions plan every statement afresh otherwise) and skip
         # ~4 ms of planning over a year of partitions: p50 49 → 42 ms for a
         # user with 31,637 events (10M-event data set).
         await connection.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        # One statement, so one snapshot: the parts agree even while events arrive.
         row = await connection.fetchrow(sql, *args, timeout=reads.timeout)
-    assert row is not None  # the totals are one row, even with no events
+        assert row is not None  # the totals are one row, even with no events
+        if rolled:
+            first_seen, last_seen = await first_and_last_seen(
+                connection, product, user, interval, row["first_day"], row["last_day"], reads
+            )
+        else:
+            first_seen, last_seen = row["first_seen"], row["last_seen"]
 
     weekdays, hours = [0] * 7, [0] * 24
     clock = (row["clock_weekdays"] or [], row["clock_hours"] or [], row["clock_events"] or [])
@@ -491,7 +548,6 @@ async def user_summary(
         field.text: zip(row[f"top_values_{i}"] or [], row[f"top_events_{i}"] or [], strict=True)
         for i, field in enumerate(fields)
     }
-    first_seen, last_seen = row["first_seen"], row["last_seen"]
     return {
         "user": user,
         "product": product,

@@ -195,12 +195,16 @@ WHERE r.product = d.product AND r.day = d.day
 # The whole day, whichever of its hours were marked: a day's distinct users
 # cannot be patched hour by hour. The day's events are read once, for the
 # names; the users' rows are summed from those.
+# Ordered by user (and key): one user's rows of a day are written side by
+# side, a page or two where they were scattered over the day's (one user's
+# summary reads a year of them: 4,844 rows of one key from ~4,800 pages).
 _INSERT_USER_DAILY_NAMES_SQL = f"""
 INSERT INTO rollup_user_daily_names (product, day, name, user_id, events)
 SELECT d.product, d.day, e.name, e.user_id, count(*)
 FROM {_DAYS}
 CROSS JOIN {_DAY_ROWS.format(columns="name, user_id")}
 GROUP BY 1, 2, 3, 4
+ORDER BY 1, 2, 4
 """
 _INSERT_USER_DAILY_SQL = f"""
 INSERT INTO rollup_user_daily (product, day, user_id, events)
@@ -242,6 +246,7 @@ FROM {_DAYS}
 CROSS JOIN {_DAY_ROWS.format(columns="properties, user_id")}
 CROSS JOIN {_DECLARED_KEYS}
 GROUP BY 1, 2, 3, 4, 5
+ORDER BY 1, 2, 3, 5
 """
 # The day, ISO week and month of each day just rewritten, unless a mark is
 # left anywhere in the period: that period is read raw, and recomputed with
