@@ -186,7 +186,7 @@ class _Statement:
 
     Raw (``rolled`` false), ``mine`` is the user's rows in range, each with its
     local hour and the text of each top field, grouped by every key in one
-    pass (``GROUPING SETS``: one hash table per key, no copy of the rows).
+    pass.
 
     Rolled (``rolled`` true: every top field a rolled-up property, and the
     zone's offset a whole number of hours throughout the range), the whole UTC
@@ -258,12 +258,7 @@ class _Statement:
     def _raw_counts(self, builder: SqlBuilder) -> tuple[str, str]:
         """``mine`` and ``counts`` over every raw row; the totals from the empty grouping set."""
         mine = self._mine(builder, self._user_rows(builder, self.interval.start, self.interval.end))
-        grouped_by = " ".join(f"WHEN GROUPING({key}) = 0 THEN '{key}'" for key in self.keys)
-        counts = (
-            f"SELECT CASE {grouped_by} ELSE 'total' END AS grouped_by, {', '.join(self.keys)}, "
-            'count(*) AS events, min("timestamp") AS first_seen, max("timestamp") AS last_seen '
-            f"FROM mine GROUP BY GROUPING SETS ((), {', '.join(f'({key})' for key in self.keys)})"
-        )
+        counts = self._grouped(with_totals=True)
         totals = (
             "(SELECT events, first_seen, last_seen FROM counts "
             "WHERE grouped_by = 'total') AS totals"
@@ -307,12 +302,7 @@ class _Statement:
             ]
         )
         mine = self._mine(builder, raw_rows)
-        grouped_by = " ".join(f"WHEN GROUPING({key}) = 0 THEN '{key}'" for key in self.keys)
-        raw_counts = (
-            f"SELECT CASE {grouped_by} END AS grouped_by, {', '.join(self.keys)}, "
-            "count(*) AS events "
-            f"FROM mine GROUP BY GROUPING SETS ({', '.join(f'({key})' for key in self.keys)})"
-        )
+        raw_counts = self._grouped(with_totals=False)
         clean = (
             f"r.product = {p} AND r.user_id = {u} AND r.day >= {day0} AND r.day < {day1} "
             f"AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = r.day) AND {ok}"
@@ -362,6 +352,24 @@ class _Statement:
             f"counts AS ({counts}), {seen_days}"
         )
         return ctes, totals
+
+    def _grouped(self, *, with_totals: bool) -> str:
+        """``mine`` counted by each key in one pass (``GROUPING SETS``: one hash
+        table per key, no copy of the rows); ``with_totals``, by the empty set
+        too (``grouped_by`` 'total'), with the first and last instant."""
+        keys = ", ".join(self.keys)
+        cases = " ".join(f"WHEN GROUPING({key}) = 0 THEN '{key}'" for key in self.keys)
+        sets = ", ".join(f"({key})" for key in self.keys)
+        if not with_totals:
+            return (
+                f"SELECT CASE {cases} END AS grouped_by, {keys}, count(*) AS events "
+                f"FROM mine GROUP BY GROUPING SETS ({sets})"
+            )
+        return (
+            f"SELECT CASE {cases} ELSE 'total' END AS grouped_by, {keys}, count(*) AS events, "
+            'min("timestamp") AS first_seen, max("timestamp") AS last_seen '
+            f"FROM mine GROUP BY GROUPING SETS ((), {sets})"
+        )
 
     def _user_rows(
         self, builder: SqlBuilder, start: str | dt.datetime, end: str | dt.datetime
