@@ -241,13 +241,6 @@ class Settings(BaseSettings):
         description="Hours one rollup refresh recomputes at most (one transaction); the rest "
         "wait for the next.",
     )
-    rollup_defer_backlog_events: int = Field(
-        default=10_000,
-        ge=0,
-        description="The rollup refresh waits while more events than this wait in the stream: "
-        "landing them comes first, and the rollups catch up once the flushers have (reads stay "
-        "exact meanwhile, only slower); 0: never wait.",
-    )
     rollup_properties: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["route", "status_code"],
         description="Property keys (dotted paths) whose events are also counted per hour, "

@@ -22,11 +22,9 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 
 from labs_analytics.auth.keys import Scope
 from labs_analytics.events import EventRecord
-from labs_analytics.flusher import Flusher
 from labs_analytics.read.request import QueryRequest
 from labs_analytics.read.service import ReadService, create_read_pool
 from labs_analytics.settings import Settings
@@ -512,37 +510,6 @@ async def test_the_pipeline_answers_from_rollups_refreshed_by_the_flusher(
         assert answer.status_code == 200, answer.text
         assert answer.json()["meta"]["source"] == "rollup"
         assert answer.json()["results"] == [{"dimensions": [], "metrics": [12, 3]}]
-
-
-async def test_the_flushers_refresh_waits_while_the_stream_holds_a_backlog(
-    api: ApiFactory, db: asyncpg.Connection, redis: Redis
-) -> None:
-    """Rolling up reads every event again: while the flushers are behind, landing
-    events comes first. The refresh resumes once the stream is drained."""
-    await store(db, generate_rows()[:50])  # marked hours, waiting to be rolled up
-    marks = (await rollup_status(db)).marks
-    assert marks > 0
-    async with api(run_flusher=False) as app:  # events stay in the stream
-        ingest = await create_key(app.settings, "clubs")
-        body = {"events": [{"name": "page.view", "user": f"u{i}"} for i in range(20)]}
-        assert (await app.post(body, ingest)).status_code == 202
-        settings = app.settings.model_copy(
-            update={"rollup_defer_backlog_events": 10, "rollup_settle_seconds": 0}
-        )
-        pool = await create_copy_pool(settings.database_url, max_size=2)
-        try:
-            flusher = Flusher(redis=redis, pool=pool, settings=settings, consumer_name="test")
-            assert await flusher.consumer.backlog_events() == 20
-            assert await flusher.refresh_rollups_once() == 0  # 20 events wait: deferred
-            assert (await rollup_status(db)).marks == marks
-
-            while await flusher.run_once() is not None:  # the backlog lands (and marks its hour)
-                pass
-            assert await flusher.consumer.backlog_events() == 0
-            assert await flusher.refresh_rollups_once() >= marks
-            assert (await rollup_status(db)).marks == 0
-        finally:
-            await pool.close()
 
 
 async def test_the_cli_shows_what_waits_and_rolls_it_all_up(

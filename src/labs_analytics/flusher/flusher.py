@@ -16,9 +16,8 @@ Semantics, in order of importance:
 - **Orphans are reclaimed.** Entries that another consumer has held longer
   than ``reclaim_idle_ms`` (it died) are claimed with XAUTOCLAIM and written.
 - **Rollups beside.** Every ``rollup_interval_seconds`` the process rolls up
-  the hours flushed into since (``storage.rollups``; one process at a time),
-  unless the stream holds more than ``rollup_defer_backlog_events``: landing
-  events comes first. A failure there is logged and never stops the flushing.
+  the hours flushed into since (``storage.rollups``; one process at a time);
+  a failure there is logged and never stops the flushing.
 - **Stop is prompt.** When ``stop`` is set the loop returns after the current
   step; a batch not yet committed stays pending in Redis, nothing is lost.
 """
@@ -105,7 +104,6 @@ class Flusher:
         # does not overshoot its limit. Starts pessimistic (the largest
         # request) so the first read of a backlog of big entries stays small.
         self._events_per_entry = float(settings.max_events_per_request)
-        self._rollups_deferred = False
 
     @property
     def name(self) -> str:
@@ -194,13 +192,29 @@ class Flusher:
         )
 
     async def _rollup_loop(self, stop: asyncio.Event) -> None:
-        """Rollup refreshes, beside the flushing, every interval. Reads are exact
+        """Rollup refreshes, beside the flushing: every interval, until no hour
+        is left marked (each refresh its own transaction). Reads are exact
         whether or not this keeps up; a failure is logged and tried again next
         time: it never stops the flushing."""
-        while not await _sleep_unless_stopped(stop, self.settings.rollup_interval_seconds):
+        interval = self.settings.rollup_interval_seconds
+        max_buckets = self.settings.rollup_max_buckets
+        while not await _sleep_unless_stopped(stop, interval):
             started = time.monotonic()
+            buckets = 0
             try:
-                buckets = await self.refresh_rollups_once(stop)
+                while not stop.is_set():
+                    # Another process refreshing: it does the work; no waiting
+                    # on its lock with one of the flusher's connections.
+                    done = await refresh_rollups(
+                        self._pool,
+                        max_buckets=max_buckets,
+                        settle_seconds=self.settings.rollup_settle_seconds,
+                        wait=False,
+                        property_keys=self.settings.rollup_properties,
+                    )
+                    buckets += done
+                    if done < max_buckets:
+                        break
             except Exception as exc:  # PostgreSQL away, a missing migration: next time
                 log.error("rollups.failed", error=f"{type(exc).__name__}: {exc}")
                 continue
@@ -210,49 +224,6 @@ class Flusher:
                     buckets=buckets,
                     ms=round((time.monotonic() - started) * 1000),
                 )
-
-    async def refresh_rollups_once(self, stop: asyncio.Event | None = None) -> int:
-        """Roll up marked hours until none is left (each refresh its own
-        transaction); how many. Rolling up reads every event again, as much
-        CPU per event as landing it: while the stream holds more than
-        ``rollup_defer_backlog_events``, it waits (checked before each
-        refresh), so at full load the cores land events and the rollups catch
-        up after."""
-        max_buckets = self.settings.rollup_max_buckets
-        buckets = 0
-        while stop is None or not stop.is_set():
-            if await self._ingest_behind():
-                break
-            # Another process refreshing: it does the work; no waiting on its
-            # lock with one of the flusher's connections.
-            done = await refresh_rollups(
-                self._pool,
-                max_buckets=max_buckets,
-                settle_seconds=self.settings.rollup_settle_seconds,
-                wait=False,
-                property_keys=self.settings.rollup_properties,
-            )
-            buckets += done
-            if done < max_buckets:
-                break
-        return buckets
-
-    async def _ingest_behind(self) -> bool:
-        """Whether the stream holds more events than the refresh lets wait; logged
-        when that changes."""
-        limit = self.settings.rollup_defer_backlog_events
-        if limit == 0:
-            return False
-        backlog = await self.consumer.backlog_events()
-        behind = backlog is not None and backlog > limit
-        if behind != self._rollups_deferred:
-            self._rollups_deferred = behind
-            log.info(
-                "rollups.deferred" if behind else "rollups.resumed",
-                backlog_events=backlog,
-                limit=limit,
-            )
-        return behind
 
     async def run_once(self, stop: asyncio.Event | None = None) -> BatchOutcome | None:
         """Collect one batch, set poison aside, write the rest (retrying until

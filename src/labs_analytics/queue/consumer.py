@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from labs_analytics.logs import get_logger
-from labs_analytics.queue.backlog import parse_backlog, recount_key
+from labs_analytics.queue.backlog import recount_key
 from labs_analytics.queue.entries import entry_events
 from labs_analytics.queue.lua import ACK_SCRIPT, DEAD_LETTER_SCRIPT
 
@@ -78,10 +78,6 @@ class StreamConsumer:
         self._claim_cursor = "0-0"
         self._ack = redis.register_script(ACK_SCRIPT)
         self._dead_letter = redis.register_script(DEAD_LETTER_SCRIPT)
-
-    async def backlog_events(self) -> int | None:
-        """The events in the stream, by the backlog counter (None: it is not an integer)."""
-        return parse_backlog(await self._redis.get(self.backlog_key))
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) if missing; reading starts at the beginning
