@@ -43,7 +43,7 @@ class ProbeResult:
     key: str  # the probe's key in queries.py
     label: str
     http: Timing
-    source: str | None  # meta.source of /v1/query answers ("rollup" or "raw")
+    source: str | None  # "rollup" or "raw": meta.source of /v1/query, source of the summary
     rollup_in_process: Timing | None  # ReadService.answer(use_rollups=True); None: no rollups
     raw_in_process: Timing | None  # ReadService.answer(use_rollups=False)
 
