@@ -166,7 +166,16 @@ def settings(servers: Servers, tmp_path: Path) -> Settings:
 async def db(servers: Servers) -> AsyncIterator[asyncpg.Connection]:
     """A connection for assertions; the tables are emptied first."""
     conn = await asyncpg.connect(to_asyncpg_dsn(servers.database_url))
-    await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+    # TRUNCATE locks the tables in list order; a flusher still writing (a
+    # module's `serve`, an SDK's late batch) locks them in its own, and
+    # PostgreSQL may break the tie by failing this side: then try again.
+    for attempt in range(5):
+        try:
+            await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+            break
+        except asyncpg.DeadlockDetectedError:
+            if attempt == 4:
+                raise
     try:
         yield conn
     finally:
