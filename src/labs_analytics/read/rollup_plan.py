@@ -302,7 +302,7 @@ def _hourly_props_relation(p: str, s: str, e: str, key: str, raw_value: str) -> 
     """Rollup rows for the key's clean hours, raw rows for its marked ones; and
     raw rows for the whole range if the key is not (or no longer) rolled up.
     ``raw_value``: the property as text over ``events``, as raw reads group it."""
-    declared = f"EXISTS (SELECT 1 FROM rollup_property_keys WHERE key = {key})"
+    declared = key_declared(key)
     return (
         "WITH dirty AS ("
         f"SELECT hour FROM rollup_dirty WHERE product = {p} AND hour >= {s} AND hour < {e}) "
@@ -327,6 +327,24 @@ _DIRTY_DAYS = (
 )
 
 
+def dirty_days(p: str, s: str, e: str) -> str:
+    """The ``dirty`` CTE: the UTC days of product ``p`` with a marked hour in
+    ``[s, e)`` (SQL expressions: parameters)."""
+    return _DIRTY_DAYS.format(p=p, s=s, e=e)
+
+
+def utc_day_start(day: str) -> str:
+    """The instant a UTC day (a ``date`` SQL expression) starts."""
+    return _DAY_START.format(day)
+
+
+def key_declared(key: str) -> str:
+    """True while the property ``key`` (a SQL parameter) is rolled up: the
+    statements that read a key's rollup rows check it themselves, so a
+    process whose ``ROLLUP_PROPERTIES`` differs still answers exactly."""
+    return f"EXISTS (SELECT 1 FROM rollup_property_keys WHERE key = {key})"
+
+
 def _marked_days_events(p: str, columns: str) -> str:
     """``columns`` of the product's raw events on the marked days (the ``dirty`` CTE)."""
     day = _DAY_START.format("dirty.day")
@@ -345,7 +363,7 @@ def _user_daily_relation(p: str, s: str, e: str, start_day: str, end_day: str) -
     """
     day = _DAY_START.format
     return (
-        f"WITH {_DIRTY_DAYS.format(p=p, s=s, e=e)}, "
+        f"WITH {dirty_days(p, s, e)}, "
         "clean AS (SELECT r.day, r.user_id, r.events FROM rollup_user_daily r "
         f"WHERE r.product = {p} AND r.day >= {start_day} AND r.day < {end_day} "
         "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.day = r.day)), "
@@ -366,7 +384,7 @@ def _user_daily_relation(p: str, s: str, e: str, start_day: str, end_day: str) -
 def _user_daily_names_relation(p: str, s: str, e: str, start_day: str, end_day: str) -> str:
     day = _DAY_START.format
     return (
-        f"WITH {_DIRTY_DAYS.format(p=p, s=s, e=e)} "
+        f"WITH {dirty_days(p, s, e)} "
         f'SELECT {day("r.day")} AS "timestamp", r.name, r.user_id, r.events '
         f"FROM rollup_user_daily_names r WHERE r.product = {p} "
         f"AND r.day >= {start_day} AND r.day < {end_day} "
@@ -382,9 +400,9 @@ def _user_daily_props_relation(
     """Rollup rows for the key's clean days, raw rows for its marked ones; and
     raw rows for the whole range if the key is not (or no longer) rolled up."""
     day = _DAY_START.format
-    declared = f"EXISTS (SELECT 1 FROM rollup_property_keys WHERE key = {key})"
+    declared = key_declared(key)
     return (
-        f"WITH {_DIRTY_DAYS.format(p=p, s=s, e=e)} "
+        f"WITH {dirty_days(p, s, e)} "
         f'SELECT {day("r.day")} AS "timestamp", r.value AS prop_value, r.user_id, r.events '
         f"FROM rollup_user_daily_props r WHERE r.product = {p} AND r.key = {key} "
         f"AND r.day >= {start_day} AND r.day < {end_day} "
@@ -435,7 +453,7 @@ def user_period_series(
         + f" WHERE dirty.day >= {lo} AND dirty.day < {hi}) AS x)"
     )
     return (
-        f"WITH {_DIRTY_DAYS.format(p=p, s=s, e=e)}, "
+        f"WITH {dirty_days(p, s, e)}, "
         f"series AS (SELECT generate_series({first}, {last}, {step}) AS d0) "
         f"SELECT series.d0, CASE WHEN u.users IS NOT NULL THEN u.users ELSE {counted} END AS m0, "
         "count(*) OVER () AS total_rows FROM series "
@@ -451,7 +469,9 @@ __all__ = [
     "Plan",
     "Source",
     "choose_plan",
+    "dirty_days",
     "hourly_eligible",
+    "key_declared",
     "offsets_whole_hours",
     "rollup_source",
     "user_daily_eligible",
@@ -459,4 +479,5 @@ __all__ = [
     "user_daily_props_eligible",
     "user_period_series",
     "users_by_period",
+    "utc_day_start",
 ]

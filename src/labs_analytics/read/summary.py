@@ -48,7 +48,12 @@ from labs_analytics.auth.keys import ApiKey
 from labs_analytics.read.dates import Interval
 from labs_analytics.read.fields import FieldRef, parse_field
 from labs_analytics.read.request import check_timezone
-from labs_analytics.read.rollup_plan import offsets_whole_hours
+from labs_analytics.read.rollup_plan import (
+    dirty_days,
+    key_declared,
+    offsets_whole_hours,
+    utc_day_start,
+)
 from labs_analytics.read.service import ReadService
 from labs_analytics.read.sql import SqlBuilder
 
@@ -257,7 +262,9 @@ class _Statement:
 
     def _raw_counts(self, builder: SqlBuilder) -> tuple[str, str]:
         """``mine`` and ``counts`` over every raw row; the totals from the empty grouping set."""
-        mine = self._mine(builder, self._user_rows(builder, self.interval.start, self.interval.end))
+        p, u = builder.param(self.product), builder.param(self.user)
+        s, e = builder.param(self.interval.start), builder.param(self.interval.end)
+        mine = self._mine(builder, self._user_rows(builder, p, u, s, e))
         counts = self._grouped(with_totals=True)
         totals = (
             "(SELECT events, first_seen, last_seen FROM counts "
@@ -273,31 +280,27 @@ class _Statement:
         d0, d1 = builder.param(first), builder.param(end)
         day0, day1 = builder.param(first.date(), "date"), builder.param(end.date(), "date")
         keys = [builder.param(".".join(field.path), "text") for field in self.fields]
-        declared = "".join(
-            f" AND EXISTS (SELECT 1 FROM rollup_property_keys WHERE key = {key})" for key in keys
-        )
+        declared = "".join(f" AND {key_declared(key)}" for key in keys)
         usable = (
             "usable AS (SELECT NOT EXISTS (SELECT 1 FROM product_retention "
             f"WHERE product = {p} AND now() - make_interval(days => keep_days) > {s})"
             f"{declared} AS ok)"
         )
         ok = "(SELECT ok FROM usable)"
-        dirty = (
-            "dirty AS (SELECT DISTINCT (hour AT TIME ZONE 'UTC')::date AS day FROM rollup_dirty "
-            f"WHERE product = {p} AND hour >= {d0} AND hour < {d1})"
-        )
-        day_start = "(dirty.day::timestamp AT TIME ZONE 'UTC')"
+        dirty = dirty_days(p, d0, d1)
+        day_start = utc_day_start("dirty.day")
+        day_end = f"{day_start} + interval '1 day'"
         raw_rows = " UNION ALL ".join(
             [
                 # The rollups may not answer: every raw row, as the raw statement reads.
-                f"{self._user_rows(builder, s, e)} AND NOT {ok}",
+                f"{self._user_rows(builder, p, u, s, e)} AND NOT {ok}",
                 # The partial UTC days at either end, and the marked days.
-                f"{self._user_rows(builder, s, d0)} AND {ok}",
-                f"{self._user_rows(builder, d1, e)} AND {ok}",
+                f"{self._user_rows(builder, p, u, s, d0)} AND {ok}",
+                f"{self._user_rows(builder, p, u, d1, e)} AND {ok}",
                 # One marked day's rows through the index, the other partitions
                 # pruned as it runs (OFFSET 0 keeps it a subquery of its own).
                 f"SELECT mine_day.* FROM dirty CROSS JOIN LATERAL ("
-                f"{self._user_rows(builder, day_start, f'{day_start} + interval {_ONE_DAY}')} "
+                f"{self._user_rows(builder, p, u, day_start, day_end)} "
                 f"OFFSET 0) AS mine_day WHERE {ok}",
             ]
         )
@@ -371,13 +374,9 @@ class _Statement:
             f"FROM mine GROUP BY GROUPING SETS ((), {sets})"
         )
 
-    def _user_rows(
-        self, builder: SqlBuilder, start: str | dt.datetime, end: str | dt.datetime
-    ) -> str:
-        """The user's raw rows in ``[start, end)`` (SQL, or instants), as ``mine`` reads them."""
-        p, u = builder.param(self.product), builder.param(self.user)
-        lo = start if isinstance(start, str) else builder.param(start)
-        hi = end if isinstance(end, str) else builder.param(end)
+    def _user_rows(self, builder: SqlBuilder, p: str, u: str, lo: str, hi: str) -> str:
+        """The raw rows of user ``u`` of product ``p`` in ``[lo, hi)`` (SQL
+        expressions: parameters), as ``mine`` reads them."""
         columns = ", ".join(
             ['"timestamp"', "name"]
             + [
@@ -419,9 +418,6 @@ class _Statement:
             "extract(hour FROM local_hour)::int AS hour, sum(events)::bigint AS events "
             "FROM counts WHERE grouped_by = 'local_hour' GROUP BY 1, 2) AS moments) AS clock"
         )
-
-
-_ONE_DAY = "'1 day'"
 
 
 def _midnight(day: dt.date) -> dt.datetime:
