@@ -66,6 +66,10 @@ def fast_settings(servers: Servers, *, prefix: str, spool_dir: Path, **overrides
         "redis_timeout_seconds": 1.0,
         "retry_after_seconds": 2,
         "spool_dir": str(spool_dir),
+        # A flusher's own retention run (a minute after it starts) would delete
+        # other tests' expired rows from the shared database: tests that want
+        # it ask for it.
+        "retention_interval_seconds": 0,
         **overrides,
     }
     return Settings(_env_file=None, **values)
