@@ -51,6 +51,7 @@ TABLES = (
     "rollup_user_daily_names",
     "rollup_user_daily_props",
     "rollup_user_hours",
+    "rollup_daily_props",
 )
 
 

@@ -175,7 +175,7 @@ async def build_rollups(dsn: str, conn: asyncpg.Connection) -> tuple[int, float]
             hours += done
     await conn.execute(
         "ANALYZE rollup_hourly, rollup_user_daily, rollup_users, rollup_hourly_props, "
-        "rollup_user_daily_names, rollup_user_daily_props, rollup_user_hours"
+        "rollup_user_daily_names, rollup_user_daily_props, rollup_user_hours, rollup_daily_props"
     )
     return hours, time.monotonic() - started
 

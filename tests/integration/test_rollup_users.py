@@ -382,3 +382,53 @@ async def test_the_user_hours_migration_rolls_up_every_stored_day_by_user_and_ho
         )
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def database_at_user_hours(servers: Servers) -> Iterator[str]:
+    with scratch_database(servers, "0011_user_hours") as url:
+        yield url
+
+
+async def test_the_daily_props_migration_sums_the_hours_of_every_unmarked_day(
+    database_at_user_hours: str,
+) -> None:
+    """Revision 0012 sums each UTC day's hourly value rows, for the days none of
+    whose hours is marked (a marked day is read hour by hour and written by the
+    refresh that takes its last mark); a downgrade drops the table."""
+    url = database_at_user_hours
+    hourly = [  # (product, key, hour, name, value, events)
+        ("clubs", "route", "2026-11-03 00:00Z", "a", "/x", 2),
+        ("clubs", "route", "2026-11-03 23:00Z", "a", "/x", 3),
+        ("clubs", "route", "2026-11-03 23:00Z", "a", None, 1),
+        ("clubs", "route", "2026-11-03 05:00Z", "b", "/x", 4),
+        ("clubs", "status_code", "2026-11-03 05:00Z", "b", "200", 4),
+        ("clubs", "route", "2026-11-04 00:00Z", "a", "/x", 5),  # 11-04: marked
+        ("mobile", "route", "2026-11-04 00:00Z", "a", "/x", 6),
+    ]
+    conn = await asyncpg.connect(to_asyncpg_dsn(url))
+    try:
+        await conn.executemany(
+            "INSERT INTO rollup_hourly_props (product, key, hour, name, value, events) "
+            "VALUES ($1, $2, $3::text::timestamptz, $4, $5, $6)",
+            hourly,
+        )
+        await conn.execute(
+            "INSERT INTO rollup_dirty (product, hour) VALUES ('clubs', '2026-11-04 13:00Z')"
+        )
+        await asyncio.to_thread(upgrade_database, url, "0012_daily_props")
+        rows = await conn.fetch(
+            "SELECT product, key, day::text, name, value, events FROM rollup_daily_props "
+            "ORDER BY 1, 2, 3, 4, 5 NULLS FIRST"
+        )
+        assert [tuple(row) for row in rows] == [
+            ("clubs", "route", "2026-11-03", "a", None, 1),
+            ("clubs", "route", "2026-11-03", "a", "/x", 5),
+            ("clubs", "route", "2026-11-03", "b", "/x", 4),
+            ("clubs", "status_code", "2026-11-03", "b", "200", 4),
+            ("mobile", "route", "2026-11-04", "a", "/x", 6),
+        ]
+        await asyncio.to_thread(downgrade_database, url, "0011_user_hours")
+        assert await conn.fetchval("SELECT to_regclass('rollup_daily_props')") is None
+    finally:
+        await conn.close()

@@ -71,6 +71,7 @@ def rollups_status() -> None:
     typer.echo(f"rollup_user_daily_names rows: {status.user_daily_names_rows}")
     typer.echo(f"rollup_user_daily_props rows: {status.user_daily_props_rows}")
     typer.echo(f"rollup_user_hours rows: {status.user_hours_rows}")
+    typer.echo(f"rollup_daily_props rows: {status.daily_props_rows}")
 
 
 __all__ = ["app"]

@@ -1,7 +1,8 @@
-"""Capped exponential backoff with full jitter."""
+"""Waiting between attempts: capped exponential backoff with full jitter; stoppable sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 
@@ -12,3 +13,12 @@ def backoff_seconds(attempt: int, *, initial_ms: int, max_ms: int) -> float:
     """
     ceiling_ms = min(max_ms, initial_ms * 2 ** min(attempt - 1, 30))
     return random.uniform(0, ceiling_ms) / 1000
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep; return True if ``stop`` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True

@@ -16,8 +16,8 @@ Semantics, in order of importance:
 - **Orphans are reclaimed.** Entries that another consumer has held longer
   than ``reclaim_idle_ms`` (it died) are claimed with XAUTOCLAIM and written.
 - **Rollups beside.** Every ``rollup_interval_seconds`` the process rolls up
-  the hours flushed into since (``storage.rollups``; one process at a time);
-  a failure there is logged and never stops the flushing.
+  the hours flushed into since (``rollup_loop``: niced, and giving way to any
+  flush that waits on it); a failure there is logged and never stops the flushing.
 - **Stop is prompt.** When ``stop`` is set the loop returns after the current
   step; a batch not yet committed stays pending in Redis, nothing is lost.
 """
@@ -39,8 +39,9 @@ from redis.exceptions import RedisError
 
 from labs_analytics import metrics
 from labs_analytics.events import EventRecord
-from labs_analytics.flusher.backoff import backoff_seconds
+from labs_analytics.flusher.backoff import backoff_seconds, sleep_unless_stopped
 from labs_analytics.flusher.batch import Batch, fields_as_json
+from labs_analytics.flusher.rollup_loop import RollupRefresher
 from labs_analytics.logs import get_logger
 from labs_analytics.queue.consumer import PoisonEntry, StreamConsumer, StreamEntry
 from labs_analytics.queue.entries import encode_entry
@@ -49,7 +50,6 @@ from labs_analytics.storage.bulk_writer import BatchOutcome, BulkWriter, DeadLet
 from labs_analytics.storage.event_ids import forget_old_event_ids
 from labs_analytics.storage.partitions import ensure_partitions
 from labs_analytics.storage.retention import RetentionBusy, run_retention
-from labs_analytics.storage.rollups import refresh_rollups
 
 log = get_logger(__name__)
 
@@ -115,7 +115,8 @@ class Flusher:
         if self.settings.retention_interval_seconds > 0:
             background.append(asyncio.create_task(self._retention_loop(stop)))
         if self.settings.rollup_interval_seconds > 0:
-            background.append(asyncio.create_task(self._rollup_loop(stop)))
+            refresher = RollupRefresher(self.settings, self._pool, self.name)
+            background.append(asyncio.create_task(refresher.run(stop)))
         failures = 0
         try:
             while not stop.is_set():
@@ -131,7 +132,7 @@ class Flusher:
                         error=repr(exc),
                         retry_in_ms=round(delay * 1000),
                     )
-                    await _sleep_unless_stopped(stop, delay)
+                    await sleep_unless_stopped(stop, delay)
         finally:
             for task in background:
                 task.cancel()
@@ -145,7 +146,7 @@ class Flusher:
         tried again next time: it never stops the flushing."""
         interval = self.settings.retention_interval_seconds
         delay = min(RETENTION_FIRST_RUN_SECONDS, interval)
-        while not await _sleep_unless_stopped(stop, delay):
+        while not await sleep_unless_stopped(stop, delay):
             delay = interval
             started = time.monotonic()
             await self._forget_old_event_ids()
@@ -190,40 +191,6 @@ class Flusher:
             window_days=self.settings.identity_window_days,
             ms=round((time.monotonic() - started) * 1000),
         )
-
-    async def _rollup_loop(self, stop: asyncio.Event) -> None:
-        """Rollup refreshes, beside the flushing: every interval, until no hour
-        is left marked (each refresh its own transaction). Reads are exact
-        whether or not this keeps up; a failure is logged and tried again next
-        time: it never stops the flushing."""
-        interval = self.settings.rollup_interval_seconds
-        max_buckets = self.settings.rollup_max_buckets
-        while not await _sleep_unless_stopped(stop, interval):
-            started = time.monotonic()
-            buckets = 0
-            try:
-                while not stop.is_set():
-                    # Another process refreshing: it does the work; no waiting
-                    # on its lock with one of the flusher's connections.
-                    done = await refresh_rollups(
-                        self._pool,
-                        max_buckets=max_buckets,
-                        settle_seconds=self.settings.rollup_settle_seconds,
-                        wait=False,
-                        property_keys=self.settings.rollup_properties,
-                    )
-                    buckets += done
-                    if done < max_buckets:
-                        break
-            except Exception as exc:  # PostgreSQL away, a missing migration: next time
-                log.error("rollups.failed", error=f"{type(exc).__name__}: {exc}")
-                continue
-            if buckets:
-                log.info(
-                    "rollups.refreshed",
-                    buckets=buckets,
-                    ms=round((time.monotonic() - started) * 1000),
-                )
 
     async def run_once(self, stop: asyncio.Event | None = None) -> BatchOutcome | None:
         """Collect one batch, set poison aside, write the rest (retrying until
@@ -281,7 +248,7 @@ class Flusher:
             if len(new) < count and events < limit:
                 pause = min(PAUSE_AFTER_SHORT_READ_SECONDS, deadline - time.monotonic())
                 if pause > 0:
-                    await _sleep_unless_stopped(stop, pause)
+                    await sleep_unless_stopped(stop, pause)
 
         if not entries:
             return None
@@ -343,7 +310,7 @@ class Flusher:
                     retry_in_ms=round(delay * 1000),
                     **{**fields, "attempt": attempt + 1},
                 )
-                if await _sleep_unless_stopped(stop, delay):
+                if await sleep_unless_stopped(stop, delay):
                     log.warning(
                         "flush.abandoned_on_stop",
                         batch_id=str(batch_id),
@@ -536,12 +503,3 @@ class Flusher:
 
 def _ms_since(started_at: datetime) -> int:
     return round((datetime.now(UTC) - started_at).total_seconds() * 1000)
-
-
-async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep; return True if ``stop`` was set meanwhile."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True

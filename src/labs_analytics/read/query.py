@@ -28,6 +28,7 @@ from labs_analytics.read.rollup_plan import (
     Plan,
     Source,
     choose_plan,
+    daily_props_usable,
     rolled_property,
     rollup_source,
     user_period_series,
@@ -154,7 +155,12 @@ def _rows(
         _raw_source(builder, product, interval)
         if plan == "raw"
         else rollup_source(
-            builder, plan, product, interval, rolled_property(request, property_keys)
+            builder,
+            plan,
+            product,
+            interval,
+            rolled_property(request, property_keys),
+            by_whole_days=daily_props_usable(request, interval),
         )
     )
     aggregated = _aggregated(builder, request, source)

@@ -12,6 +12,10 @@ answered from one when every number it asks for can be summed from it:
   key in ``ROLLUP_PROPERTIES`` (``rollup_hourly_props``). The statement checks
   that the key is in ``rollup_property_keys`` (a key being added or dropped
   is read raw), so a process whose setting differs still answers exactly.
+  Over whole UTC days, when the request has no time dimension or only
+  ``time:day|week|month`` in a zone at UTC throughout, the clean days are read
+  from ``rollup_daily_props`` (a row per day, name and value, not 24): the
+  hours of the partial first and last days and of marked days as above.
 - **user-daily**: metrics among ``events`` and ``users``; dimensions among
   ``time:day|week|month`` and ``user``; no filters; a time zone at UTC
   throughout, and a range of whole UTC days.
@@ -190,6 +194,26 @@ def users_by_period(request: QueryRequest, plan: Plan, *, fill_from: bool) -> Gr
     return granularity if granularity in ("day", "week", "month") else None
 
 
+def daily_props_usable(request: QueryRequest, interval: Interval) -> bool:
+    """Whether an hourly-props request can count a whole UTC day as one bucket:
+    it has no time dimension, or only days, weeks or months in a zone at UTC
+    throughout the range (elsewhere a UTC day spans two local days)."""
+    granularities = {d.granularity for d in request.parsed_dimensions() if d.granularity}
+    return not granularities or (
+        granularities <= {"day", "week", "month"}
+        and _offsets(request.timezone, interval) == {dt.timedelta(0)}
+    )
+
+
+def whole_utc_days(interval: Interval) -> tuple[dt.date, dt.date] | None:
+    """The UTC days that lie wholly inside ``interval``, as [first, end); None if none."""
+    start, end = interval.start.astimezone(dt.UTC), interval.end.astimezone(dt.UTC)
+    first = start.date()
+    if start != dt.datetime.combine(first, dt.time(0), dt.UTC):
+        first += dt.timedelta(days=1)
+    return (first, end.date()) if first < end.date() else None
+
+
 def _on_utc_boundary(interval: Interval, unit: dt.timedelta) -> bool:
     return all(
         (bound.astimezone(dt.UTC) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) % unit
@@ -247,11 +271,15 @@ def rollup_source(
     product: str,
     interval: Interval,
     prop: FieldRef | None = None,
+    *,
+    by_whole_days: bool = False,
 ) -> Source:
     """The rows of ``plan`` for ``product`` over ``interval``, as a relation with
     the columns a raw query reads (``"timestamp"``, ``name`` or ``user_id``),
     ``prop_value`` (the props plans: ``prop`` as text) and ``events``, the
-    number of events each row stands for."""
+    number of events each row stands for. ``by_whole_days``: the request may
+    read the hourly-props plan's whole UTC days from the daily rows
+    (``daily_props_usable``)."""
     p = builder.param(product)
     s = builder.param(interval.start)
     e = builder.param(interval.end)
@@ -261,7 +289,12 @@ def rollup_source(
     elif plan == "hourly_props":
         assert prop is not None
         key = builder.param(".".join(prop.path), "text")
-        relation = _hourly_props_relation(p, s, e, key, builder.text_of(prop))
+        whole_days = whole_utc_days(interval) if by_whole_days else None
+        if whole_days is None:
+            relation = _hourly_props_relation(p, s, e, key, builder.text_of(prop))
+        else:
+            first, end = (builder.param(day, "date") for day in whole_days)
+            relation = _daily_props_relation(p, s, e, key, builder.text_of(prop), first, end)
     else:
         days = (
             builder.param(interval.start.astimezone(dt.UTC).date(), "date"),
@@ -310,6 +343,42 @@ def _hourly_props_relation(p: str, s: str, e: str, key: str, raw_value: str) -> 
         "FROM rollup_hourly_props r "
         f"WHERE r.product = {p} AND r.key = {key} AND r.hour >= {s} AND r.hour < {e} "
         "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.hour = r.hour) "
+        f'UNION ALL SELECT "timestamp", name, {raw_value}, 1::bigint FROM dirty '
+        f'JOIN events ON events.product = {p} AND events."timestamp" >= dirty.hour '
+        "AND events.\"timestamp\" < dirty.hour + interval '1 hour' "
+        f"WHERE {declared} "
+        f'UNION ALL SELECT "timestamp", name, {raw_value}, 1::bigint FROM events '
+        f'WHERE NOT {declared} AND product = {p} AND "timestamp" >= {s} AND "timestamp" < {e}'
+    )
+
+
+def _daily_props_relation(
+    p: str, s: str, e: str, key: str, raw_value: str, first_day: str, end_day: str
+) -> str:
+    """As ``_hourly_props_relation``, with the clean UTC days of
+    [``first_day``, ``end_day``) (inside [``s``, ``e``)) from ``rollup_daily_props``
+    as one row per day, name and value, timed at the day's start: the hours
+    outside those days (the partial first and last days, the marked days) are
+    read hour by hour, the marked hours raw."""
+    declared = key_declared(key)
+    day, first, end = utc_day_start("marked.day"), utc_day_start(first_day), utc_day_start(end_day)
+    clean_hour = "NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.hour = r.hour)"
+    return (
+        "WITH dirty AS ("
+        f"SELECT hour FROM rollup_dirty WHERE product = {p} AND hour >= {s} AND hour < {e}), "
+        "marked AS (SELECT DISTINCT (hour AT TIME ZONE 'UTC')::date AS day FROM dirty) "
+        f'SELECT {utc_day_start("r.day")} AS "timestamp", r.name, r.value AS prop_value, '
+        "r.events FROM rollup_daily_props r "
+        f"WHERE r.product = {p} AND r.key = {key} AND r.day >= {first_day} AND r.day < {end_day} "
+        "AND NOT EXISTS (SELECT 1 FROM marked WHERE marked.day = r.day) "
+        "UNION ALL SELECT r.hour, r.name, r.value, r.events FROM rollup_hourly_props r "
+        f"WHERE r.product = {p} AND r.key = {key} "
+        f"AND (r.hour >= {s} AND r.hour < {first} OR r.hour >= {end} AND r.hour < {e}) "
+        f"AND {clean_hour} "
+        "UNION ALL SELECT r.hour, r.name, r.value, r.events FROM marked "
+        f"JOIN rollup_hourly_props r ON r.product = {p} AND r.key = {key} "
+        f"AND r.hour >= {day} AND r.hour < {day} + interval '1 day' "
+        f"WHERE marked.day >= {first_day} AND marked.day < {end_day} AND {clean_hour} "
         f'UNION ALL SELECT "timestamp", name, {raw_value}, 1::bigint FROM dirty '
         f'JOIN events ON events.product = {p} AND events."timestamp" >= dirty.hour '
         "AND events.\"timestamp\" < dirty.hour + interval '1 hour' "

@@ -10,6 +10,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from labs_analytics.settings import to_asyncpg_dsn, to_sqlalchemy_url
+from labs_analytics.storage.backend_priority import lower_backend_priority
 from labs_analytics.storage.bulk_writer import prepare_connection
 
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -30,8 +31,9 @@ def create_copy_pool(
 ) -> asyncpg.Pool:
     """A pool for the flusher; ``min_size=0`` so creating it never needs the server.
 
-    Three connections: the flush, and retention and the rollup refresh beside
-    it, so neither of those ever makes a flush wait for a connection.
+    Three connections: the flush, retention beside it and one to spare, so
+    retention never makes a flush wait for a connection. The rollup refresh
+    has its own (``create_background_pool``): its backend runs niced.
 
     ``application_name`` shows in ``pg_stat_activity``: name the flusher, so an
     operator can tell which process holds which backend.
@@ -45,5 +47,26 @@ def create_copy_pool(
         # was seen to wait on the dead socket until this ran out.
         command_timeout=30,
         init=prepare_connection,
+        server_settings={"application_name": application_name[:63]},
+    )
+
+
+def create_background_pool(
+    database_url: str, *, niceness: int, application_name: str
+) -> asyncpg.Pool:
+    """One connection whose backend runs at ``niceness`` (``backend_priority``;
+    0: as is), for the rollup refresh. Its own connection, never a pooled one
+    that a flush could get back niced. ``min_size=0``, as for the copy pool."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        if niceness > 0:
+            await lower_backend_priority(conn, niceness)
+
+    return asyncpg.create_pool(
+        to_asyncpg_dsn(database_url),
+        min_size=0,
+        max_size=1,
+        timeout=CONNECT_TIMEOUT_SECONDS,
+        init=init,
         server_settings={"application_name": application_name[:63]},
     )

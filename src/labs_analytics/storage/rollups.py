@@ -13,7 +13,9 @@ These tables hold counts computed from ``events``:
 - ``rollup_user_daily_props``: events per (product, key, UTC day, value, user),
   likewise, for the listed keys;
 - ``rollup_user_hours``: per (product, UTC day, user), the user's events in
-  each UTC hour of the day (24 counts), for one user's summary.
+  each UTC hour of the day (24 counts), for one user's summary;
+- ``rollup_daily_props``: ``rollup_hourly_props`` summed per UTC day, so a
+  breakdown over whole days reads a row per day, name and value, not 24.
 
 The names and props tables count distinct users per name or per value over
 a range of days (top events and top values with users) from a row per user
@@ -24,7 +26,7 @@ since it was rolled up. A flush marks every hour it wrote into, in its own
 transaction, with ``mark_dirty_sql``; ``refresh_rollups`` recomputes marked
 hours (and the whole days around them) from ``events`` and removes their
 marks, then the periods of the days it rewrote from ``rollup_user_daily``.
-The four day-level tables are rewritten together, a day at a time.
+The five day-level tables are rewritten together, a day at a time.
 Reads (``read.rollup_plan``) take rollup rows for unmarked hours, days and
 periods only, raw rows for the rest, in one statement: one snapshot.
 
@@ -167,6 +169,26 @@ SELECT mark.product, k.key, mark.hour, e.name, e.properties #>> k.path, count(*)
 FROM {_MARKS}
 CROSS JOIN {_HOUR_ROWS.format(columns="name, properties")}
 CROSS JOIN {_DECLARED_KEYS}
+GROUP BY 1, 2, 3, 4, 5
+"""
+_DELETE_DAILY_PROPS_SQL = f"""
+DELETE FROM rollup_daily_props r USING {_DAYS}
+WHERE r.product = d.product AND r.day = d.day
+"""
+# From the day's hourly rows, all current: a day is rewritten once no mark is
+# left in it, after the hours of this refresh were. A few thousand rows per
+# day and key where the events are a hundred thousand.
+_INSERT_DAILY_PROPS_SQL = f"""
+INSERT INTO rollup_daily_props (product, key, day, name, value, events)
+SELECT d.product, k.key, d.day, r.name, r.value, sum(r.events)
+FROM {_DAYS}
+CROSS JOIN (SELECT key FROM rollup_property_keys) AS k
+CROSS JOIN LATERAL (
+    SELECT name, value, events FROM rollup_hourly_props
+    WHERE product = d.product AND key = k.key
+      AND hour >= {_DAY_START} AND hour < {_DAY_START} + interval '1 day'
+    OFFSET 0
+) AS r
 GROUP BY 1, 2, 3, 4, 5
 """
 # A key added: every hour rolled up so far is marked, dated by the hour's end
@@ -324,10 +346,14 @@ async def refresh_rollups(
             (_DELETE_USER_DAILY_SQL, live_days),
             (_DELETE_USER_DAILY_PROPS_SQL, live_days),
             (_DELETE_USER_HOURS_SQL, live_days),
+            # Sums of hourly rows, not of raw ones: right even for a day that
+            # began before the retention cutoff (its hours are final or current).
+            (_DELETE_DAILY_PROPS_SQL, every),
             (_INSERT_USER_DAILY_NAMES_SQL, live_days),
             (_INSERT_USER_DAILY_SQL, live_days),  # after the names: summed from them
             (_INSERT_USER_DAILY_PROPS_SQL, live_days),
             (_INSERT_USER_HOURS_SQL, live_days),
+            (_INSERT_DAILY_PROPS_SQL, every),  # after the hours: summed from them
             (_UPSERT_USERS_SQL, live_days),  # after the days: counted from their new rows
         ):
             if products:
@@ -344,7 +370,7 @@ async def sync_property_keys(conn: asyncpg.Connection, keys: Sequence[str]) -> N
     dropped = sorted(listed - set(keys))
     added = sorted(set(keys) - listed)
     if dropped:
-        for table in ("rollup_hourly_props", "rollup_user_daily_props"):
+        for table in ("rollup_hourly_props", "rollup_daily_props", "rollup_user_daily_props"):
             await conn.execute(f"DELETE FROM {table} WHERE key = ANY($1::text[])", dropped)
         await conn.execute("DELETE FROM rollup_property_keys WHERE key = ANY($1::text[])", dropped)
     if added:
@@ -391,6 +417,7 @@ class RollupStatus:
     user_daily_names_rows: int
     user_daily_props_rows: int
     user_hours_rows: int
+    daily_props_rows: int
     property_keys: list[str]
 
 
@@ -405,6 +432,7 @@ async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
         "(SELECT count(*) FROM rollup_user_daily_names) AS user_daily_names_rows, "
         "(SELECT count(*) FROM rollup_user_daily_props) AS user_daily_props_rows, "
         "(SELECT count(*) FROM rollup_user_hours) AS user_hours_rows, "
+        "(SELECT count(*) FROM rollup_daily_props) AS daily_props_rows, "
         "(SELECT coalesce(array_agg(key ORDER BY key), '{}') FROM rollup_property_keys) AS keys"
     )
     assert row is not None
@@ -418,6 +446,7 @@ async def rollup_status(conn: asyncpg.Connection) -> RollupStatus:
         user_daily_names_rows=row["user_daily_names_rows"],
         user_daily_props_rows=row["user_daily_props_rows"],
         user_hours_rows=row["user_hours_rows"],
+        daily_props_rows=row["daily_props_rows"],
         property_keys=list(row["keys"]),
     )
 
