@@ -241,15 +241,6 @@ class Settings(BaseSettings):
         description="Hours one rollup refresh recomputes at most (one transaction); the rest "
         "wait for the next.",
     )
-    rollup_niceness: int = Field(
-        default=19,
-        ge=0,
-        le=19,
-        description="The niceness (1 to 19) the flusher gives the PostgreSQL backend of its "
-        "rollup refresh, when PostgreSQL runs on the same machine and the flusher may renice "
-        "it: the refresh then takes only the CPU that ingest and flushes leave idle. 0: "
-        "unchanged. Where it cannot (another host, a container, another user), nothing changes.",
-    )
     rollup_properties: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["route", "status_code"],
         description="Property keys (dotted paths) whose events are also counted per hour, "

@@ -16,8 +16,8 @@ Semantics, in order of importance:
 - **Orphans are reclaimed.** Entries that another consumer has held longer
   than ``reclaim_idle_ms`` (it died) are claimed with XAUTOCLAIM and written.
 - **Rollups beside.** Every ``rollup_interval_seconds`` the process rolls up
-  the hours flushed into since (``rollup_loop``: niced, and giving way to any
-  flush that waits on it); a failure there is logged and never stops the flushing.
+  the hours flushed into since (``rollup_loop``: giving way to any flush that
+  waits on it); a failure there is logged and never stops the flushing.
 - **Stop is prompt.** When ``stop`` is set the loop returns after the current
   step; a batch not yet committed stays pending in Redis, nothing is lost.
 """

@@ -1,19 +1,16 @@
-"""The rollup refresh beside the flushing, yielding to it in CPU and in locks.
+"""The rollup refresh beside the flushing, giving way to any flush that waits on it.
 
 Every ``rollup_interval_seconds`` a flusher process rolls up the hours
 flushed into since (``storage.rollups``; one process at a time, by an advisory
-lock). Two rules keep that from costing ingest:
-
-- **CPU.** The refresh runs on a connection of its own whose backend is
-  niced (``storage.backend_priority``): it takes the cycles ingest and the
-  flushes leave idle.
-- **Locks.** A refresh holds the marks of the hours it recomputes until it
-  commits, and a flush of late events into one of those hours waits for
-  that commit (``storage.rollups`` says why). Niced, on a busy machine, the
-  refresh could hold a flush for as long as the machine stays busy. So while
-  a refresh runs, it is watched: once a flush (any backend) waits on one of
-  its locks, it is cancelled and rolled back, its marks left for a later
-  refresh. A flush waits at most about ``GIVE_WAY_CHECK_SECONDS``.
+lock), on a connection of its own. A refresh holds the marks of the hours it
+recomputes until it commits, and a flush of late events into one of those
+hours waits for that commit (``storage.rollups`` says why): up to a minute
+for a refresh of ``rollup_max_buckets`` hours of a busy product, while ingest
+piles up behind that flusher. So while a refresh runs it is watched: once a
+flush (any backend) waits on one of its locks, it is cancelled and rolled
+back, its marks left for a later refresh. A flush waits at most about
+``GIVE_WAY_CHECK_SECONDS``; the rollups, which reads never need to be
+current, wait instead.
 
 Reads are exact whether or not the refresh keeps up; a failure is logged and
 tried again next interval: it never stops the flushing.
@@ -58,9 +55,7 @@ class RollupRefresher:
 
     async def run(self, stop: asyncio.Event) -> None:
         pool = await create_background_pool(
-            self.settings.database_url,
-            niceness=self.settings.rollup_niceness,
-            application_name=self.application_name,
+            self.settings.database_url, application_name=self.application_name
         )
         try:
             while not await sleep_unless_stopped(stop, self.settings.rollup_interval_seconds):

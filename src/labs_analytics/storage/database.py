@@ -10,7 +10,6 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from labs_analytics.settings import to_asyncpg_dsn, to_sqlalchemy_url
-from labs_analytics.storage.backend_priority import lower_backend_priority
 from labs_analytics.storage.bulk_writer import prepare_connection
 
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -33,7 +32,7 @@ def create_copy_pool(
 
     Three connections: the flush, retention beside it and one to spare, so
     retention never makes a flush wait for a connection. The rollup refresh
-    has its own (``create_background_pool``): its backend runs niced.
+    has its own (``create_background_pool``).
 
     ``application_name`` shows in ``pg_stat_activity``: name the flusher, so an
     operator can tell which process holds which backend.
@@ -51,22 +50,14 @@ def create_copy_pool(
     )
 
 
-def create_background_pool(
-    database_url: str, *, niceness: int, application_name: str
-) -> asyncpg.Pool:
-    """One connection whose backend runs at ``niceness`` (``backend_priority``;
-    0: as is), for the rollup refresh. Its own connection, never a pooled one
-    that a flush could get back niced. ``min_size=0``, as for the copy pool."""
-
-    async def init(conn: asyncpg.Connection) -> None:
-        if niceness > 0:
-            await lower_backend_priority(conn, niceness)
-
+def create_background_pool(database_url: str, *, application_name: str) -> asyncpg.Pool:
+    """One connection for the rollup refresh, named so that the flusher can tell
+    from ``pg_stat_activity`` when a flush waits on it (``flusher.rollup_loop``).
+    ``min_size=0``, as for the copy pool."""
     return asyncpg.create_pool(
         to_asyncpg_dsn(database_url),
         min_size=0,
         max_size=1,
         timeout=CONNECT_TIMEOUT_SECONDS,
-        init=init,
         server_settings={"application_name": application_name[:63]},
     )
