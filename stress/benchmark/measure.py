@@ -4,6 +4,7 @@ ingest_rounds   (a) the framework floor and (b) single-event ingest, alternating
 batch_ingest    (c) 100 events per request
 drain           the flushers alone, emptying what (c) queued
 end_to_end      (d) events landed at a paced rate, and freshness (202 → row visible)
+rollup_backlog  for (h), (d) again with a refresh working: a marked past day
 copy_ceiling    (e) raw asyncpg COPY into `events`
 soak            the API's RSS over a run at a steady rate
 """
@@ -22,6 +23,7 @@ import asyncpg
 import httpx
 
 from labs_analytics.storage.bulk_writer import STAGING_COLUMNS
+from labs_analytics.storage.partitions import ensure_partitions
 
 from . import compat
 from .load import load, paced
@@ -138,6 +140,63 @@ async def end_to_end(
         freshness_p99_s=percentile(probe, 0.99),
         probes=len(probe),
     )
+
+
+async def rollup_backlog(dsn: str, events: int) -> dt.datetime:
+    """``events`` events of a day three days back stored (as flushed long ago:
+    no flush will write into that day) and its 24 hours marked, settled: the
+    flushers' next refresh takes them at once. The day's start."""
+    day = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    day -= dt.timedelta(days=3)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await ensure_partitions(conn, today=day.date(), days_ahead=0)
+        # Shaped like (d)'s and the read benchmark's: 20 names, 20,000 users,
+        # the keys ROLLUP_PROPERTIES rolls up by default among the properties.
+        await conn.execute(
+            """
+            INSERT INTO events ("timestamp", event_id, product, name, user_id, properties,
+                                received_at)
+            SELECT $1::timestamptz + (i % 86400) * interval '1 second', gen_random_uuid(),
+                   'bench', 'name.' || (i % 20), 'u_' || (i * 7919 % 20000),
+                   jsonb_build_object('route', '/api/clubs/{id}/' || (i % 30),
+                                      'status_code', (ARRAY[200, 200, 200, 404, 500])[1 + i % 5],
+                                      'duration_ms', i % 200),
+                   $1::timestamptz + (i % 86400) * interval '1 second'
+            FROM generate_series(1, $2::integer) AS i
+            """,
+            day,
+            events,
+        )
+        await conn.execute(
+            """
+            INSERT INTO rollup_dirty (product, hour, marked_at)
+            SELECT 'bench', hour, now() - interval '1 hour'
+            FROM generate_series($1::timestamptz, $1::timestamptz + interval '23 hours',
+                                 interval '1 hour') AS hour
+            ON CONFLICT (product, hour) DO UPDATE SET marked_at = excluded.marked_at
+            """,
+            day,
+        )
+        await conn.execute("ANALYZE events")
+    finally:
+        await conn.close()
+    return day
+
+
+async def marks_left(dsn: str, day: dt.datetime) -> int:
+    """The hours of ``day`` still marked."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM rollup_dirty WHERE product = 'bench' "
+                "AND hour >= $1 AND hour < $1 + interval '1 day'",
+                day,
+            )
+        )
+    finally:
+        await conn.close()
 
 
 class BacklogPacer:

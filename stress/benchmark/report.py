@@ -8,8 +8,19 @@ history after it.
 
 from __future__ import annotations
 
+import math
+
 from .machine import Machine
-from .results import MIB, BenchResults, CopyCeiling, Drain, EndToEnd, LoadResult, Soak
+from .results import (
+    MIB,
+    BenchResults,
+    CopyCeiling,
+    Drain,
+    EndToEnd,
+    LoadResult,
+    RollupsWorking,
+    Soak,
+)
 from .targets import TARGETS, Target, check_all
 
 HEADING = "## Latest run"
@@ -29,6 +40,13 @@ def load_line(label: str, result: LoadResult) -> str:
 
 def drain_line(drain: Drain) -> str:
     return f"    drain (flushers alone): {drain.rows_per_second:,.0f} rows/s"
+
+
+def rollups_line(rollups: RollupsWorking) -> str:
+    return (
+        end_to_end_line(rollups.end_to_end).replace("(d) end to end", "(h) with a refresh", 1)
+        + f"; {rollups.marks_left} marked hours left"
+    )
 
 
 def end_to_end_line(e2e: EndToEnd) -> str:
@@ -115,6 +133,7 @@ def measures(r: BenchResults) -> list[tuple[str, str]]:
             f"{e2e.freshness_p50_s:.2f} s, p99 {e2e.freshness_p99_s:.2f} s "
             f"({e2e.probes} probes), {e2e.errors} errors",
         ),
+        *_rollup_rows(r),
         ("(e) raw asyncpg COPY into `events`", f"{r.copy.rows_per_second:,.0f} rows/s"),
         (
             "API peak RSS (all workers)",
@@ -137,6 +156,28 @@ def measures(r: BenchResults) -> list[tuple[str, str]]:
         )
     )
     return rows
+
+
+def _rollup_rows(r: BenchResults) -> list[tuple[str, str]]:
+    if r.rollups is None or r.rollup_refresh_cost is None:
+        return []
+    h = r.rollups.end_to_end
+    cost = r.rollup_refresh_cost
+    shown = (
+        "cost not measured: the refresh ran out of work"
+        if math.isnan(cost)
+        else f"{cost:.1%} below (d)"
+    )
+    return [
+        (
+            f"(h) (d) again, the flusher's rollup refresh working through "
+            f"{r.rollups.backlog_events:,} events of a marked past day throughout",
+            f"{h.landed_events_per_second:,.0f} events/s landed "
+            f"(offered {h.offered_events_per_second:,.0f}), **{shown}**; freshness "
+            f"p50 {h.freshness_p50_s:.2f} s, p99 {h.freshness_p99_s:.2f} s; "
+            f"{r.rollups.marks_left} of the day's 24 hours not rolled up at the end",
+        )
+    ]
 
 
 def _compat_rows(r: BenchResults) -> list[tuple[str, str]]:

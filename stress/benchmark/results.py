@@ -71,6 +71,15 @@ class EndToEnd:
 
 
 @dataclass(frozen=True)
+class RollupsWorking:
+    """(h) (d) again while a rollup refresh works through a marked past day."""
+
+    end_to_end: EndToEnd
+    backlog_events: int  # stored into the past day and marked before the run
+    marks_left: int  # the day's hours the refresh had not rolled up when the run ended
+
+
+@dataclass(frozen=True)
 class CopyCeiling:
     """(e) raw asyncpg COPY into `events`: the storage ceiling."""
 
@@ -118,6 +127,7 @@ class BenchResults:
     rss: RssPeaks
     soak: Soak | None  # None when run with --soak 0
     compat: Compat | None = None  # (f) and (g)
+    rollups: RollupsWorking | None = None  # (h)
 
     @property
     def legacy_share_of_floor(self) -> float | None:
@@ -135,3 +145,15 @@ class BenchResults:
     @property
     def end_to_end_share_of_copy(self) -> float:
         return self.end_to_end.landed_events_per_second / self.copy.rows_per_second
+
+    @property
+    def rollup_refresh_cost(self) -> float | None:
+        """How much less (h) landed than (d): 1 - (h) / (d). NaN (no target met)
+        when the refresh ran out of work inside (h)'s window: then (h) measured
+        a refresh for part of the run only."""
+        if self.rollups is None:
+            return None
+        if self.rollups.marks_left == 0:
+            return math.nan
+        landed = self.rollups.end_to_end.landed_events_per_second
+        return 1 - landed / self.end_to_end.landed_events_per_second

@@ -6,9 +6,11 @@ Each phase starts the server processes it needs and stops them after:
      then `serve --no-flusher`: (c)
   2. `serve` with its flushers: drain what (b) and (c) queued
   3. a fresh `serve`: (d) end to end
-  4. no API: (e) the COPY ceiling
-  5. a fresh `serve`: the soak (skipped with --soak 0)
-  6. `serve --no-flusher`: the compatibility routes, (f) legacy and (g) Segment batches
+  4. a past day's events stored and marked, a fresh `serve`: (h), (d) again with
+     the flushers' rollup refresh working throughout
+  5. no API: (e) the COPY ceiling
+  6. a fresh `serve`: the soak (skipped with --soak 0)
+  7. `serve --no-flusher`: the compatibility routes, (f) legacy and (g) Segment batches
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from labs_analytics.settings import to_asyncpg_dsn
 from . import compat, measure, report
 from .load import CONNECTIONS
 from .machine import this_machine
-from .results import BenchResults, RssPeaks, Soak
+from .results import BenchResults, RollupsWorking, RssPeaks, Soak
 from .stack import (
     create_key,
     embedded_stack,
@@ -34,6 +36,10 @@ from .stack import (
     stack_env,
     wait_http,
 )
+
+# (h)'s marked past day: more than the refresh rolls up in (d)'s 60 s at full
+# speed on this machine (about 35 µs per event, alone).
+ROLLUP_BACKLOG_EVENTS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,15 @@ async def _run(
             e2e = await measure.end_to_end(base, key, dsn, start_rate, options.sustain, work)
     print(report.end_to_end_line(e2e), flush=True)
 
+    # (h) (d) again, the flushers' rollup refresh working throughout: more
+    # marked events than it can roll up in the window (checked: marks left).
+    day = await measure.rollup_backlog(dsn, ROLLUP_BACKLOG_EVENTS)
+    with process(serve, env, work / "serve-rollups.log"):
+        await asyncio.to_thread(wait_http, f"{base}/healthz")
+        working = await measure.end_to_end(base, key, dsn, start_rate, options.sustain, work)
+        rollups = RollupsWorking(working, ROLLUP_BACKLOG_EVENTS, await measure.marks_left(dsn, day))
+    print(report.rollups_line(rollups), flush=True)
+
     copy = await measure.copy_ceiling(dsn, options.seconds)
     print(report.copy_line(copy), flush=True)
 
@@ -131,6 +146,7 @@ async def _run(
         rss=RssPeaks(ingest=ingest_rss.peak, end_to_end=e2e_rss.peak),
         soak=soak,
         compat=compat_results,
+        rollups=rollups,
     )
 
 

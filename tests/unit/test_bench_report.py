@@ -24,6 +24,7 @@ from stress.benchmark.results import (
     EndToEnd,
     IngestRounds,
     LoadResult,
+    RollupsWorking,
     RssPeaks,
     Soak,
 )
@@ -159,6 +160,12 @@ def with_freshness_p99(value: float) -> BenchResults:
     return dataclasses.replace(RESULTS, end_to_end=e2e)
 
 
+def with_rollup_cost(cost: float, marks_left: int = 5) -> BenchResults:
+    landed = (1 - cost) * RESULTS.end_to_end.landed_events_per_second
+    working = dataclasses.replace(RESULTS.end_to_end, landed_events_per_second=landed)
+    return dataclasses.replace(RESULTS, rollups=RollupsWorking(working, 2_000_000, marks_left))
+
+
 def with_soak_growth(percent: float) -> BenchResults:
     soak = Soak(seconds=60, early_bytes=100 * MIB, late_bytes=(100 + percent) * MIB)
     return dataclasses.replace(RESULTS, soak=soak)
@@ -172,6 +179,7 @@ AROUND_THRESHOLDS: list[tuple[str, Callable[[float], BenchResults], float, float
     ("end to end", with_share_of_copy, 0.49, 0.50, 0.51),
     ("freshness p99", with_freshness_p99, 1.9, 2.0, 2.1),
     ("API RSS flat", with_soak_growth, 9.5, 10.0, 10.5),
+    ("rollup refresh working", with_rollup_cost, 0.09, 0.10, 0.11),
 ]
 
 
@@ -201,7 +209,8 @@ def test_rss_shrinking_past_the_threshold_misses_the_flat_rss_target() -> None:
 
 
 WITH_COMPAT = dataclasses.replace(
-    RESULTS, compat=Compat(legacy=wrk(13_000, 2.2, 9.5, 20), segment=wrk(1_400, 21.0, 80.0, 5))
+    with_rollup_cost(0.04),
+    compat=Compat(legacy=wrk(13_000, 2.2, 9.5, 20), segment=wrk(1_400, 21.0, 80.0, 5)),
 )
 
 
@@ -223,8 +232,27 @@ def test_every_target_of_a_run_with_the_compatibility_routes_is_checked() -> Non
     assert "**87% of (c)**" in rows["(g) `POST /v1/batch` (Segment), 100 `track` messages"]
 
 
-def test_a_run_without_the_compatibility_routes_leaves_their_targets_out() -> None:
-    assert len(check_all(RESULTS)) == len(TARGETS) - 3
+def test_a_run_without_the_compatibility_routes_or_h_leaves_their_targets_out() -> None:
+    assert len(check_all(RESULTS)) == len(TARGETS) - 4
+
+
+def test_a_refresh_that_ran_out_of_work_inside_h_meets_no_target() -> None:
+    """(h) measured the refresh for part of its window only: the cost is unknown."""
+    check = check_named("rollup refresh working", with_rollup_cost(0.01, marks_left=0))
+    assert check.met is False
+    rows = dict(measures(with_rollup_cost(0.01, marks_left=0)))
+    [row] = [value for measure, value in rows.items() if measure.startswith("(h)")]
+    assert "**cost not measured: the refresh ran out of work**" in row
+    assert "0 of the day's 24 hours not rolled up" in row
+
+
+def test_h_is_reported_beside_d() -> None:
+    rows = dict(measures(with_rollup_cost(0.04, marks_left=7)))
+    [(measure, row)] = [(m, v) for m, v in rows.items() if m.startswith("(h)")]
+    assert "2,000,000 events of a marked past day" in measure
+    assert row.startswith("39,420 events/s landed")
+    assert "**4.0% below (d)**" in row
+    assert "7 of the day's 24 hours not rolled up at the end" in row
 
 
 def test_a_run_without_a_soak_leaves_the_soak_target_out() -> None:
