@@ -199,6 +199,17 @@ async def marks_left(dsn: str, day: dt.datetime) -> int:
         await conn.close()
 
 
+async def caught_up(dsn: str, day: dt.datetime, within_seconds: float) -> float | None:
+    """Seconds until no hour of ``day`` is marked (the refresh caught up); None
+    if it had not within ``within_seconds``."""
+    start = time.monotonic()
+    while time.monotonic() - start < within_seconds:
+        if await marks_left(dsn, day) == 0:
+            return time.monotonic() - start
+        await asyncio.sleep(1)
+    return None
+
+
 class BacklogPacer:
     """Between paced segments: slower if the backlog holds more than 1.2 s of
     events (the flushers are falling behind), a little faster while it holds

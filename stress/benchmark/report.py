@@ -45,7 +45,8 @@ def drain_line(drain: Drain) -> str:
 def rollups_line(rollups: RollupsWorking) -> str:
     return (
         end_to_end_line(rollups.end_to_end).replace("(d) end to end", "(h) with a refresh", 1)
-        + f"; {rollups.marks_left} marked hours left"
+        + f"; {rollups.marks_left} marked hours left, caught up after "
+        + (f"{rollups.caught_up_seconds:.0f} s" if rollups.caught_up_seconds is not None else "-")
     )
 
 
@@ -175,7 +176,12 @@ def _rollup_rows(r: BenchResults) -> list[tuple[str, str]]:
             f"{h.landed_events_per_second:,.0f} events/s landed "
             f"(offered {h.offered_events_per_second:,.0f}), **{shown}**; freshness "
             f"p50 {h.freshness_p50_s:.2f} s, p99 {h.freshness_p99_s:.2f} s; "
-            f"{r.rollups.marks_left} of the day's 24 hours not rolled up at the end",
+            f"{r.rollups.marks_left} of the day's 24 hours not rolled up at the end, "
+            + (
+                f"all rolled up {r.rollups.caught_up_seconds:.0f} s after the load"
+                if r.rollups.caught_up_seconds is not None
+                else "not all rolled up 10 minutes after the load"
+            ),
         )
     ]
 

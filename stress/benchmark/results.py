@@ -77,6 +77,8 @@ class RollupsWorking:
     end_to_end: EndToEnd
     backlog_events: int  # stored into the past day and marked before the run
     marks_left: int  # the day's hours the refresh had not rolled up when the run ended
+    # From the load's end until no hour of the day was marked; None: not within the wait.
+    caught_up_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from .stack import (
 # (h)'s marked past day: more than the refresh rolls up in (d)'s 60 s at full
 # speed on this machine (about 35 µs per event, alone).
 ROLLUP_BACKLOG_EVENTS = 2_000_000
+CATCH_UP_SECONDS = 600  # the longest wait for it to finish after (h)'s load
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,10 @@ async def _run(
     with process(serve, env, work / "serve-rollups.log"):
         await asyncio.to_thread(wait_http, f"{base}/healthz")
         working = await measure.end_to_end(base, key, dsn, start_rate, options.sustain, work)
-        rollups = RollupsWorking(working, ROLLUP_BACKLOG_EVENTS, await measure.marks_left(dsn, day))
+        left = await measure.marks_left(dsn, day)
+        # Then, the load over, how long the refresh takes to finish the day.
+        catching_up = await measure.caught_up(dsn, day, CATCH_UP_SECONDS)
+        rollups = RollupsWorking(working, ROLLUP_BACKLOG_EVENTS, left, catching_up)
     print(report.rollups_line(rollups), flush=True)
 
     copy = await measure.copy_ceiling(dsn, options.seconds)

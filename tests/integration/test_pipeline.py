@@ -12,7 +12,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from labs_analytics.flusher import Flusher
-from labs_analytics.flusher.flusher import PAUSE_AFTER_SHORT_READ_SECONDS
+from labs_analytics.flusher.flusher import BEHIND_AFTER_SECONDS, PAUSE_AFTER_SHORT_READ_SECONDS
 from labs_analytics.queue.connection import create_redis
 from labs_analytics.settings import Settings
 from labs_analytics.storage.database import create_copy_pool
@@ -264,3 +264,41 @@ async def test_a_trickle_of_small_requests_is_collected_in_a_few_full_reads(
     # least 20 ms (without one: a read per entry or two, ~80).
     pause = max(PAUSE_AFTER_SHORT_READ_SECONDS, 0.02)
     assert reads <= elapsed / pause + 3, (reads, elapsed)
+
+
+async def test_a_flusher_is_behind_after_a_second_of_full_batches_only(
+    api: ApiFactory, settings: Settings, redis: Redis
+) -> None:
+    """Full batches for BEHIND_AFTER_SECONDS (the stream holds more than one batch
+    all along) make a flusher behind, which defers the rollup refresh; one batch
+    that is not full (the stream drained) ends it."""
+    settings = settings.model_copy(update={"flush_batch_events": 10})
+    async with api(run_flusher=False) as app:
+        key = await create_key(app.settings)
+        for _ in range(9):  # 9 entries of 5 events: 4 full batches of 10 at least
+            assert (await app.post({"events": make_events(5)}, key)).status_code == 202
+    pool = await create_copy_pool(settings.database_url)
+    flusher_redis = create_redis(settings.redis_url, timeout_seconds=2)
+    try:
+        flusher = Flusher(redis=flusher_redis, pool=pool, settings=settings, consumer_name="f")
+        await flusher.consumer.ensure_group()
+        stop = asyncio.Event()
+        first = await flusher.collect_batch(stop)
+        assert first is not None
+        assert len(first.records) == 10
+        assert not flusher.is_behind()  # full, but for no time yet
+        for _ in range(3):
+            await asyncio.sleep(BEHIND_AFTER_SECONDS / 3 + 0.01)
+            batch = await flusher.collect_batch(stop)
+            assert batch is not None
+            assert len(batch.records) == 10
+        assert flusher.is_behind()
+        # Whatever else the stream holds, the batches end with one not full.
+        for _ in range(100):
+            last = await flusher.collect_batch(stop)
+            if last is None or len(last.records) < 10:
+                break
+        assert not flusher.is_behind()
+    finally:
+        await pool.close()
+        await flusher_redis.aclose()

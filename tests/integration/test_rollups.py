@@ -861,3 +861,62 @@ async def test_breakdowns_over_whole_days_read_the_daily_rows(
     await rig.refresh_all()  # rewrites the day from its hours: the tampering is gone
     planned, raw = await rig.both(whole, "clubs")
     assert same_json(planned, raw)
+
+
+async def test_no_refresh_runs_while_the_flushers_are_behind(
+    rig: Rig, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """Behind (ingest at capacity), the flusher's process starts no refresh, and
+    cancels one running (held here on a locked rollup table), its marks kept;
+    caught up, the refresh rolls everything up."""
+    rng = random.Random(9)
+    assert await rig.write(new_records(rng, 60, since=START, seconds=86400, product="clubs"))
+    behind = True
+    refresher = RollupRefresher(
+        settings.model_copy(update={"rollup_interval_seconds": 0.05, "rollup_settle_seconds": 0}),
+        rig.pool,
+        consumer="behind-test",
+        is_behind=lambda: behind,
+    )
+    marks = await db.fetchval("SELECT count(*) FROM rollup_dirty")
+    blocker = await asyncpg.connect(to_asyncpg_dsn(settings.database_url))
+    stop = asyncio.Event()
+    task = asyncio.create_task(refresher.run(stop))
+    try:
+        await asyncio.sleep(0.5)  # ten intervals: none starts a refresh
+        assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
+        assert (await rollup_status(db)).hourly_rows == 0
+
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("LOCK TABLE rollup_user_hours IN ACCESS EXCLUSIVE MODE")
+        behind = False
+
+        async def refresh_holds(state: str) -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity "
+                    "WHERE application_name = $1 AND state = $2)",
+                    refresher.application_name,
+                    state,
+                )
+            )
+
+        await wait_for(lambda: refresh_holds("active"), what="a refresh to start and wait")
+        behind = True
+        await wait_for(lambda: refresh_holds("idle"), what="the refresh to be cancelled")
+        assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
+        await blocking.rollback()
+        await asyncio.sleep(0.3)
+        assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
+
+        behind = False
+        await wait_for(
+            lambda: db.fetchval("SELECT count(*) = 0 FROM rollup_dirty"),
+            what="the refresh, caught up",
+        )
+    finally:
+        stop.set()
+        await task
+        await blocker.close()
+    assert await db.fetchval("SELECT sum(events) FROM rollup_hourly") == 60

@@ -71,6 +71,11 @@ MAX_ENTRIES_PER_READ = 250
 PAUSE_AFTER_SHORT_READ_SECONDS = 0.05
 
 
+# A batch filled before its deadline now and then is a burst; full batches
+# for this long are a flusher at capacity (the rollup refresh then waits).
+BEHIND_AFTER_SECONDS = 1.0
+
+
 def default_consumer_name() -> str:
     # Unique per process: a restarted flusher must not inherit (and silently
     # skip) the pending list of its previous life; XAUTOCLAIM hands it over.
@@ -104,6 +109,8 @@ class Flusher:
         # does not overshoot its limit. Starts pessimistic (the largest
         # request) so the first read of a backlog of big entries stays small.
         self._events_per_entry = float(settings.max_events_per_request)
+        # Since when every batch collected was full: the flushers are behind.
+        self._full_since: float | None = None
 
     @property
     def name(self) -> str:
@@ -115,7 +122,7 @@ class Flusher:
         if self.settings.retention_interval_seconds > 0:
             background.append(asyncio.create_task(self._retention_loop(stop)))
         if self.settings.rollup_interval_seconds > 0:
-            refresher = RollupRefresher(self.settings, self._pool, self.name)
+            refresher = RollupRefresher(self.settings, self._pool, self.name, self.is_behind)
             background.append(asyncio.create_task(refresher.run(stop)))
         failures = 0
         try:
@@ -251,8 +258,19 @@ class Flusher:
                     await sleep_unless_stopped(stop, pause)
 
         if not entries:
+            self._full_since = None
             return None
+        if events < limit:
+            self._full_since = None
+        elif self._full_since is None:
+            self._full_since = time.monotonic()
         return Batch.from_entries(entries, max_deliveries=self.settings.max_deliveries)
+
+    def is_behind(self) -> bool:
+        """Whether every batch this flusher collected for ``BEHIND_AFTER_SECONDS``
+        was full: the stream holds more than it lands, ingest is at capacity."""
+        since = self._full_since
+        return since is not None and time.monotonic() - since >= BEHIND_AFTER_SECONDS
 
     async def write(self, batch: Batch, stop: asyncio.Event) -> BatchOutcome | None:
         """Write the batch's events; None if stopped before everything committed.

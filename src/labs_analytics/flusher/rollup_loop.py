@@ -1,19 +1,26 @@
-"""The rollup refresh beside the flushing, giving way to any flush that waits on it.
+"""The rollup refresh beside the flushing, yielding to it.
 
 Every ``rollup_interval_seconds`` a flusher process rolls up the hours
 flushed into since (``storage.rollups``; one process at a time, by an advisory
-lock), on a connection of its own. A refresh holds the marks of the hours it
-recomputes until it commits, and a flush of late events into one of those
-hours waits for that commit (``storage.rollups`` says why): up to a minute
-for a refresh of ``rollup_max_buckets`` hours of a busy product, while ingest
-piles up behind that flusher. So while a refresh runs it is watched: once a
-flush (any backend) waits on one of its locks, it is cancelled and rolled
-back, its marks left for a later refresh. A flush waits at most about
-``GIVE_WAY_CHECK_SECONDS``; the rollups, which reads never need to be
-current, wait instead.
+lock), on a connection of its own. Rolling up reads every event again and
+writes about two rollup rows per event: in PostgreSQL, about as much work as
+landing it (BENCHMARKS.md). Reads never need the rollups to be current (a
+marked hour is read raw), ingest always needs the flushes, so the refresh
+yields to them in two ways:
 
-Reads are exact whether or not the refresh keeps up; a failure is logged and
-tried again next interval: it never stops the flushing.
+- **Behind.** While this process's flusher is behind (every batch full for a
+  second: ingest at capacity), no refresh starts, and one running is
+  cancelled and rolled back, its marks left for later. Rollups wait for the
+  slack; at sustained capacity they do not advance (``labs-analytics rollups
+  status`` shows the oldest mark's age) and reads of those hours stay raw.
+- **Locks.** A refresh holds the marks of the hours it recomputes until it
+  commits, and a flush of late events into one of those hours waits for that
+  commit (``storage.rollups`` says why): up to a minute for a refresh of
+  ``rollup_max_buckets`` hours of a busy product. So once a flush (any
+  backend) waits on one of its locks, the refresh is cancelled likewise.
+
+Both are checked every ``GIVE_WAY_CHECK_SECONDS`` while a refresh runs. A
+failure is logged and tried again next interval: it never stops the flushing.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import asyncpg
 
@@ -47,10 +55,18 @@ SELECT EXISTS (
 
 
 class RollupRefresher:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, consumer: str) -> None:
-        """``pool``: the flusher's, for watching the refresh (never for running it)."""
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        consumer: str,
+        is_behind: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """``pool``: the flusher's, for watching the refresh (never for running it);
+        ``is_behind``: whether the flusher is behind (``Flusher.is_behind``)."""
         self.settings = settings
         self._watch_pool = pool
+        self._is_behind = is_behind
         self.application_name = f"labs-analytics rollups {consumer}"[:63]
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -70,9 +86,12 @@ class RollupRefresher:
         buckets = 0
         try:
             while not stop.is_set():
-                done = await self._refresh_giving_way(pool, max_buckets)
-                if done is None:
-                    log.info("rollups.gave_way", buckets_before=buckets)
+                if self._is_behind():
+                    log.info("rollups.deferred", reason="flushers behind", buckets_before=buckets)
+                    return
+                done, gave_way_to = await self._refresh_giving_way(pool, max_buckets)
+                if gave_way_to is not None:
+                    log.info("rollups.gave_way", reason=gave_way_to, buckets_before=buckets)
                     return
                 buckets += done
                 if done < max_buckets:
@@ -85,8 +104,10 @@ class RollupRefresher:
                 "rollups.refreshed", buckets=buckets, ms=round((time.monotonic() - started) * 1000)
             )
 
-    async def _refresh_giving_way(self, pool: asyncpg.Pool, max_buckets: int) -> int | None:
-        """One refresh; None if it was cancelled because a writer waited on it."""
+    async def _refresh_giving_way(
+        self, pool: asyncpg.Pool, max_buckets: int
+    ) -> tuple[int, str | None]:
+        """One refresh: the hours it rolled up, and why it was cancelled (None: it was not)."""
         refresh = asyncio.create_task(
             refresh_rollups(
                 pool,
@@ -101,12 +122,17 @@ class RollupRefresher:
             while True:
                 done, _ = await asyncio.wait({refresh}, timeout=GIVE_WAY_CHECK_SECONDS)
                 if done:
-                    return refresh.result()
-                if await self._blocks_another():
-                    refresh.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await refresh
-                    return None
+                    return refresh.result(), None
+                if self._is_behind():
+                    reason = "flushers behind"
+                elif await self._blocks_another():
+                    reason = "a flush waits on it"
+                else:
+                    continue
+                refresh.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresh
+                return 0, reason
         finally:
             if not refresh.done():  # this task cancelled (stop): the refresh with it
                 refresh.cancel()
