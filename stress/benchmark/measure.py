@@ -163,7 +163,7 @@ async def rollup_backlog(dsn: str, events: int) -> dt.datetime:
                                       'status_code', (ARRAY[200, 200, 200, 404, 500])[1 + i % 5],
                                       'duration_ms', i % 200),
                    $1::timestamptz + (i % 86400) * interval '1 second'
-            FROM generate_series(1, $2::integer) AS i
+            FROM generate_series(1, $2::bigint) AS i
             """,
             day,
             events,
