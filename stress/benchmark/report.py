@@ -164,11 +164,10 @@ def _rollup_rows(r: BenchResults) -> list[tuple[str, str]]:
         return []
     h = r.rollups.end_to_end
     cost = r.rollup_refresh_cost
-    shown = (
-        "cost not measured: the refresh ran out of work"
-        if math.isnan(cost)
-        else f"{cost:.1%} below (d)"
-    )
+    if math.isnan(cost):
+        shown = "cost not measured: the refresh ran out of work"
+    else:
+        shown = f"{cost:.1%} below (d)" if cost >= 0 else f"{-cost:.1%} above (d)"
     return [
         (
             f"(h) (d) again, the flusher's rollup refresh working through "

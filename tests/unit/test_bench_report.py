@@ -253,6 +253,8 @@ def test_h_is_reported_beside_d() -> None:
     assert "2,000,000 events of a marked past day" in measure
     assert row.startswith("39,420 events/s landed")
     assert "**4.0% below (d)**" in row
+    faster = dict(measures(with_rollup_cost(-0.007)))
+    assert "**0.7% above (d)**" in faster[measure]
     assert "7 of the day's 24 hours not rolled up at the end, all rolled up 41 s after" in row
 
 

@@ -335,7 +335,6 @@ def _hourly_props_relation(p: str, s: str, e: str, key: str, raw_value: str) -> 
     """Rollup rows for the key's clean hours, raw rows for its marked ones; and
     raw rows for the whole range if the key is not (or no longer) rolled up.
     ``raw_value``: the property as text over ``events``, as raw reads group it."""
-    declared = key_declared(key)
     return (
         "WITH dirty AS ("
         f"SELECT hour FROM rollup_dirty WHERE product = {p} AND hour >= {s} AND hour < {e}) "
@@ -343,12 +342,7 @@ def _hourly_props_relation(p: str, s: str, e: str, key: str, raw_value: str) -> 
         "FROM rollup_hourly_props r "
         f"WHERE r.product = {p} AND r.key = {key} AND r.hour >= {s} AND r.hour < {e} "
         "AND NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.hour = r.hour) "
-        f'UNION ALL SELECT "timestamp", name, {raw_value}, 1::bigint FROM dirty '
-        f'JOIN events ON events.product = {p} AND events."timestamp" >= dirty.hour '
-        "AND events.\"timestamp\" < dirty.hour + interval '1 hour' "
-        f"WHERE {declared} "
-        f'UNION ALL SELECT "timestamp", name, {raw_value}, 1::bigint FROM events '
-        f'WHERE NOT {declared} AND product = {p} AND "timestamp" >= {s} AND "timestamp" < {e}'
+        + _raw_props_rows(p, s, e, key, raw_value)
     )
 
 
@@ -360,7 +354,6 @@ def _daily_props_relation(
     as one row per day, name and value, timed at the day's start: the hours
     outside those days (the partial first and last days, the marked days) are
     read hour by hour, the marked hours raw."""
-    declared = key_declared(key)
     day, first, end = utc_day_start("marked.day"), utc_day_start(first_day), utc_day_start(end_day)
     clean_hour = "NOT EXISTS (SELECT 1 FROM dirty WHERE dirty.hour = r.hour)"
     return (
@@ -379,6 +372,16 @@ def _daily_props_relation(
         f"JOIN rollup_hourly_props r ON r.product = {p} AND r.key = {key} "
         f"AND r.hour >= {day} AND r.hour < {day} + interval '1 day' "
         f"WHERE marked.day >= {first_day} AND marked.day < {end_day} AND {clean_hour} "
+        + _raw_props_rows(p, s, e, key, raw_value)
+    )
+
+
+def _raw_props_rows(p: str, s: str, e: str, key: str, raw_value: str) -> str:
+    """The props relations' raw rows, as ``UNION ALL`` branches: the marked hours'
+    events (the ``dirty`` CTE), and every event of the range if the key is not,
+    or no longer, rolled up."""
+    declared = key_declared(key)
+    return (
         f'UNION ALL SELECT "timestamp", name, {raw_value}, 1::bigint FROM dirty '
         f'JOIN events ON events.product = {p} AND events."timestamp" >= dirty.hour '
         "AND events.\"timestamp\" < dirty.hour + interval '1 hour' "
