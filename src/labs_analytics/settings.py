@@ -241,6 +241,13 @@ class Settings(BaseSettings):
         description="Hours one rollup refresh recomputes at most (one transaction); the rest "
         "wait for the next.",
     )
+    rollup_max_defer_seconds: float = Field(
+        default=3600,
+        ge=0,
+        description="The rollup refresh waits while the flushers are behind (ingest at "
+        "capacity), but not past this: once the oldest settled mark has waited this long, it "
+        "runs anyway and takes its share of the machine. 0: it never waits for the flushers.",
+    )
     rollup_properties: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["route", "status_code"],
         description="Property keys (dotted paths) whose events are also counted per hour, "

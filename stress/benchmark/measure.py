@@ -144,8 +144,9 @@ async def end_to_end(
 
 async def rollup_backlog(dsn: str, events: int) -> dt.datetime:
     """``events`` events of a day three days back stored (as flushed long ago:
-    no flush will write into that day) and its 24 hours marked, settled: the
-    flushers' next refresh takes them at once. The day's start."""
+    no flush will write into that day) and its 24 hours marked two minutes ago:
+    settled (the flushers' next refresh takes them), not overdue (a refresh
+    still waits while the flushers are behind). The day's start."""
     day = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     day -= dt.timedelta(days=3)
     conn = await asyncpg.connect(dsn)
@@ -171,7 +172,7 @@ async def rollup_backlog(dsn: str, events: int) -> dt.datetime:
         await conn.execute(
             """
             INSERT INTO rollup_dirty (product, hour, marked_at)
-            SELECT 'bench', hour, now() - interval '1 hour'
+            SELECT 'bench', hour, now() - interval '2 minutes'
             FROM generate_series($1::timestamptz, $1::timestamptz + interval '23 hours',
                                  interval '1 hour') AS hour
             ON CONFLICT (product, hour) DO UPDATE SET marked_at = excluded.marked_at

@@ -920,3 +920,39 @@ async def test_no_refresh_runs_while_the_flushers_are_behind(
         await task
         await blocker.close()
     assert await db.fetchval("SELECT sum(events) FROM rollup_hourly") == 60
+
+
+async def test_marks_overdue_are_rolled_up_even_while_the_flushers_are_behind(
+    rig: Rig, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """Rollups wait for the slack, but not past ROLLUP_MAX_DEFER_SECONDS: marks that
+    old are rolled up while the flusher stays behind."""
+    rng = random.Random(13)
+    assert await rig.write(new_records(rng, 30, since=START, seconds=86400, product="clubs"))
+    await db.execute("UPDATE rollup_dirty SET marked_at = now()")
+    refresher = RollupRefresher(
+        settings.model_copy(
+            update={
+                "rollup_interval_seconds": 0.05,
+                "rollup_settle_seconds": 0,
+                "rollup_max_defer_seconds": 5,
+            }
+        ),
+        rig.pool,
+        consumer="overdue-test",
+        is_behind=lambda: True,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(refresher.run(stop))
+    try:
+        await asyncio.sleep(0.5)  # behind, the marks young: nothing rolled up
+        assert (await rollup_status(db)).hourly_rows == 0
+        await db.execute("UPDATE rollup_dirty SET marked_at = now() - interval '10 seconds'")
+        await wait_for(
+            lambda: db.fetchval("SELECT count(*) = 0 FROM rollup_dirty"),
+            what="the overdue marks rolled up while behind",
+        )
+    finally:
+        stop.set()
+        await task
+    assert await db.fetchval("SELECT sum(events) FROM rollup_hourly") == 30

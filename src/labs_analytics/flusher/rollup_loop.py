@@ -11,8 +11,9 @@ yields to them in two ways:
 - **Behind.** While this process's flusher is behind (every batch full for a
   second: ingest at capacity), no refresh starts, and one running is
   cancelled and rolled back, its marks left for later. Rollups wait for the
-  slack; at sustained capacity they do not advance (``labs-analytics rollups
-  status`` shows the oldest mark's age) and reads of those hours stay raw.
+  slack, and reads of the hours still marked stay raw (exact, slower) — but
+  not for ever: once the oldest settled mark has waited
+  ``rollup_max_defer_seconds``, the refresh runs anyway, behind or not.
 - **Locks.** A refresh holds the marks of the hours it recomputes until it
   commits, and a flush of late events into one of those hours waits for that
   commit (``storage.rollups`` says why): up to a minute for a refresh of
@@ -54,6 +55,14 @@ SELECT EXISTS (
 """
 
 
+# Marks are settled from marked_at; one that has waited the longest defer is overdue.
+_OVERDUE_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM rollup_dirty WHERE marked_at <= now() - make_interval(secs => $1)
+)
+"""
+
+
 class RollupRefresher:
     def __init__(
         self,
@@ -86,10 +95,13 @@ class RollupRefresher:
         buckets = 0
         try:
             while not stop.is_set():
-                if self._is_behind():
+                yields = self._is_behind() and not await self._overdue()
+                if yields:
                     log.info("rollups.deferred", reason="flushers behind", buckets_before=buckets)
                     return
-                done, gave_way_to = await self._refresh_giving_way(pool, max_buckets)
+                done, gave_way_to = await self._refresh_giving_way(
+                    pool, max_buckets, yield_to_behind=self.settings.rollup_max_defer_seconds > 0
+                )
                 if gave_way_to is not None:
                     log.info("rollups.gave_way", reason=gave_way_to, buckets_before=buckets)
                     return
@@ -105,9 +117,11 @@ class RollupRefresher:
             )
 
     async def _refresh_giving_way(
-        self, pool: asyncpg.Pool, max_buckets: int
+        self, pool: asyncpg.Pool, max_buckets: int, *, yield_to_behind: bool
     ) -> tuple[int, str | None]:
-        """One refresh: the hours it rolled up, and why it was cancelled (None: it was not)."""
+        """One refresh: the hours it rolled up, and why it was cancelled (None: it
+        was not). ``yield_to_behind``: cancelled when the flusher falls behind,
+        unless the marks are overdue."""
         refresh = asyncio.create_task(
             refresh_rollups(
                 pool,
@@ -123,7 +137,7 @@ class RollupRefresher:
                 done, _ = await asyncio.wait({refresh}, timeout=GIVE_WAY_CHECK_SECONDS)
                 if done:
                     return refresh.result(), None
-                if self._is_behind():
+                if yield_to_behind and self._is_behind() and not await self._overdue():
                     reason = "flushers behind"
                 elif await self._blocks_another():
                     reason = "a flush waits on it"
@@ -138,6 +152,14 @@ class RollupRefresher:
                 refresh.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await refresh
+
+    async def _overdue(self) -> bool:
+        """Whether the oldest settled mark has waited ``rollup_max_defer_seconds``."""
+        defer = self.settings.rollup_max_defer_seconds
+        if defer <= 0:
+            return True
+        async with self._watch_pool.acquire() as conn:
+            return bool(await conn.fetchval(_OVERDUE_SQL, defer))
 
     async def _blocks_another(self) -> bool:
         async with self._watch_pool.acquire() as conn:
