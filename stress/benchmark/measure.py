@@ -189,13 +189,7 @@ async def marks_left(dsn: str, day: dt.datetime) -> int:
     """The hours of ``day`` still marked."""
     conn = await asyncpg.connect(dsn)
     try:
-        return int(
-            await conn.fetchval(
-                "SELECT count(*) FROM rollup_dirty WHERE product = 'bench' "
-                "AND hour >= $1 AND hour < $1 + interval '1 day'",
-                day,
-            )
-        )
+        return await _marks_of(conn, day)
     finally:
         await conn.close()
 
@@ -204,11 +198,25 @@ async def caught_up(dsn: str, day: dt.datetime, within_seconds: float) -> float 
     """Seconds until no hour of ``day`` is marked (the refresh caught up); None
     if it had not within ``within_seconds``."""
     start = time.monotonic()
-    while time.monotonic() - start < within_seconds:
-        if await marks_left(dsn, day) == 0:
-            return time.monotonic() - start
-        await asyncio.sleep(1)
+    conn = await asyncpg.connect(dsn)
+    try:
+        while time.monotonic() - start < within_seconds:
+            if await _marks_of(conn, day) == 0:
+                return time.monotonic() - start
+            await asyncio.sleep(1)
+    finally:
+        await conn.close()
     return None
+
+
+async def _marks_of(conn: asyncpg.Connection, day: dt.datetime) -> int:
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM rollup_dirty WHERE product = 'bench' "
+            "AND hour >= $1 AND hour < $1 + interval '1 day'",
+            day,
+        )
+    )
 
 
 class BacklogPacer:

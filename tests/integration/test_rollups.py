@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -749,6 +750,38 @@ async def test_a_property_key_declared_late_or_dropped_reads_exactly_throughout(
     await assert_exact(rig, PROPERTY_CASES, "rollup")
 
 
+def quick_refresher(
+    settings: Settings,
+    rig: Rig,
+    consumer: str,
+    is_behind: Callable[[], bool] = lambda: False,
+    **update: Any,
+) -> RollupRefresher:
+    """A refresher that looks every 50 ms and takes marks at once."""
+    quick = {"rollup_interval_seconds": 0.05, "rollup_settle_seconds": 0, **update}
+    return RollupRefresher(settings.model_copy(update=quick), rig.pool, consumer, is_behind)
+
+
+class Deferrals:
+    """The refresher's "rollups.deferred" log lines (it looked, saw the flusher
+    behind, and started nothing): what a test waits on instead of a fixed sleep."""
+
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger="labs_analytics.flusher.rollup_loop")
+        self.caplog = caplog
+
+    def count(self) -> int:
+        return sum(r.getMessage() == "rollups.deferred" for r in self.caplog.records)
+
+    async def more(self, than: int, n: int = 3) -> None:
+        """Until the refresher has deferred ``n`` more times than ``than``."""
+
+        async def deferred() -> bool:
+            return self.count() >= than + n
+
+        await wait_for(deferred, what=f"{n} more deferrals")
+
+
 async def test_a_refresh_gives_way_to_a_flush_that_waits_on_it(
     rig: Rig, settings: Settings, db: asyncpg.Connection
 ) -> None:
@@ -762,11 +795,7 @@ async def test_a_refresh_gives_way_to_a_flush_that_waits_on_it(
     rng = random.Random(7)
     hour = START + dt.timedelta(hours=5)
     assert await rig.write(new_records(rng, 40, since=hour, seconds=3600, product="clubs"))
-    refresher = RollupRefresher(
-        settings.model_copy(update={"rollup_interval_seconds": 0.05, "rollup_settle_seconds": 0}),
-        rig.pool,
-        consumer="give-way-test",
-    )
+    refresher = quick_refresher(settings, rig, "give-way-test")
     blocker = await asyncpg.connect(to_asyncpg_dsn(settings.database_url))
     stop = asyncio.Event()
     try:
@@ -864,7 +893,7 @@ async def test_breakdowns_over_whole_days_read_the_daily_rows(
 
 
 async def test_no_refresh_runs_while_the_flushers_are_behind(
-    rig: Rig, settings: Settings, db: asyncpg.Connection
+    rig: Rig, settings: Settings, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Behind (ingest at capacity), the flusher's process starts no refresh, and
     cancels one running (held here on a locked rollup table), its marks kept;
@@ -872,18 +901,14 @@ async def test_no_refresh_runs_while_the_flushers_are_behind(
     rng = random.Random(9)
     assert await rig.write(new_records(rng, 60, since=START, seconds=86400, product="clubs"))
     behind = True
-    refresher = RollupRefresher(
-        settings.model_copy(update={"rollup_interval_seconds": 0.05, "rollup_settle_seconds": 0}),
-        rig.pool,
-        consumer="behind-test",
-        is_behind=lambda: behind,
-    )
+    refresher = quick_refresher(settings, rig, "behind-test", lambda: behind)
+    deferrals = Deferrals(caplog)
     marks = await db.fetchval("SELECT count(*) FROM rollup_dirty")
     blocker = await asyncpg.connect(to_asyncpg_dsn(settings.database_url))
     stop = asyncio.Event()
     task = asyncio.create_task(refresher.run(stop))
     try:
-        await asyncio.sleep(0.5)  # ten intervals: none starts a refresh
+        await deferrals.more(than=0)  # it looked three times and started nothing
         assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
         assert (await rollup_status(db)).hourly_rows == 0
 
@@ -907,7 +932,7 @@ async def test_no_refresh_runs_while_the_flushers_are_behind(
         await wait_for(lambda: refresh_holds("idle"), what="the refresh to be cancelled")
         assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
         await blocking.rollback()
-        await asyncio.sleep(0.3)
+        await deferrals.more(than=deferrals.count())  # the table free, still behind
         assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
 
         behind = False
@@ -923,29 +948,21 @@ async def test_no_refresh_runs_while_the_flushers_are_behind(
 
 
 async def test_marks_overdue_are_rolled_up_even_while_the_flushers_are_behind(
-    rig: Rig, settings: Settings, db: asyncpg.Connection
+    rig: Rig, settings: Settings, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Rollups wait for the slack, but not past ROLLUP_MAX_DEFER_SECONDS: marks that
     old are rolled up while the flusher stays behind."""
     rng = random.Random(13)
     assert await rig.write(new_records(rng, 30, since=START, seconds=86400, product="clubs"))
     await db.execute("UPDATE rollup_dirty SET marked_at = now()")
-    refresher = RollupRefresher(
-        settings.model_copy(
-            update={
-                "rollup_interval_seconds": 0.05,
-                "rollup_settle_seconds": 0,
-                "rollup_max_defer_seconds": 5,
-            }
-        ),
-        rig.pool,
-        consumer="overdue-test",
-        is_behind=lambda: True,
+    refresher = quick_refresher(
+        settings, rig, "overdue-test", lambda: True, rollup_max_defer_seconds=5
     )
+    deferrals = Deferrals(caplog)
     stop = asyncio.Event()
     task = asyncio.create_task(refresher.run(stop))
     try:
-        await asyncio.sleep(0.5)  # behind, the marks young: nothing rolled up
+        await deferrals.more(than=0)  # behind, the marks young: nothing rolled up
         assert (await rollup_status(db)).hourly_rows == 0
         await db.execute("UPDATE rollup_dirty SET marked_at = now() - interval '10 seconds'")
         await wait_for(

@@ -174,7 +174,7 @@ def _user_daily_shape(request: QueryRequest, interval: Interval) -> bool:
     return (
         all(metric.kind in ("events", "users") for metric in request.parsed_metrics())
         and _on_utc_boundary(interval, dt.timedelta(days=1))
-        and _offsets(request.timezone, interval) == {dt.timedelta(0)}
+        and _utc_throughout(request.timezone, interval)
     )
 
 
@@ -200,8 +200,7 @@ def daily_props_usable(request: QueryRequest, interval: Interval) -> bool:
     throughout the range (elsewhere a UTC day spans two local days)."""
     granularities = {d.granularity for d in request.parsed_dimensions() if d.granularity}
     return not granularities or (
-        granularities <= {"day", "week", "month"}
-        and _offsets(request.timezone, interval) == {dt.timedelta(0)}
+        granularities <= {"day", "week", "month"} and _utc_throughout(request.timezone, interval)
     )
 
 
@@ -220,6 +219,11 @@ def _on_utc_boundary(interval: Interval, unit: dt.timedelta) -> bool:
         == dt.timedelta(0)
         for bound in (interval.start, interval.end)
     )
+
+
+def _utc_throughout(zone: str, interval: Interval) -> bool:
+    """Whether the zone's offset is zero all through the range (a UTC day is a local one)."""
+    return _offsets(zone, interval) == {dt.timedelta(0)}
 
 
 def offsets_whole_hours(zone: str, interval: Interval) -> bool:

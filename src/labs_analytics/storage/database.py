@@ -30,9 +30,9 @@ def create_copy_pool(
 ) -> asyncpg.Pool:
     """A pool for the flusher; ``min_size=0`` so creating it never needs the server.
 
-    Three connections: the flush, retention beside it and one to spare, so
-    retention never makes a flush wait for a connection. The rollup refresh
-    has its own (``create_background_pool``).
+    Three connections: the flush, retention and the rollup refresh's watcher
+    (``flusher.rollup_loop``) beside it, so neither makes a flush wait for a
+    connection. The refresh itself has its own (``create_background_pool``).
 
     ``application_name`` shows in ``pg_stat_activity``: name the flusher, so an
     operator can tell which process holds which backend.
