@@ -30,6 +30,7 @@ from labs_analytics.auth.cache import KeyCache
 from labs_analytics.auth.keys import Scope
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from labs_analytics.queue.entries import entry_events
 from labs_analytics.settings import Settings, to_asyncpg_dsn
 from labs_analytics.storage import migrations
 from labs_analytics.storage.database import create_engine
@@ -213,6 +214,12 @@ async def stream_state(redis: Redis, settings: Settings) -> tuple[int, int | Non
     except ResponseError:  # NOGROUP: no flusher ever started on this stream
         return length, None
     return length, int(summary["pending"])
+
+
+async def stream_events(redis: Redis, settings: Settings) -> int:
+    """The events in the stream, however its entries hold them (ingest requests share entries)."""
+    entries: Any = await redis.xrange(settings.stream_key)
+    return sum(entry_events(fields) for _, fields in entries)
 
 
 async def wait_for_drained_stream(settings: Settings) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
 
+from labs_analytics.queue.entries import decode_entry
 from labs_analytics.settings import Settings
 from tests.helpers import (
     ApiFactory,
@@ -14,6 +16,7 @@ from tests.helpers import (
     create_key_with_rate,
     make_events,
     running_api,
+    stream_events,
     wait_for,
     wait_for_events,
 )
@@ -115,8 +118,35 @@ async def test_concurrent_requests_sharing_a_redis_call_each_get_their_own_verdi
         posts += [app.post({"events": make_events(3)}, fresh) for _ in range(20)]
         responses = await asyncio.gather(*posts)
         assert [r.status_code for r in responses] == [429] * 20 + [202] * 20
-        # 1 + 20 entries made it, each with its own id, and the backlog counts their events.
-        assert await redis.xlen(app.settings.stream_key) == 21
+        # The first request's events and the 20 fresh ones' made it (those 20 share
+        # entries), and the backlog counts them.
+        assert await stream_events(redis, app.settings) == 1000 + 20 * 3
         assert int(await redis.get(app.settings.backlog_key) or 0) == 1000 + 20 * 3
         ids = {i for r in responses[20:] for i in r.json()["ids"]}
         assert len(ids) == 60
+
+
+async def test_requests_sharing_an_entry_draw_on_their_keys_bucket_in_turn(
+    api: ApiFactory, redis: Redis
+) -> None:
+    async with api(run_flusher=False) as app:
+        # 1 event/s: the bucket holds the largest request, 1000 events, and refills slowly.
+        limited = await create_key_with_rate(app.settings, rate=1)
+        other = await create_key(app.settings, product="penn-mobile")
+        posts = [app.post({"events": make_events(400)}, limited) for _ in range(3)]
+        posts += [app.post({"events": make_events(2)}, other) for _ in range(5)]
+        responses = await asyncio.gather(*posts)
+        # Sent together, they share a script call: whichever 400 came third found 200
+        # tokens left.
+        assert sorted(r.status_code for r in responses[:3]) == [202, 202, 429]
+        assert [r.status_code for r in responses[3:]] == [202] * 5
+        assert await stream_events(redis, app.settings) == 2 * 400 + 5 * 2
+        assert int(await redis.get(app.settings.backlog_key) or 0) == 2 * 400 + 5 * 2
+        entries: Any = await redis.xrange(app.settings.stream_key)
+        stored = [record for _, fields in entries for record in decode_entry(fields)]
+        accepted = [i for r in responses if r.status_code == 202 for i in r.json()["ids"]]
+        assert sorted(str(record.event_id) for record in stored) == sorted(accepted)
+        products = {record.product for record in stored}
+        assert products == {"penn-mobile", "clubs"}
+        # The bucket was written once the entry was in: the next request is refused too.
+        assert (await app.post({"events": make_events(400)}, limited)).status_code == 429

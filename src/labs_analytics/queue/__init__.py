@@ -8,6 +8,7 @@
 - ``backlog``: the backlog counter, never negative, recounted from the stream.
 - ``service``: Redis first, the spool while it is away; maintenance.
 - ``spool``, ``buckets``: the local spool and its per-key rate limits.
-- ``entries``: how a request's events are laid out in one stream entry.
+- ``entries``: how events are laid out in a stream entry (one request's, or several
+  requests' that shared an append call).
 - ``connection``: building Redis clients.
 """

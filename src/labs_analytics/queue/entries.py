@@ -1,7 +1,11 @@
 """How a request's events are laid out in one stream entry, and read back.
 
-One entry per accepted request: ``{"v": "1", "n": <count>, "events": <JSON array>}``.
-The version field lets a later format coexist with entries still in the stream.
+An entry is ``{"v": "1", "n": <count>, "events": <JSON array>}``: the events
+of one request (a spooled or replayed one), or of every ingest request that
+shared a script call (``labs_analytics.queue.producer``: the append script
+joins their arrays' items). Each event carries its product and receive time,
+so an entry needs nothing else. The version field lets a later format coexist
+with entries still in the stream.
 """
 
 from __future__ import annotations
@@ -24,8 +28,22 @@ class UndecodableEntry(ValueError):
 
 
 def encode_entry(records: Sequence[EventRecord]) -> dict[bytes, bytes]:
-    payload = orjson.dumps([_record_as_json(record) for record in records])
-    return {b"v": ENTRY_FORMAT_VERSION, b"n": str(len(records)).encode(), b"events": payload}
+    return entry_fields(encode_events(records), len(records))
+
+
+def encode_events(records: Sequence[EventRecord]) -> bytes:
+    """The records as an entry's ``events``: a JSON array."""
+    return orjson.dumps([_record_as_json(record) for record in records])
+
+
+def entry_fields(events: bytes, count: int) -> dict[bytes, bytes]:
+    """An entry of its own for ``count`` events (``events``: their JSON array)."""
+    return {b"v": ENTRY_FORMAT_VERSION, b"n": str(count).encode(), b"events": events}
+
+
+def array_items(array: bytes) -> bytes:
+    """A JSON array's items without its brackets: what a shared entry joins."""
+    return array[1:-1]
 
 
 def entry_events(fields: Mapping[bytes, bytes]) -> int:

@@ -23,6 +23,8 @@ one to nine ASCII digits, else 1.
 
 from __future__ import annotations
 
+from labs_analytics.queue.entries import ENTRY_FORMAT_VERSION
+
 # Helpers shared by the scripts below (Lua scripts cannot import each other).
 _HELPERS = """
 -- The events an entry holds, from its `n` field: the rule of
@@ -95,24 +97,35 @@ local function restart_recount(recount_key, cursor)
 end
 """
 
-# Appends one script call's entries to the stream: for each, check the
-# backlog bound and the API key's token bucket, XADD, count its events.
+# Appends one script call's appends to the stream: for each, check the
+# backlog bound and the API key's token bucket, then add its events.
 # KEYS: the stream, the backlog counter.
-# ARGV: the number of entries, then for each entry a header
-#   "events rate burst backlog_limit fields bucket_key" (rate 0 = unlimited,
-#   backlog_limit 0 = none; one argument rather than six, as packing arguments
-#   is a measurable share of the hot path), then the fields as name, value pairs.
-# Returns three values per entry: 'ok', entry id, backlog | 'rate', seconds to
+# ARGV: the number of appends, then for each a header
+#   "kind events rate burst backlog_limit fields bucket_key" (rate 0 = unlimited,
+#   backlog_limit 0 = none; one argument rather than seven, as packing arguments
+#   is a measurable share of the hot path), then
+#   - kind 'e' (an entry of its own: replays, dead-letter replays): its fields
+#     as name, value pairs;
+#   - kind 's' (shared: ingest requests): one argument, its events as the items
+#     of a JSON array without the brackets. Every 's' append that passes its
+#     checks goes into one entry for the whole call, written after the loop in
+#     the format of ``labs_analytics.queue.entries``: one XADD, and one entry
+#     for the flushers to read, ack and delete, instead of one per request
+#     (those per-entry steps were most of what Redis and the flushers spent
+#     on a single-event request: BENCHMARKS.md).
+# Returns three values per append: 'ok', entry id, backlog | 'rate', seconds to
 #   wait, '' | 'backlog', backlog, '' | 'error', the error reply, ''.
 # The bucket keys are passed as arguments, not KEYS, because one call serves
-# many API keys; that is fine on a single Redis (not on Redis Cluster).
-# The bucket is written only once the XADD succeeded: a failed entry costs no
-# tokens. Each entry's commands run under pcall: one entry's error is its own
-# verdict and never aborts the entries sharing its call.
-APPEND_SCRIPT = """
+# many API keys; that is fine on a single Redis (not on Redis Cluster). Within
+# a call a bucket is read once and its state carried from append to append.
+# A bucket is written only once the XADD holding the append succeeded: a
+# failed append costs no tokens. Each command runs under pcall: one append's
+# error is its own verdict (or, for the shared entry's XADD, the verdict of
+# the appends in it) and never aborts the call.
+APPEND_SCRIPT_TEMPLATE = """
 local stream_key = KEYS[1]
 local backlog_key = KEYS[2]
-local entry_count = tonumber(ARGV[1])
+local append_count = tonumber(ARGV[1])
 
 local results = {}
 local backlog = tonumber(redis.call('GET', backlog_key) or '0')
@@ -123,44 +136,78 @@ if backlog == nil or backlog ~= math.floor(backlog) then
 end
 local added = 0
 local now = nil
+-- Token buckets as this call left them: bucket_key -> {tokens, rate, burst, dirty}.
+local buckets = {}
+-- The shared entry: its events' JSON items, their count, and the result slots
+-- of the appends in it.
+local shared_items = {}
+local shared_events = 0
+local shared_slots = {}
+
+local function write_bucket(bucket_key, bucket)
+  redis.pcall('HSET', bucket_key, 'tokens', tostring(bucket.tokens), 'ts', tostring(now))
+  redis.pcall('PEXPIRE', bucket_key, math.ceil(bucket.burst / bucket.rate * 1000) + 1000)
+end
+
 local i = 2
-for _ = 1, entry_count do
-  local n, rate, burst, max_backlog, fields, bucket_key =
-    string.match(ARGV[i], '^(%S+) (%S+) (%S+) (%S+) (%S+) (.*)$')
+for _ = 1, append_count do
+  local kind, n, rate, burst, max_backlog, fields, bucket_key =
+    string.match(ARGV[i], '^(%S) (%S+) (%S+) (%S+) (%S+) (%S+) (.*)$')
   n, rate, burst, max_backlog = tonumber(n), tonumber(rate), tonumber(burst), tonumber(max_backlog)
   local first = i + 1
-  local last = first + 2 * tonumber(fields) - 1
+  local last = first
+  if kind == 'e' then
+    last = first + 2 * tonumber(fields) - 1
+  end
   i = last + 1
   local verdict = 'ok'
   local detail = ''
-  local tokens = nil
-  if max_backlog > 0 and backlog + added + n > max_backlog then
-    verdict, detail = 'backlog', tostring(backlog + added)
+  local bucket = nil
+  if max_backlog > 0 and backlog + added + shared_events + n > max_backlog then
+    verdict, detail = 'backlog', tostring(backlog + added + shared_events)
   elseif rate > 0 then
     if now == nil then
       local t = redis.call('TIME')
       now = tonumber(t[1]) + tonumber(t[2]) / 1000000
     end
-    local bucket = redis.pcall('HMGET', bucket_key, 'tokens', 'ts')
-    if bucket.err then
-      verdict, detail = 'error', bucket.err
-    else
-      tokens = tonumber(bucket[1]) or burst
-      local ts = tonumber(bucket[2]) or now
-      tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-      if tokens < n then
-        verdict, detail = 'rate', tostring((n - tokens) / rate)
+    bucket = buckets[bucket_key]
+    if bucket == nil then
+      local stored = redis.pcall('HMGET', bucket_key, 'tokens', 'ts')
+      if stored.err then
+        verdict, detail = 'error', stored.err
+      else
+        local tokens = tonumber(stored[1]) or burst
+        local ts = tonumber(stored[2]) or now
+        tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+        bucket = {tokens = tokens, rate = rate, burst = burst, dirty = false}
+        buckets[bucket_key] = bucket
       end
     end
+    if bucket ~= nil and bucket.tokens < n then
+      verdict, detail = 'rate', tostring((n - bucket.tokens) / rate)
+    end
   end
-  if verdict == 'ok' then
+  if verdict == 'ok' and kind == 's' then
+    if ARGV[first] ~= '' then  -- no events: nothing to join
+      shared_items[#shared_items + 1] = ARGV[first]
+    end
+    shared_events = shared_events + n
+    shared_slots[#shared_slots + 1] = #results + 1
+    if bucket ~= nil then
+      bucket.tokens = bucket.tokens - n
+      bucket.dirty = true
+    end
+    results[#results + 1] = 'ok'
+    results[#results + 1] = ''
+    results[#results + 1] = ''
+  elseif verdict == 'ok' then
     local id = redis.pcall('XADD', stream_key, '*', unpack(ARGV, first, last))
     if type(id) == 'table' and id.err then
       verdict, detail = 'error', id.err
     else
-      if tokens ~= nil then
-        redis.pcall('HSET', bucket_key, 'tokens', tostring(tokens - n), 'ts', tostring(now))
-        redis.pcall('PEXPIRE', bucket_key, math.ceil(burst / rate * 1000) + 1000)
+      if bucket ~= nil then
+        bucket.tokens = bucket.tokens - n
+        write_bucket(bucket_key, bucket)
       end
       added = added + n
       results[#results + 1] = 'ok'
@@ -174,11 +221,32 @@ for _ = 1, entry_count do
     results[#results + 1] = ''
   end
 end
+if #shared_items > 0 then
+  local id = redis.pcall('XADD', stream_key, '*', 'v', '{version}', 'n', tostring(shared_events),
+    'events', '[' .. table.concat(shared_items, ',') .. ']')
+  local failed = type(id) == 'table' and id.err
+  if not failed then
+    added = added + shared_events
+    for bucket_key, bucket in pairs(buckets) do
+      if bucket.dirty then
+        write_bucket(bucket_key, bucket)
+      end
+    end
+  end
+  for _, slot in ipairs(shared_slots) do
+    if failed then
+      results[slot], results[slot + 1] = 'error', id.err
+    else
+      results[slot + 1], results[slot + 2] = id, tostring(backlog + added)
+    end
+  end
+end
 if added > 0 then
   redis.call('INCRBY', backlog_key, added)
 end
 return results
 """
+APPEND_SCRIPT = APPEND_SCRIPT_TEMPLATE.replace("{version}", ENTRY_FORMAT_VERSION.decode())
 
 # Charges refused work to an API key's token bucket.
 # KEYS: the key's bucket. ARGV: cost, rate, burst.

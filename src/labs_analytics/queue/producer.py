@@ -2,13 +2,18 @@
 
 One Lua script (``labs_analytics.queue.lua.APPEND_SCRIPT``) does it all,
 atomically: check the stream backlog, take the request's events from the
-key's token bucket, XADD the entry, count its events into the backlog. Two
-API workers can never both squeeze under a limit.
+key's token bucket, XADD, count its events into the backlog. Two API workers
+can never both squeeze under a limit.
 
 Concurrent requests share the call: appends made while the event loop is busy
 go to Redis together, as one script call (several for a large burst) in one
 write, and each request still waits for its own verdict before answering
-(nothing is acknowledged before Redis confirmed it). The write goes out on
+(nothing is acknowledged before Redis confirmed it). Ingest requests
+(``append_events``) share the stream entry too: the script writes the events
+of every request of the call that passed its checks as one entry (at most
+``MAX_SHARED_EVENTS`` events and ``MAX_SHARED_BYTES``), so Redis and the
+flushers handle one entry where they handled one per request. Replays
+(``append_fields``) keep their entries as they were. The write goes out on
 connections of the producer's own (``labs_analytics.queue.wire``: the one
 place that relies on redis-py internals).
 
@@ -57,10 +62,15 @@ OUTAGE_ERROR_CODES = frozenset(
 # expiry (in ms) would no longer be an integer Redis accepts.
 MAX_BUCKET_SECONDS = 10**8
 
-# One script call carries at most this many entries or bytes; a larger burst
+# One script call carries at most this many appends or bytes; a larger burst
 # of requests becomes several calls in one write.
 MAX_ENTRIES_PER_CALL = 128
 MAX_BYTES_PER_CALL = 4 * 1024 * 1024
+# A shared entry holds at most this many events and bytes of them (an append
+# over either goes alone): entries stay the size of one large request, which
+# is what the flushers' batches and reads are sized for.
+MAX_SHARED_EVENTS = 1000
+MAX_SHARED_BYTES = 1024 * 1024
 
 
 class QueueWriteFailed(Exception):
@@ -187,22 +197,45 @@ class StreamProducer:
         rate_limit: RateLimit,
         rate_key: str = "",
     ) -> Appended:
-        """Append one stream entry (``fields``, holding ``events`` events).
+        """Append one stream entry of its own (``fields``, holding ``events`` events).
 
         Raises ``RateLimited`` or ``BacklogFull`` (nothing written), or
         ``QueueWriteFailed`` unless Redis confirmed the write. No MAXLEN:
         trimming could drop entries that no flusher has acknowledged yet.
         """
-        rate_limit.check()
-        header = (
-            f"{events} {rate_limit.events_per_second!r} {rate_limit.burst!r} {self._backlog_max} "
-            f"{len(fields)} {rate_key or '-'}"
-        ).encode()
-        args = [header]
+        args = [b""]
         for name, value in fields.items():
             args += (name, value)
+        return await self._append("e", args, events, len(fields), rate_limit, rate_key)
+
+    async def append_events(
+        self, items: bytes, *, events: int, rate_limit: RateLimit, rate_key: str = ""
+    ) -> Appended:
+        """Append ``events`` events to the entry this call's requests share.
+
+        ``items``: the events as the items of a JSON array, without its
+        brackets (``labs_analytics.queue.entries.encode_items``). Raises as
+        ``append_fields`` does.
+        """
+        return await self._append("s", [b"", items], events, 0, rate_limit, rate_key)
+
+    async def _append(
+        self,
+        kind: str,
+        args: list[bytes],
+        events: int,
+        field_count: int,
+        rate_limit: RateLimit,
+        rate_key: str,
+    ) -> Appended:
+        rate_limit.check()
+        args[0] = (
+            f"{kind} {events} {rate_limit.events_per_second!r} {rate_limit.burst!r} "
+            f"{self._backlog_max} {field_count} {rate_key or '-'}"
+        ).encode()
+        shared_bytes = len(args[1]) if kind == "s" else 0
         try:
-            reply = await self._call(args)
+            reply = await self._call(args, events if kind == "s" else 0, shared_bytes)
         except (RedisError, OSError, TimeoutError) as exc:
             raise _failure(classify_error(exc), f"{type(exc).__name__}: {exc}") from exc
         status, detail, backlog = (_text(part) for part in reply)
@@ -212,7 +245,7 @@ class StreamProducer:
             raise RateLimited(float(detail))
         if status == "backlog":
             raise BacklogFull(int(float(detail)), adding=events, limit=self._backlog_max)
-        # 'error': this entry's command failed inside the script.
+        # 'error': this append's command failed inside the script.
         raise _failure(classify_error_reply(detail.split(" ", 1)[0]), detail)
 
     async def debit(self, rate_key: str, cost: int, rate_limit: RateLimit) -> float | None:
@@ -235,10 +268,11 @@ class StreamProducer:
             raise _failure(classify_error(exc), f"{type(exc).__name__}: {exc}") from exc
         return float(_text(left))
 
-    async def _call(self, args: list[bytes]) -> Any:
+    async def _call(self, args: list[bytes], shared_events: int, shared_bytes: int) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # Packed here, once: the send only concatenates.
-        self._waiting.append(_Waiting(pack_bulk_strings(args), len(args), future))
+        packed = pack_bulk_strings(args)
+        self._waiting.append(_Waiting(packed, len(args), shared_events, shared_bytes, future))
         if len(self._waiting) == 1:
             # Sent on the next turn of the loop, with whatever else arrived by then.
             asyncio.get_running_loop().call_soon(self._send_waiting)
@@ -293,22 +327,30 @@ class StreamProducer:
 
 
 class _Waiting(NamedTuple):
-    packed: bytes  # the entry's script arguments, as RESP bulk strings
+    packed: bytes  # the append's script arguments, as RESP bulk strings
     arg_count: int
+    shared_events: int  # its events and their bytes if it goes into the shared entry, else 0
+    shared_bytes: int
     future: asyncio.Future[Any]
 
 
 def _group(batch: list[_Waiting]) -> Iterator[list[_Waiting]]:
+    """The batch as script calls, in order, each within the per-call and shared-entry caps."""
     call: list[_Waiting] = []
-    size = 0
+    size = shared_events = shared_bytes = 0
     for waiting in batch:
         if call and (
-            len(call) >= MAX_ENTRIES_PER_CALL or size + len(waiting.packed) > MAX_BYTES_PER_CALL
+            len(call) >= MAX_ENTRIES_PER_CALL
+            or size + len(waiting.packed) > MAX_BYTES_PER_CALL
+            or shared_events + waiting.shared_events > MAX_SHARED_EVENTS
+            or shared_bytes + waiting.shared_bytes > MAX_SHARED_BYTES
         ):
             yield call
-            call, size = [], 0
+            call, size, shared_events, shared_bytes = [], 0, 0, 0
         call.append(waiting)
         size += len(waiting.packed)
+        shared_events += waiting.shared_events
+        shared_bytes += waiting.shared_bytes
     if call:
         yield call
 

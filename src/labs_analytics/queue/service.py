@@ -36,7 +36,7 @@ from labs_analytics.events import EventRecord
 from labs_analytics.logs import get_logger
 from labs_analytics.queue.backlog import BacklogCounter
 from labs_analytics.queue.buckets import LocalBuckets
-from labs_analytics.queue.entries import encode_entry
+from labs_analytics.queue.entries import array_items, encode_events, entry_fields
 from labs_analytics.queue.producer import (
     AppendRefused,
     BacklogFull,
@@ -104,11 +104,14 @@ class EventQueue:
         """
         if self._memory_pressure():
             raise Overloaded(f"Redis memory is above {self._memory_max_ratio:.0%} of maxmemory")
-        fields = encode_entry(records)
+        events = encode_events(records)
         if time.monotonic() >= self._down_until:
             try:
-                appended = await self._producer.append_fields(
-                    fields, events=len(records), rate_limit=rate_limit, rate_key=rate_key
+                appended = await self._producer.append_events(
+                    array_items(events),
+                    events=len(records),
+                    rate_limit=rate_limit,
+                    rate_key=rate_key,
                 )
             except BacklogFull as exc:
                 raise Overloaded(str(exc)) from exc
@@ -118,6 +121,7 @@ class EventQueue:
                 self.health.backlog_events = appended.backlog
                 metrics.ACCEPTED_INTO_REDIS.inc(len(records))
                 return "redis"
+        fields = entry_fields(events, len(records))
         return await self._append_to_spool(fields, len(records), rate_limit, rate_key)
 
     async def _append_to_spool(
