@@ -257,11 +257,10 @@ def test_every_operation_answers_as_documented_with_a_valid_key(service: Service
     assert statuses["POST /v1/events"] <= {202, 403, 413, 422}
     # Schema-valid queries are often still wrong (an unknown metric is a string
     # to the schema): a 422 naming the field, and no 5xx; some are answered.
-    assert 200 in statuses["POST /v1/query"]
-    assert statuses["POST /v1/query"] <= {200, 422, 429}
-    # The analyses likewise (a filter or a window is a string to the schema);
-    # `product` may name another product, which this key may not read.
-    for analysis in ("POST /v1/funnels", "POST /v1/retention"):
+    # The analyses likewise (a filter or a window is a string to the schema).
+    # Any of them may name another product in `product`, which this key may not
+    # read: 403 (rare, as few generated strings are product names).
+    for analysis in ("POST /v1/query", "POST /v1/funnels", "POST /v1/retention"):
         assert 200 in statuses[analysis], statuses[analysis]
         assert statuses[analysis] <= {200, 403, 422, 429}, statuses[analysis]
 
