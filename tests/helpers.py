@@ -217,7 +217,8 @@ async def stream_state(redis: Redis, settings: Settings) -> tuple[int, int | Non
 
 
 async def stream_events(redis: Redis, settings: Settings) -> int:
-    """The events in the stream, however its entries hold them (ingest requests share entries)."""
+    """The truth: every entry's events, read from the stream itself (ingest requests
+    share entries, so the entries alone do not say)."""
     entries: Any = await redis.xrange(settings.stream_key)
     return sum(entry_events(fields) for _, fields in entries)
 

@@ -10,9 +10,12 @@ stream, in bounded steps, sets the counter to what the stream holds.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -30,17 +33,12 @@ from tests.helpers import (
     create_key,
     make_events,
     run_cli_async,
+    stream_events,
     wait_for,
     wait_for_events,
 )
 
 # --- helpers ------------------------------------------------------------------
-
-
-async def events_in_stream(redis: Redis, settings: Settings) -> int:
-    """The truth: every entry's events, read from the stream itself."""
-    entries = await redis.xrange(settings.stream_key)
-    return sum(entry_events(fields) for _id, fields in entries)
 
 
 async def counter(redis: Redis, settings: Settings) -> int:
@@ -195,7 +193,7 @@ async def test_a_recount_finds_entries_written_by_something_else(
     assert await counter(redis, settings) == 13
     found = await recount(backlog_counter(redis, settings))
     assert (found.events, found.previous, found.corrected) == (22, 13, True)
-    assert await counter(redis, settings) == 22 == await events_in_stream(redis, settings)
+    assert await counter(redis, settings) == 22 == await stream_events(redis, settings)
     # A counter already true is left as it is.
     again = await recount(backlog_counter(redis, settings))
     assert (again.events, again.corrected) == (22, False)
@@ -210,7 +208,7 @@ async def test_the_recount_and_the_flusher_weigh_every_entry_alike(
     for n in [*odd, "\u0663"]:  # an Arabic-Indic three: a digit to Python's str, not to us
         await redis.xadd(settings.stream_key, {"v": "1", "n": n, "events": "[]"})
     await redis.xadd(settings.stream_key, {"v": "1", "events": "[]"})
-    expected = await events_in_stream(redis, settings)
+    expected = await stream_events(redis, settings)
     assert expected == 3 + 0 + 999999999 + 10  # ten entries whose n is not a count weigh 1
     found = await recount(backlog_counter(redis, settings))
     assert found.events == expected
@@ -235,7 +233,7 @@ async def test_a_recount_in_steps_stays_exact_while_entries_come_and_go(
     assert await consumer.ack_and_delete([entry(ids[1], 2)]) == 0
 
     found = await recount(backlog)
-    truth = await events_in_stream(redis, settings)
+    truth = await stream_events(redis, settings)
     assert truth == 55 - 2 - 9 - 5 + 20 + 100
     assert (found.events, found.previous) == (truth, truth - 100)  # only the foreign entry
     assert await counter(redis, settings) == truth
@@ -259,7 +257,7 @@ async def test_a_recount_ends_however_fast_entries_arrive(
             await append(producer, 1)
     # Only the 7 entries there when it began: 2 + 2 + 2 + 1, then done.
     assert statuses == ["counting", "counting", "counting", "done"]
-    assert await counter(redis, settings) == await events_in_stream(redis, settings) == 20
+    assert await counter(redis, settings) == await stream_events(redis, settings) == 20
 
 
 async def test_a_counter_stopped_at_zero_during_a_recount_starts_it_over(
@@ -273,7 +271,30 @@ async def test_a_counter_stopped_at_zero_during_a_recount_starts_it_over(
     # The error it measured (2 - 5) no longer holds: a recount from the start.
     found = await recount(backlog)
     assert (found.events, found.previous) == (2, 0)
-    assert await counter(redis, settings) == 2 == await events_in_stream(redis, settings)
+    assert await counter(redis, settings) == 2 == await stream_events(redis, settings)
+
+
+async def test_appends_sent_together_share_one_entry_and_count_their_events(
+    settings: Settings, redis: Redis, producer: StreamProducer
+) -> None:
+    unlimited = RateLimit.unlimited()
+    appended = await asyncio.gather(  # started in one turn of the loop: one script call
+        producer.append_events(b'{"a":1},{"a":2}', events=2, rate_limit=unlimited),
+        producer.append_events(b"", events=0, rate_limit=unlimited),
+        producer.append_events(b'{"a":3}', events=1, rate_limit=unlimited),
+    )
+    assert len({a.entry_id for a in appended}) == 1
+    entries: Any = await redis.xrange(settings.stream_key)
+    assert [entry_id.decode() for entry_id, _ in entries] == [appended[0].entry_id]
+    fields = entries[0][1]
+    assert entry_events(fields) == 3
+    assert orjson.loads(fields[b"events"]) == [{"a": 1}, {"a": 2}, {"a": 3}]
+    assert await counter(redis, settings) == 3
+
+    # A call whose appends hold no event writes nothing and counts nothing.
+    alone = await producer.append_events(b"", events=0, rate_limit=unlimited)
+    assert (alone.entry_id, alone.backlog) == ("", 3)
+    assert await redis.xlen(settings.stream_key) == 1
 
 
 async def test_a_step_reads_at_most_its_bytes_however_large_the_entries(

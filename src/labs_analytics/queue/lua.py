@@ -197,9 +197,11 @@ for _ = 1, append_count do
       bucket.tokens = bucket.tokens - n
       bucket.dirty = true
     end
+    -- Its id and backlog once the entry is in (or, if no append of the call
+    -- had events, the backlog as it stands).
     results[#results + 1] = 'ok'
     results[#results + 1] = ''
-    results[#results + 1] = ''
+    results[#results + 1] = tostring(backlog + added + shared_events)
   elseif verdict == 'ok' then
     local id = redis.pcall('XADD', stream_key, '*', unpack(ARGV, first, last))
     if type(id) == 'table' and id.err then
