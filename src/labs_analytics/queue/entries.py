@@ -1,4 +1,4 @@
-"""How a request's events are laid out in one stream entry, and read back.
+"""How events are laid out in a stream entry, and read back.
 
 An entry is ``{"v": "1", "n": <count>, "events": <JSON array>}``: the events
 of one request (a spooled or replayed one), or of every ingest request that

@@ -214,7 +214,7 @@ class StreamProducer:
         """Append ``events`` events to the entry this call's requests share.
 
         ``items``: the events as the items of a JSON array, without its
-        brackets (``labs_analytics.queue.entries.encode_items``). Raises as
+        brackets (``labs_analytics.queue.entries.array_items``). Raises as
         ``append_fields`` does.
         """
         return await self._append("s", [b"", items], events, 0, rate_limit, rate_key)
