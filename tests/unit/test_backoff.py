@@ -8,6 +8,7 @@ import pytest
 
 from labs_analytics.flusher import backoff
 from labs_analytics.flusher.backoff import backoff_seconds
+from labs_analytics.flusher.rollup_loop import MAX_BACKOFF_FACTOR, next_wait
 
 
 @pytest.fixture
@@ -57,3 +58,18 @@ def test_delays_are_jittered_not_all_equal() -> None:
     random.seed(0)
     delays = {backoff_seconds(3, initial_ms=100, max_ms=10_000) for _ in range(50)}
     assert len(delays) > 40
+
+
+def test_the_rollup_refresh_backs_off_after_giving_way_and_resets_once_done() -> None:
+    interval = 5.0
+    wait = interval
+    waits = []
+    for outcome in ["gave way", "gave way", "deferred", "gave way"] + ["gave way"] * 6:
+        wait = next_wait(wait, interval, outcome)
+        waits.append(wait)
+    # Doubled after each give-way, kept while deferring, capped at 64 intervals.
+    assert waits == [10, 20, 20, 40, 80, 160, 320, 320, 320, 320]
+    assert MAX_BACKOFF_FACTOR * interval == 320
+    assert next_wait(320, interval, "refreshed") == interval
+    assert next_wait(320, interval, "failed") == interval
+    assert next_wait(interval, interval, "deferred") == interval

@@ -21,6 +21,10 @@ yields to them in two ways:
   backend) waits on one of its locks, the refresh is cancelled likewise.
 
 Both are checked every ``GIVE_WAY_CHECK_SECONDS`` while a refresh runs. A
+refresh that gave way is work rolled back, so after one the next try waits
+twice as long as the last (``next_wait``: up to ``MAX_BACKOFF_FACTOR``
+intervals), until a refresh completes: under ingest near capacity, trying
+every interval cost the pipeline a fifth of its rate (BENCHMARKS.md). A
 failure is logged and tried again next interval: it never stops the flushing.
 """
 
@@ -30,6 +34,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import asyncpg
 
@@ -42,6 +47,25 @@ from labs_analytics.storage.rollups import refresh_rollups
 log = get_logger(__name__)
 
 GIVE_WAY_CHECK_SECONDS = 0.5
+# After refreshes that gave way, the wait before the next try doubles, up to
+# this many intervals (5 s → 320 s by default; marks overdue still win then).
+MAX_BACKOFF_FACTOR = 64
+
+
+# What a try came to: marks rolled up (or none settled), none started as the
+# flusher was behind, one cancelled to give way, or an error.
+Outcome = Literal["refreshed", "deferred", "gave way", "failed"]
+
+
+def next_wait(last_wait: float, interval: float, outcome: Outcome) -> float:
+    """The wait before the next try: doubled after a refresh that gave way (work
+    rolled back), kept while deferring (nothing was spent), else the interval."""
+    if outcome == "gave way":
+        return min(max(last_wait, interval) * 2, interval * MAX_BACKOFF_FACTOR)
+    if outcome == "deferred":
+        return max(last_wait, interval)
+    return interval
+
 
 # Is any backend waiting on a lock that the refresh's backend holds?
 _BLOCKS_ANOTHER_SQL = """
@@ -82,13 +106,15 @@ class RollupRefresher:
         pool = await create_background_pool(
             self.settings.database_url, application_name=self.application_name
         )
+        interval = self.settings.rollup_interval_seconds
+        wait = interval
         try:
-            while not await sleep_unless_stopped(stop, self.settings.rollup_interval_seconds):
-                await self._refresh_marked(pool, stop)
+            while not await sleep_unless_stopped(stop, wait):
+                wait = next_wait(wait, interval, await self._refresh_marked(pool, stop))
         finally:
             await pool.close()
 
-    async def _refresh_marked(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+    async def _refresh_marked(self, pool: asyncpg.Pool, stop: asyncio.Event) -> Outcome:
         """Refreshes until no settled mark is left, one transaction each."""
         max_buckets = self.settings.rollup_max_buckets
         started = time.monotonic()
@@ -98,23 +124,24 @@ class RollupRefresher:
                 yields = self._is_behind() and not await self._overdue()
                 if yields:
                     log.info("rollups.deferred", reason="flushers behind", buckets_before=buckets)
-                    return
+                    return "deferred"
                 done, gave_way_to = await self._refresh_giving_way(
                     pool, max_buckets, yield_to_behind=self.settings.rollup_max_defer_seconds > 0
                 )
                 if gave_way_to is not None:
                     log.info("rollups.gave_way", reason=gave_way_to, buckets_before=buckets)
-                    return
+                    return "gave way"
                 buckets += done
                 if done < max_buckets:
                     break
         except Exception as exc:  # PostgreSQL away, a missing migration: next time
             log.error("rollups.failed", error=f"{type(exc).__name__}: {exc}")
-            return
+            return "failed"
         if buckets:
             log.info(
                 "rollups.refreshed", buckets=buckets, ms=round((time.monotonic() - started) * 1000)
             )
+        return "refreshed"
 
     async def _refresh_giving_way(
         self, pool: asyncpg.Pool, max_buckets: int, *, yield_to_behind: bool
