@@ -24,7 +24,7 @@ Both are checked every ``GIVE_WAY_CHECK_SECONDS`` while a refresh runs. A
 refresh that gave way is work rolled back, so after one the next try waits
 twice as long as the last (``next_wait``: up to ``MAX_BACKOFF_FACTOR``
 intervals), until a refresh completes: under ingest near capacity, trying
-every interval cost the pipeline a fifth of its rate (BENCHMARKS.md). A
+every interval cost the pipeline a quarter of its rate (BENCHMARKS.md). A
 failure is logged and tried again next interval: it never stops the flushing.
 """
 
