@@ -23,9 +23,9 @@ yields to them in two ways:
 Both are checked every ``GIVE_WAY_CHECK_SECONDS`` while a refresh runs. A
 refresh that gave way is work rolled back, so after one the next try waits
 twice as long as the last (``next_wait``: up to ``MAX_BACKOFF_FACTOR``
-intervals), until a refresh completes: under ingest near capacity, trying
-every interval cost the pipeline a quarter of its rate (BENCHMARKS.md). A
-failure is logged and tried again next interval: it never stops the flushing.
+intervals), until a refresh completes: under sustained load near capacity,
+the work thrown away stays bounded however long the load lasts. A failure is
+logged and tried again next interval: it never stops the flushing.
 """
 
 from __future__ import annotations
