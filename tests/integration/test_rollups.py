@@ -11,6 +11,7 @@ and after late events land in hours already rolled up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -762,6 +763,23 @@ def quick_refresher(
     return RollupRefresher(settings.model_copy(update=quick), rig.pool, consumer, is_behind)
 
 
+@contextlib.asynccontextmanager
+async def running(refresher: RollupRefresher) -> AsyncIterator[None]:
+    """The refresher's loop for the block; stopped and awaited at its end."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(refresher.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def wait_until_rolled_up(db: asyncpg.Connection, what: str) -> None:
+    """Until no mark is left: the refresher rolled everything up."""
+    await wait_for(lambda: db.fetchval("SELECT count(*) = 0 FROM rollup_dirty"), what=what)
+
+
 class Deferrals:
     """The refresher's "rollups.deferred" log lines (it looked, saw the flusher
     behind, and started nothing): what a test waits on instead of a fixed sleep."""
@@ -905,44 +923,38 @@ async def test_no_refresh_runs_while_the_flushers_are_behind(
     deferrals = Deferrals(caplog)
     marks = await db.fetchval("SELECT count(*) FROM rollup_dirty")
     blocker = await asyncpg.connect(to_asyncpg_dsn(settings.database_url))
-    stop = asyncio.Event()
-    task = asyncio.create_task(refresher.run(stop))
     try:
-        await deferrals.more(than=0)  # it looked three times and started nothing
-        assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
-        assert (await rollup_status(db)).hourly_rows == 0
+        async with running(refresher):
+            await deferrals.more(than=0)  # it looked three times and started nothing
+            assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
+            assert (await rollup_status(db)).hourly_rows == 0
 
-        blocking = blocker.transaction()
-        await blocking.start()
-        await blocker.execute("LOCK TABLE rollup_user_hours IN ACCESS EXCLUSIVE MODE")
-        behind = False
+            blocking = blocker.transaction()
+            await blocking.start()
+            await blocker.execute("LOCK TABLE rollup_user_hours IN ACCESS EXCLUSIVE MODE")
+            behind = False
 
-        async def refresh_holds(state: str) -> bool:
-            return bool(
-                await db.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity "
-                    "WHERE application_name = $1 AND state = $2)",
-                    refresher.application_name,
-                    state,
+            async def refresh_holds(state: str) -> bool:
+                return bool(
+                    await db.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity "
+                        "WHERE application_name = $1 AND state = $2)",
+                        refresher.application_name,
+                        state,
+                    )
                 )
-            )
 
-        await wait_for(lambda: refresh_holds("active"), what="a refresh to start and wait")
-        behind = True
-        await wait_for(lambda: refresh_holds("idle"), what="the refresh to be cancelled")
-        assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
-        await blocking.rollback()
-        await deferrals.more(than=deferrals.count())  # the table free, still behind
-        assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
+            await wait_for(lambda: refresh_holds("active"), what="a refresh to start and wait")
+            behind = True
+            await wait_for(lambda: refresh_holds("idle"), what="the refresh to be cancelled")
+            assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
+            await blocking.rollback()
+            await deferrals.more(than=deferrals.count())  # the table free, still behind
+            assert await db.fetchval("SELECT count(*) FROM rollup_dirty") == marks
 
-        behind = False
-        await wait_for(
-            lambda: db.fetchval("SELECT count(*) = 0 FROM rollup_dirty"),
-            what="the refresh, caught up",
-        )
+            behind = False
+            await wait_until_rolled_up(db, "the refresh, caught up")
     finally:
-        stop.set()
-        await task
         await blocker.close()
     assert await db.fetchval("SELECT sum(events) FROM rollup_hourly") == 60
 
@@ -959,17 +971,9 @@ async def test_marks_overdue_are_rolled_up_even_while_the_flushers_are_behind(
         settings, rig, "overdue-test", lambda: True, rollup_max_defer_seconds=5
     )
     deferrals = Deferrals(caplog)
-    stop = asyncio.Event()
-    task = asyncio.create_task(refresher.run(stop))
-    try:
+    async with running(refresher):
         await deferrals.more(than=0)  # behind, the marks young: nothing rolled up
         assert (await rollup_status(db)).hourly_rows == 0
         await db.execute("UPDATE rollup_dirty SET marked_at = now() - interval '10 seconds'")
-        await wait_for(
-            lambda: db.fetchval("SELECT count(*) = 0 FROM rollup_dirty"),
-            what="the overdue marks rolled up while behind",
-        )
-    finally:
-        stop.set()
-        await task
+        await wait_until_rolled_up(db, "the overdue marks rolled up while behind")
     assert await db.fetchval("SELECT sum(events) FROM rollup_hourly") == 30

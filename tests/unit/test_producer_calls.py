@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from labs_analytics.queue.producer import (
-    MAX_ENTRIES_PER_CALL,
+    MAX_APPENDS_PER_CALL,
     MAX_SHARED_BYTES,
     MAX_SHARED_EVENTS,
     _group,
@@ -52,5 +52,5 @@ def test_a_call_holds_at_most_a_shared_entrys_bytes() -> None:
 def test_entries_of_their_own_count_only_against_the_call_caps() -> None:
     batch = [shared(MAX_SHARED_EVENTS), own_entry(), own_entry(), shared(1)]
     assert sizes(list(_group(batch))) == [3, 1]
-    many = [own_entry() for _ in range(MAX_ENTRIES_PER_CALL + 1)]
-    assert sizes(list(_group(many))) == [MAX_ENTRIES_PER_CALL, 1]
+    many = [own_entry() for _ in range(MAX_APPENDS_PER_CALL + 1)]
+    assert sizes(list(_group(many))) == [MAX_APPENDS_PER_CALL, 1]

@@ -61,9 +61,9 @@ def next_wait(last_wait: float, interval: float, outcome: Outcome) -> float:
     """The wait before the next try: doubled after a refresh that gave way (work
     rolled back), kept while deferring (nothing was spent), else the interval."""
     if outcome == "gave way":
-        return min(max(last_wait, interval) * 2, interval * MAX_BACKOFF_FACTOR)
+        return min(last_wait * 2, interval * MAX_BACKOFF_FACTOR)
     if outcome == "deferred":
-        return max(last_wait, interval)
+        return last_wait
     return interval
 
 

@@ -122,7 +122,7 @@ end
 # failed append costs no tokens. Each command runs under pcall: one append's
 # error is its own verdict (or, for the shared entry's XADD, the verdict of
 # the appends in it) and never aborts the call.
-APPEND_SCRIPT_TEMPLATE = """
+_APPEND_SCRIPT_TEMPLATE = """
 local stream_key = KEYS[1]
 local backlog_key = KEYS[2]
 local append_count = tonumber(ARGV[1])
@@ -248,7 +248,7 @@ if added > 0 then
 end
 return results
 """
-APPEND_SCRIPT = APPEND_SCRIPT_TEMPLATE.replace("{version}", ENTRY_FORMAT_VERSION.decode())
+APPEND_SCRIPT = _APPEND_SCRIPT_TEMPLATE.replace("{version}", ENTRY_FORMAT_VERSION.decode())
 
 # Charges refused work to an API key's token bucket.
 # KEYS: the key's bucket. ARGV: cost, rate, burst.

@@ -64,7 +64,7 @@ MAX_BUCKET_SECONDS = 10**8
 
 # One script call carries at most this many appends or bytes; a larger burst
 # of requests becomes several calls in one write.
-MAX_ENTRIES_PER_CALL = 128
+MAX_APPENDS_PER_CALL = 128
 MAX_BYTES_PER_CALL = 4 * 1024 * 1024
 # A shared entry holds at most this many events and bytes of them (an append
 # over either goes alone): entries stay the size of one large request, which
@@ -203,10 +203,10 @@ class StreamProducer:
         ``QueueWriteFailed`` unless Redis confirmed the write. No MAXLEN:
         trimming could drop entries that no flusher has acknowledged yet.
         """
-        args = [b""]
+        body: list[bytes] = []
         for name, value in fields.items():
-            args += (name, value)
-        return await self._append("e", args, events, len(fields), rate_limit, rate_key)
+            body += (name, value)
+        return await self._append("e", body, events, len(fields), rate_limit, rate_key)
 
     async def append_events(
         self, items: bytes, *, events: int, rate_limit: RateLimit, rate_key: str = ""
@@ -217,25 +217,30 @@ class StreamProducer:
         brackets (``labs_analytics.queue.entries.array_items``). Raises as
         ``append_fields`` does.
         """
-        return await self._append("s", [b"", items], events, 0, rate_limit, rate_key)
+        return await self._append("s", [items], events, 0, rate_limit, rate_key)
 
     async def _append(
         self,
         kind: str,
-        args: list[bytes],
+        body: list[bytes],
         events: int,
         field_count: int,
         rate_limit: RateLimit,
         rate_key: str,
     ) -> Appended:
+        """One append of either kind (``lua.APPEND_SCRIPT``: its header, then ``body``)."""
         rate_limit.check()
-        args[0] = (
+        header = (
             f"{kind} {events} {rate_limit.events_per_second!r} {rate_limit.burst!r} "
             f"{self._backlog_max} {field_count} {rate_key or '-'}"
         ).encode()
-        shared_bytes = len(args[1]) if kind == "s" else 0
+        shared = kind == "s"
         try:
-            reply = await self._call(args, events if kind == "s" else 0, shared_bytes)
+            reply = await self._call(
+                [header, *body],
+                shared_events=events if shared else 0,
+                shared_bytes=len(body[0]) if shared else 0,
+            )
         except (RedisError, OSError, TimeoutError) as exc:
             raise _failure(classify_error(exc), f"{type(exc).__name__}: {exc}") from exc
         status, detail, backlog = (_text(part) for part in reply)
@@ -268,7 +273,7 @@ class StreamProducer:
             raise _failure(classify_error(exc), f"{type(exc).__name__}: {exc}") from exc
         return float(_text(left))
 
-    async def _call(self, args: list[bytes], shared_events: int, shared_bytes: int) -> Any:
+    async def _call(self, args: list[bytes], *, shared_events: int, shared_bytes: int) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # Packed here, once: the send only concatenates.
         packed = pack_bulk_strings(args)
@@ -340,7 +345,7 @@ def _group(batch: list[_Waiting]) -> Iterator[list[_Waiting]]:
     size = shared_events = shared_bytes = 0
     for waiting in batch:
         if call and (
-            len(call) >= MAX_ENTRIES_PER_CALL
+            len(call) >= MAX_APPENDS_PER_CALL
             or size + len(waiting.packed) > MAX_BYTES_PER_CALL
             or shared_events + waiting.shared_events > MAX_SHARED_EVENTS
             or shared_bytes + waiting.shared_bytes > MAX_SHARED_BYTES
