@@ -32,6 +32,9 @@ descriptors. ``BoundedHttpToolsProtocol`` adds, per connection:
   over http) is served as the plain HTTP/1.1 request it also is, as RFC 9110
   allows; uvicorn would drop its body.
 
+It also writes each response's head and body in one system call rather than
+uvicorn's two (``api.response_writes``).
+
 The checks cost a few attribute reads per packet; timers are armed only for
 heads and bodies that span packets (BENCHMARKS.md measures the difference).
 """
@@ -51,6 +54,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from labs_analytics import metrics
+from labs_analytics.api.response_writes import HeadWithBodyTransport
 from labs_analytics.logs import get_logger
 from labs_analytics.settings import Settings
 
@@ -271,7 +275,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._upgrade_ignored = True  # re-parsed without it in data_received
             return
         self._disarm()
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle is not previous:  # not a websocket upgrade
+            self.cycle.transport = HeadWithBodyTransport(self.transport, self.cycle)  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         if self._upgrade_ignored or self.transport.is_closing():
