@@ -72,6 +72,15 @@ def test_round_trip_returns_uuids_not_strings() -> None:
     (decoded,) = decode_entry(encode_entry([original]))
     assert isinstance(decoded.event_id, uuid.UUID)
     assert decoded.event_id == original.event_id
+    assert hash(decoded.event_id) == hash(original.event_id)
+    assert str(decoded.event_id) == str(original.event_id)
+    assert {decoded.event_id: 1}[original.event_id] == 1
+
+
+def test_a_decoded_record_encodes_as_it_was_read() -> None:
+    """A dead-lettered event is re-encoded from its decoded record (asyncpg's UUID type)."""
+    encoded = encode_entry([record(), record(user=None)])
+    assert encode_entry(decode_entry(encoded)) == encoded
 
 
 def test_round_trip_keeps_none_user_and_context() -> None:
