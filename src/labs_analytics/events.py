@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
+from asyncpg.pgproto.pgproto import UUID as _AsyncpgUUID
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -469,16 +470,21 @@ def uuid5(namespace: uuid.UUID, name: str) -> uuid.UUID:
     return _uuid_from_int((int.from_bytes(digest[:16]) & _UUID5_CLEAR) | _UUID5_SET)
 
 
-_CANONICAL_UUID = re.compile(
-    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII
-)
-
-
 def parse_uuid(text: str) -> uuid.UUID:
-    """``uuid.UUID(text)``, faster for the canonical lower-case form our queue entries hold."""
-    if _CANONICAL_UUID.fullmatch(text):
-        return _uuid_from_int(int(text.replace("-", ""), 16))
-    return uuid.UUID(text)
+    """``uuid.UUID(text)``: the same value for the same texts, ValueError for the same others.
+
+    Parsed by asyncpg's UUID type when it can (a ``uuid.UUID`` subclass,
+    equal, hashing and printing alike, built in C: 0.2 µs against 1.6; the
+    flushers parse every event's id, and spent a quarter of their time on it),
+    which reads a subset of what ``uuid.UUID`` reads (not braces, not ``urn:``)
+    to the same value. orjson writes only ``uuid.UUID`` itself: encoders of
+    these ids pass ``default=str`` or a function that does (``queue.entries``).
+    """
+    try:
+        parsed: uuid.UUID = _AsyncpgUUID(text)
+    except ValueError:
+        return uuid.UUID(text)
+    return parsed
 
 
 def _uuid_from_int(value: int) -> uuid.UUID:

@@ -43,7 +43,16 @@ CONTEXTS = st.dictionaries(SAFE_TEXT.filter(lambda key: key != RESERVED_CONTEXT_
 USERS = st.text(SAFE_CHARACTERS, min_size=1, max_size=MAX_USER_LENGTH) | st.integers(
     -(2**63), 2**63 - 1
 )
-MESSAGE_IDS = st.uuids().map(str) | st.text(SAFE_CHARACTERS, min_size=1, max_size=100)
+# UUIDs in every form uuid.UUID reads (the mapping parses the common ones in
+# C, the rest with uuid.UUID: both must give uuid.UUID's value), and free text.
+MESSAGE_IDS = (
+    st.uuids().map(str)
+    | st.uuids().map(lambda u: str(u).upper())
+    | st.uuids().map(lambda u: u.hex)
+    | st.uuids().map(lambda u: f"{{{u}}}")
+    | st.uuids().map(lambda u: u.urn)
+    | st.text(SAFE_CHARACTERS, min_size=1, max_size=100)
+)
 
 
 @st.composite

@@ -16,9 +16,8 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from asyncpg.pgproto.pgproto import UUID as EntryUUID
 
-from labs_analytics.events import EventRecord
+from labs_analytics.events import EventRecord, parse_uuid
 
 ENTRY_FORMAT_VERSION = b"1"
 # The most digits an entry's ``n`` may have; 9 stay exact in Lua's numbers too.
@@ -39,8 +38,8 @@ def encode_events(records: Sequence[EventRecord]) -> bytes:
 
 
 def _uuid_as_json(value: object) -> str:
-    # orjson writes uuid.UUID itself, but not its subclasses: a decoded
-    # record's EntryUUID, re-encoded when its event is dead-lettered.
+    # orjson writes uuid.UUID itself, but not its subclasses: the ids
+    # ``parse_uuid`` makes (a decoded entry's, a Segment messageId).
     if isinstance(value, uuid.UUID):
         return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
@@ -100,11 +99,8 @@ def _record_as_json(record: EventRecord) -> dict[str, Any]:
 
 def _record_from_json(item: dict[str, Any]) -> EventRecord:
     # The required fields first: anything but an object fails on them (TypeError).
-    # The id as asyncpg's own UUID type: a uuid.UUID (equal, hashing and
-    # printing alike) parsed in C, 8x cheaper than uuid.UUID() (a quarter of a
-    # flusher's time went to ids), and the type asyncpg's COPY encodes as is.
     record = EventRecord(
-        event_id=EntryUUID(item["event_id"]),
+        event_id=parse_uuid(item["event_id"]),
         product=str(item["product"]),
         name=str(item["name"]),
         user=item["user"],
