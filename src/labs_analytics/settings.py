@@ -175,6 +175,14 @@ class Settings(BaseSettings):
     flush_interval_ms: int = Field(
         default=500, gt=0, description="Longest wait to fill a batch before flushing what we have."
     )
+    standby_flusher_backlog_events: int = Field(
+        default=10_000,
+        ge=0,
+        description="`serve`'s flushers beyond the first stand by while the stream holds fewer "
+        "events than this (one flusher keeps up with less, and a second one flushing beside it "
+        "takes CPU from the API: ingest p99 ~5 ms higher, BENCHMARKS.md); at this backlog or "
+        "more they flush too. 0: every flusher flushes all the time.",
+    )
     reclaim_idle_ms: int = Field(
         default=30_000,
         gt=0,

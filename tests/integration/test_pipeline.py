@@ -302,3 +302,42 @@ async def test_a_flusher_is_behind_after_a_second_of_full_batches_only(
     finally:
         await pool.close()
         await flusher_redis.aclose()
+
+
+async def test_a_standby_flusher_flushes_only_while_the_stream_holds_a_backlog(
+    api: ApiFactory, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """`serve` starts every flusher but its first as a standby: below
+    STANDBY_FLUSHER_BACKLOG_EVENTS it reads nothing (the first keeps up alone);
+    at it, it flushes too, until the backlog falls below half of it."""
+    settings = settings.model_copy(
+        update={"standby_flusher_backlog_events": 30, "flush_batch_events": 10}
+    )
+    pool = await create_copy_pool(settings.database_url)
+    flusher_redis = create_redis(settings.redis_url, timeout_seconds=2)
+    stop = asyncio.Event()
+    standby = Flusher(
+        redis=flusher_redis, pool=pool, settings=settings, consumer_name="s", standby=True
+    )
+    running = asyncio.create_task(standby.run(stop))
+    try:
+        async with api(run_flusher=False) as app:
+            key = await create_key(app.settings)
+            for _ in range(4):  # 20 events, 5 an entry: under the backlog that calls it in
+                assert (await app.post({"events": make_events(5)}, key)).status_code == 202
+            assert not await standby._needed()
+            for _ in range(4):  # 40: it joins, and flushes (10 a batch) until under 15
+                assert (await app.post({"events": make_events(5)}, key)).status_code == 202
+
+        async def stood_by_again() -> bool:
+            return await count_events(db) >= 30 and standby._standing_by
+
+        await wait_for(stood_by_again, what="the standby flushing, then standing by")
+        # Had it flushed while under the backlog, it would never have joined:
+        # 20 events, then 20 more, each under 30.
+        assert await count_events(db) == 30
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=30)
+        await pool.close()
+        await flusher_redis.aclose()

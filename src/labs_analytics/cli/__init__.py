@@ -72,12 +72,21 @@ def serve(
 
 
 @app.command()
-def flusher() -> None:
+def flusher(
+    standby: Annotated[
+        bool,
+        typer.Option(
+            "--standby",
+            help="Flush only while the stream holds STANDBY_FLUSHER_BACKLOG_EVENTS events or "
+            "more (how `serve` runs every flusher but its first).",
+        ),
+    ] = False,
+) -> None:
     """Run a standalone flusher (a consumer-group member); add more to scale out."""
     settings = load_settings()
     require(settings.database_url, "DATABASE_URL")
     require(settings.redis_url, "REDIS_URL")
-    run_flusher(settings)
+    run_flusher(settings, standby=standby)
 
 
 # --- migrate -----------------------------------------------------------------

@@ -6,7 +6,10 @@ Flushing in the API's own event loop stole it: decoding and copying a
 processes of their own (`labs-analytics flusher`, a consumer-group member
 each), and this supervisor, a thread of the `serve` process:
 
-* starts ``count`` of them with the service's environment;
+* starts ``count`` of them with the service's environment: the first flushes
+  all the time, the others stand by until the stream holds a backlog
+  (``STANDBY_FLUSHER_BACKLOG_EVENTS``: one flusher keeps up with less, and
+  more flushing beside it take CPU from the API);
 * restarts one that dies (a crash, an OOM kill), after a backoff that grows
   while it keeps dying (1 s, doubling, at most 30 s; reset after a minute up);
   its pending entries are reclaimed by the others or by its successor, so
@@ -113,8 +116,11 @@ class FlusherProcesses:
             log.info("flushers.stopped", exit_codes=[process.returncode for process in running])
 
     def _spawn(self, slot: _Slot) -> None:
+        # The first flushes all the time; the others stand by until the stream
+        # holds a backlog (``Flusher``'s ``standby``).
+        standby = ["--standby"] if slot.index > 0 else []
         slot.process = subprocess.Popen(
-            [sys.executable, "-m", "labs_analytics", "flusher"],
+            [sys.executable, "-m", "labs_analytics", "flusher", *standby],
             env=self._env,
             # Its own session: a Ctrl-C at the terminal reaches `serve` alone,
             # which stops the flushers once the API has drained.

@@ -90,11 +90,11 @@ def _ignore_signal(_signum: int, _frame: object) -> None:
     """The signal was handled already; nothing is left to do."""
 
 
-def run_flusher(settings: Settings) -> None:
-    asyncio.run(_run_flusher(settings))
+def run_flusher(settings: Settings, *, standby: bool = False) -> None:
+    asyncio.run(_run_flusher(settings, standby=standby))
 
 
-async def _run_flusher(settings: Settings) -> None:
+async def _run_flusher(settings: Settings, *, standby: bool) -> None:
     from labs_analytics.flusher import Flusher
     from labs_analytics.flusher.flusher import default_consumer_name
     from labs_analytics.queue.connection import create_redis
@@ -113,7 +113,10 @@ async def _run_flusher(settings: Settings) -> None:
         settings.database_url, application_name=f"labs-analytics flusher {consumer}"
     )
     try:
-        await Flusher(redis=redis, pool=pool, settings=settings, consumer_name=consumer).run(stop)
+        flusher = Flusher(
+            redis=redis, pool=pool, settings=settings, consumer_name=consumer, standby=standby
+        )
+        await flusher.run(stop)
     finally:
         await pool.close()
         await redis.aclose()

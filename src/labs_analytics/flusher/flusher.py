@@ -43,6 +43,7 @@ from labs_analytics.flusher.backoff import backoff_seconds, sleep_unless_stopped
 from labs_analytics.flusher.batch import Batch, fields_as_json
 from labs_analytics.flusher.rollup_loop import RollupRefresher
 from labs_analytics.logs import get_logger
+from labs_analytics.queue.backlog import BacklogCounter
 from labs_analytics.queue.consumer import PoisonEntry, StreamConsumer, StreamEntry
 from labs_analytics.queue.entries import encode_entry
 from labs_analytics.settings import Settings
@@ -71,6 +72,9 @@ MAX_ENTRIES_PER_READ = 250
 PAUSE_AFTER_SHORT_READ_SECONDS = 0.05
 
 
+# How often a standby flusher looks at the backlog (one GET) while it stands by.
+STANDBY_CHECK_SECONDS = 0.25
+
 # A batch filled before its deadline now and then is a burst; full batches
 # for this long are a flusher at capacity (the rollup refresh then waits).
 BEHIND_AFTER_SECONDS = 1.0
@@ -90,7 +94,13 @@ class Flusher:
         pool: asyncpg.Pool,
         settings: Settings,
         consumer_name: str | None = None,
+        standby: bool = False,
     ) -> None:
+        """``standby``: flush only while the stream holds at least
+        ``standby_flusher_backlog_events`` events (``serve`` starts every flusher
+        but its first so). The first keeps up with any lesser load alone, and a
+        second one flushing beside it, on the same cores as the API, costs
+        ingest p99 (BENCHMARKS.md); a backlog that grows calls the others in."""
         self.settings = settings
         self.consumer = StreamConsumer(
             redis,
@@ -99,6 +109,11 @@ class Flusher:
             consumer=consumer_name or default_consumer_name(),
             backlog_key=settings.backlog_key,
             dead_letter_key=settings.dead_letter_stream_key,
+        )
+        self.standby = standby and settings.standby_flusher_backlog_events > 0
+        self._standing_by = self.standby  # until the stream holds a backlog
+        self._backlog = BacklogCounter(
+            redis, stream_key=settings.stream_key, backlog_key=settings.backlog_key
         )
         self.writer = BulkWriter(pool)
         self._pool = pool
@@ -117,7 +132,12 @@ class Flusher:
         return self.consumer.consumer
 
     async def run(self, stop: asyncio.Event) -> None:
-        log.info("flusher.started", consumer=self.name, stream=self.settings.stream_key)
+        log.info(
+            "flusher.started",
+            consumer=self.name,
+            stream=self.settings.stream_key,
+            standby=self.standby,
+        )
         background: list[asyncio.Task[None]] = []
         if self.settings.retention_interval_seconds > 0:
             background.append(asyncio.create_task(self._retention_loop(stop)))
@@ -128,6 +148,9 @@ class Flusher:
         try:
             while not stop.is_set():
                 try:
+                    if self.standby and not await self._needed():
+                        await sleep_unless_stopped(stop, STANDBY_CHECK_SECONDS)
+                        continue
                     await self.run_once(stop)
                     failures = 0
                 except (RedisError, OSError) as exc:
@@ -146,6 +169,22 @@ class Flusher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         log.info("flusher.stopped", consumer=self.name)
+
+    async def _needed(self) -> bool:
+        """Whether a standby flusher should flush now: the stream holds at least
+        ``standby_flusher_backlog_events`` events (or a counter it cannot read);
+        once flushing, until it holds less than half that (no flapping at the edge)."""
+        backlog = await self._backlog.read()
+        threshold = self.settings.standby_flusher_backlog_events
+        if not self._standing_by:
+            threshold //= 2
+        needed = backlog is None or backlog >= threshold
+        if needed == self._standing_by:
+            self._standing_by = not needed
+            log.info("flusher.joined" if needed else "flusher.standing_by", backlog=backlog)
+        if not needed:
+            self._full_since = None  # not behind: it is not reading at all
+        return needed
 
     async def _retention_loop(self, stop: asyncio.Event) -> None:
         """Raw-data retention, beside the flushing: every flusher process tries
