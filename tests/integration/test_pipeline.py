@@ -326,6 +326,9 @@ async def test_a_standby_flusher_flushes_only_while_the_stream_holds_a_backlog(
             for _ in range(4):  # 20 events, 5 an entry: under the backlog that calls it in
                 assert (await app.post({"events": make_events(5)}, key)).status_code == 202
             assert not await standby._needed()
+            # Standing by with a full batch waiting (10 events here): the first
+            # flusher is not keeping up, so this process's rollup refresh waits too.
+            assert standby.is_behind()
             for _ in range(4):  # 40: it joins, and flushes (10 a batch) until under 15
                 assert (await app.post({"events": make_events(5)}, key)).status_code == 202
 
@@ -336,6 +339,10 @@ async def test_a_standby_flusher_flushes_only_while_the_stream_holds_a_backlog(
         # Had it flushed while under the backlog, it would never have joined:
         # 20 events, then 20 more, each under 30.
         assert await count_events(db) == 30
+        assert standby.is_behind()  # 10 left: still a full batch
+        settings_less_behind = settings.model_copy(update={"flush_batch_events": 11})
+        standby.settings = settings_less_behind
+        assert not standby.is_behind()
     finally:
         stop.set()
         await asyncio.wait_for(running, timeout=30)

@@ -112,6 +112,7 @@ class Flusher:
         )
         self.standby = standby and settings.standby_flusher_backlog_events > 0
         self._standing_by = self.standby  # until the stream holds a backlog
+        self._last_backlog: int | None = 0  # as a standby last read it (None: unreadable)
         self._backlog = BacklogCounter(
             redis, stream_key=settings.stream_key, backlog_key=settings.backlog_key
         )
@@ -174,7 +175,7 @@ class Flusher:
         """Whether a standby flusher should flush now: the stream holds at least
         ``standby_flusher_backlog_events`` events (or a counter it cannot read);
         once flushing, until it holds less than half that (no flapping at the edge)."""
-        backlog = await self._backlog.read()
+        backlog = self._last_backlog = await self._backlog.read()
         threshold = self.settings.standby_flusher_backlog_events
         if not self._standing_by:
             threshold //= 2
@@ -183,7 +184,7 @@ class Flusher:
             self._standing_by = not needed
             log.info("flusher.joined" if needed else "flusher.standing_by", backlog=backlog)
         if not needed:
-            self._full_since = None  # not behind: it is not reading at all
+            self._full_since = None  # its own batches: none while it stands by
         return needed
 
     async def _retention_loop(self, stop: asyncio.Event) -> None:
@@ -307,7 +308,15 @@ class Flusher:
 
     def is_behind(self) -> bool:
         """Whether every batch this flusher collected for ``BEHIND_AFTER_SECONDS``
-        was full: the stream holds more than it lands, ingest is at capacity."""
+        was full: the stream holds more than it lands, ingest is at capacity.
+
+        A standby flusher standing by collects nothing; it is behind while the
+        backlog it last saw holds a full batch or more (the first flusher is
+        not keeping up), so the rollup refresh in its process yields as well.
+        """
+        if self._standing_by:
+            backlog = self._last_backlog
+            return backlog is None or backlog >= self.settings.flush_batch_events
         since = self._full_since
         return since is not None and time.monotonic() - since >= BEHIND_AFTER_SECONDS
 
