@@ -179,8 +179,8 @@ class Settings(BaseSettings):
         default=10_000,
         ge=0,
         description="`serve`'s flushers beyond the first stand by while the stream holds fewer "
-        "events than this (one flusher keeps up with less, and a second one flushing beside it "
-        "takes CPU from the API: ingest p99 ~5 ms higher, BENCHMARKS.md); at this backlog or "
+        "events than this and none has waited 5 s (one flusher keeps up with less, and a second "
+        "one flushing beside it takes CPU from the API, BENCHMARKS.md); at this backlog or "
         "more they flush too. 0: every flusher flushes all the time.",
     )
     reclaim_idle_ms: int = Field(

@@ -319,6 +319,7 @@ async def test_a_standby_flusher_flushes_only_while_the_stream_holds_a_backlog(
     standby = Flusher(
         redis=flusher_redis, pool=pool, settings=settings, consumer_name="s", standby=True
     )
+    standby.standby_join_after_seconds = 3600  # the backlog alone calls it in here
     running = asyncio.create_task(standby.run(stop))
     try:
         async with api(run_flusher=False) as app:
@@ -343,6 +344,32 @@ async def test_a_standby_flusher_flushes_only_while_the_stream_holds_a_backlog(
         settings_less_behind = settings.model_copy(update={"flush_batch_events": 11})
         standby.settings = settings_less_behind
         assert not standby.is_behind()
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, timeout=30)
+        await pool.close()
+        await flusher_redis.aclose()
+
+
+async def test_a_standby_flusher_joins_when_an_entry_has_waited_too_long(
+    api: ApiFactory, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """Below the backlog that calls it in, an entry left waiting (the first
+    flusher frozen, say) calls a standby in all the same."""
+    settings = settings.model_copy(update={"standby_flusher_backlog_events": 1000})
+    pool = await create_copy_pool(settings.database_url)
+    flusher_redis = create_redis(settings.redis_url, timeout_seconds=2)
+    stop = asyncio.Event()
+    standby = Flusher(
+        redis=flusher_redis, pool=pool, settings=settings, consumer_name="s", standby=True
+    )
+    standby.standby_join_after_seconds = 0.5
+    running = asyncio.create_task(standby.run(stop))
+    try:
+        async with api(run_flusher=False) as app:
+            key = await create_key(app.settings)
+            assert (await app.post({"events": make_events(5)}, key)).status_code == 202
+        await wait_for_events(db, 5)
     finally:
         stop.set()
         await asyncio.wait_for(running, timeout=30)

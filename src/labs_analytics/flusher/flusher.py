@@ -74,6 +74,11 @@ PAUSE_AFTER_SHORT_READ_SECONDS = 0.05
 
 # How often a standby flusher looks at the backlog (one GET) while it stands by.
 STANDBY_CHECK_SECONDS = 0.25
+# An entry waiting this long calls the standbys in, whatever the backlog: the
+# first flusher is stuck (frozen, or slower than its batches show). A standby
+# then flushes what arrives, and claims what the stuck one holds once
+# RECLAIM_IDLE_MS has passed, as any flusher would.
+STANDBY_JOIN_AFTER_SECONDS = 5.0
 
 # A batch filled before its deadline now and then is a burst; full batches
 # for this long are a flusher at capacity (the rollup refresh then waits).
@@ -113,6 +118,7 @@ class Flusher:
         self.standby = standby and settings.standby_flusher_backlog_events > 0
         self._standing_by = self.standby  # until the stream holds a backlog
         self._last_backlog: int | None = 0  # as a standby last read it (None: unreadable)
+        self.standby_join_after_seconds = STANDBY_JOIN_AFTER_SECONDS
         self._backlog = BacklogCounter(
             redis, stream_key=settings.stream_key, backlog_key=settings.backlog_key
         )
@@ -173,19 +179,29 @@ class Flusher:
 
     async def _needed(self) -> bool:
         """Whether a standby flusher should flush now: the stream holds at least
-        ``standby_flusher_backlog_events`` events (or a counter it cannot read);
-        once flushing, until it holds less than half that (no flapping at the edge)."""
+        ``standby_flusher_backlog_events`` events (or a counter it cannot read),
+        once flushing until it holds less than half that (no flapping at the
+        edge); or its oldest entry has waited ``standby_join_after_seconds``."""
         backlog = self._last_backlog = await self._backlog.read()
         threshold = self.settings.standby_flusher_backlog_events
         if not self._standing_by:
             threshold //= 2
-        needed = backlog is None or backlog >= threshold
+        needed = backlog is None or backlog >= threshold or (backlog > 0 and await self._stale())
         if needed == self._standing_by:
             self._standing_by = not needed
             log.info("flusher.joined" if needed else "flusher.standing_by", backlog=backlog)
         if not needed:
             self._full_since = None  # its own batches: none while it stands by
         return needed
+
+    async def _stale(self) -> bool:
+        """Whether the stream's oldest entry has waited ``standby_join_after_seconds``
+        (by this host's clock against Redis's: the same on one machine, and a
+        skew of seconds only moves when a standby joins)."""
+        oldest_ms = await self.consumer.oldest_entry_ms()
+        if oldest_ms is None:
+            return False
+        return time.time() - oldest_ms / 1000 >= self.standby_join_after_seconds
 
     async def _retention_loop(self, stop: asyncio.Event) -> None:
         """Raw-data retention, beside the flushing: every flusher process tries

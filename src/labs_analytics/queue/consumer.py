@@ -88,6 +88,15 @@ class StreamConsumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    async def oldest_entry_ms(self) -> int | None:
+        """When the oldest entry still in the stream was added (its id's
+        milliseconds, Redis's clock); None for an empty stream. Entries leave
+        the stream once flushed, so this is the oldest event not yet landed."""
+        reply: Any = await self._redis.xrange(self.stream_key, count=1)
+        if not reply:
+            return None
+        return int(_as_str(reply[0][0]).split("-", 1)[0])
+
     async def read_new(self, *, count: int, block_ms: int) -> list[StreamEntry]:
         reply: Any = await self._redis.xreadgroup(
             self.group, self.consumer, {self.stream_key: ">"}, count=count, block=block_ms
