@@ -37,10 +37,10 @@ class RecordingTransport(asyncio.Transport):
 
 
 def cycle_writing_to(
-    transport: RecordingTransport, *, expect_100: bool = False
+    transport: RecordingTransport, *, expect_100: bool = False, method: str = "POST"
 ) -> RequestResponseCycle:
     cycle = RequestResponseCycle(
-        scope={"type": "http", "method": "POST", "http_version": "1.1"},  # type: ignore[typeddict-item]
+        scope={"type": "http", "method": method, "http_version": "1.1"},  # type: ignore[typeddict-item]
         transport=transport,
         flow=FlowControl(transport),
         logger=logging.getLogger("test"),
@@ -118,3 +118,16 @@ async def test_a_held_head_is_written_before_the_connection_closes() -> None:
     await cycle.run_asgi(failing_app)
     assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"]
     assert transport.closed
+
+
+async def test_a_head_answer_is_written_at_once() -> None:
+    """uvicorn writes no body for HEAD: a held head would never go out."""
+    transport = RecordingTransport()
+    cycle = cycle_writing_to(transport, method="HEAD")
+    await cycle.send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"15")]}
+    )
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 15\r\n\r\n"]
+    await cycle.send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+    assert len(transport.writes) == 1
+    assert cycle.response_complete

@@ -44,7 +44,12 @@ class HeadWithBodyTransport:
             # The cycle writes the head right after marking the response
             # started (an earlier write, before the start, is a 100 Continue).
             self._head_seen = True
-            if cycle.chunked_encoding is False and cycle.expected_content_length > 0:
+            # A HEAD answer has no body to wait for (uvicorn writes none).
+            if (
+                cycle.chunked_encoding is False
+                and cycle.expected_content_length > 0
+                and cycle.scope["method"] != "HEAD"
+            ):
                 self._head = bytes(data)  # the cycle joined it from a list: already bytes
                 return
         self._transport.write(data)
