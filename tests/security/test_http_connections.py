@@ -109,6 +109,21 @@ def test_a_whole_head_over_the_limit_in_one_write_gets_431(server: ServeProcess,
         close(sock)
 
 
+def test_head_and_get_answers_follow_each_other_on_one_connection(server: ServeProcess) -> None:
+    """Each answer's head goes out with its body in one write (api.response_writes);
+    a HEAD answer has no body, and must not wait for one (a GET-only route
+    answers HEAD with a 405 that declares a body's length)."""
+    with httpx.Client(base_url=server.base_url, timeout=5) as client:
+        for _ in range(3):
+            head = client.head("/healthz")
+            assert head.status_code == 405
+            assert int(head.headers["content-length"]) > 0
+            assert head.content == b""
+            got = client.get("/healthz")
+            assert got.status_code == 200
+            assert got.json()["status"] == "ok"
+
+
 def test_a_head_just_under_the_limit_is_served(server: ServeProcess, key: str) -> None:
     body = body_of()
     padding = "p" * (HEADER_LIMIT - 512)
