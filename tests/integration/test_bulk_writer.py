@@ -46,7 +46,7 @@ async def writer(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[Bu
 
 async def write(writer: BulkWriter, batch: list[EventRecord]) -> BatchOutcome:
     return await writer.write_batch(
-        batch_id=uuid.uuid4(), consumer="test", stream_ids=["1-0"], attempt=1, records=batch
+        batch_id=uuid.uuid4(), consumer="test", stream_ids=["1-0"], attempt=1, rows=batch
     )
 
 

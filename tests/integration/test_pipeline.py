@@ -259,7 +259,7 @@ async def test_a_trickle_of_small_requests_is_collected_in_a_few_full_reads(
             await reader_redis.aclose()
 
     assert batch is not None
-    assert len(batch.records) == 80
+    assert batch.events == 80
     # At most a read per pause while entries trickle in, and a pause of at
     # least 20 ms (without one: a read per entry or two, ~80).
     pause = max(PAUSE_AFTER_SHORT_READ_SECONDS, 0.02)
@@ -285,18 +285,18 @@ async def test_a_flusher_is_behind_after_a_second_of_full_batches_only(
         stop = asyncio.Event()
         first = await flusher.collect_batch(stop)
         assert first is not None
-        assert len(first.records) == 10
+        assert first.events == 10
         assert not flusher.is_behind()  # full, but for no time yet
         for _ in range(3):
             await asyncio.sleep(BEHIND_AFTER_SECONDS / 3 + 0.01)
             batch = await flusher.collect_batch(stop)
             assert batch is not None
-            assert len(batch.records) == 10
+            assert batch.events == 10
         assert flusher.is_behind()
         # Whatever else the stream holds, the batches end with one not full.
         for _ in range(100):
             last = await flusher.collect_batch(stop)
-            if last is None or len(last.records) < 10:
+            if last is None or last.events < 10:
                 break
         assert not flusher.is_behind()
     finally:

@@ -102,7 +102,7 @@ class Rig:
 
     async def write(self, records: list[EventRecord]) -> int:
         outcome = await self.writer.write_batch(
-            batch_id=uuid.uuid4(), consumer="test", stream_ids=["1-0"], attempt=1, records=records
+            batch_id=uuid.uuid4(), consumer="test", stream_ids=["1-0"], attempt=1, rows=records
         )
         return outcome.inserted
 

@@ -171,7 +171,7 @@ async def test_one_batch_with_two_products_sharing_an_id_and_timestamp_stores_bo
         record("clubs", event_id, name="resent"),  # the same product again: a duplicate
     ]
     outcome = await writer.write_batch(
-        batch_id=uuid.uuid4(), consumer="test", stream_ids=["1-0"], attempt=1, records=batch
+        batch_id=uuid.uuid4(), consumer="test", stream_ids=["1-0"], attempt=1, rows=batch
     )
 
     assert (outcome.inserted, outcome.duplicates) == (2, 1)

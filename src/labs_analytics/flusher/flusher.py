@@ -48,6 +48,7 @@ from labs_analytics.queue.consumer import PoisonEntry, StreamConsumer, StreamEnt
 from labs_analytics.queue.entries import encode_entry
 from labs_analytics.settings import Settings
 from labs_analytics.storage.bulk_writer import BatchOutcome, BulkWriter, DeadLetter, is_data_error
+from labs_analytics.storage.copy_text import CopyText
 from labs_analytics.storage.event_ids import forget_old_event_ids
 from labs_analytics.storage.partitions import ensure_partitions
 from labs_analytics.storage.retention import RetentionBusy, run_retention
@@ -83,6 +84,14 @@ STANDBY_JOIN_AFTER_SECONDS = 5.0
 # A batch filled before its deadline now and then is a burst; full batches
 # for this long are a flusher at capacity (the rollup refresh then waits).
 BEHIND_AFTER_SECONDS = 1.0
+
+
+class _ReadExactly(Exception):
+    """PostgreSQL refused a batch's COPY text as data: read it the exact way."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def default_consumer_name() -> str:
@@ -341,25 +350,42 @@ class Flusher:
 
         A passing failure (PostgreSQL down, restarted, connection lost) retries
         the same rows with backoff. A data error (rows PostgreSQL will never
-        take) splits the rows in halves until the event at fault is alone; it
+        take) in the COPY text has the batch read the exact way; there, it
+        splits the rows in halves until the event at fault is alone; it
         becomes a dead letter and the good events around it land.
         """
+        if batch.text is not None:
+            try:
+                return await self._write_part(batch, batch.text, [], stop)
+            except _ReadExactly as refused:
+                log.warning(
+                    "flush.reading_exactly",
+                    error=refused.error,
+                    entries=len(batch.entries),
+                    note="PostgreSQL refused the batch as COPY text; each event is read again",
+                )
+            poison = batch.read_exactly()
+            if poison:
+                await self._set_aside(poison)
+            if not batch.entries:
+                return None
         return await self._write_part(batch, batch.records, [], stop)
 
     async def _write_part(
         self,
         batch: Batch,
-        records: list[EventRecord],
+        rows: list[EventRecord] | CopyText,
         dead_letters: list[DeadLetter],
         stop: asyncio.Event,
     ) -> BatchOutcome | None:
         attempt = 0
         stream_ids = batch.stream_ids
+        events = rows.rows if isinstance(rows, CopyText) else len(rows)
         while True:
             attempt += 1
             batch_id = uuid.uuid4()
             started_at = datetime.now(UTC)
-            fields = self._log_fields(batch, batch_id, attempt, len(records))
+            fields = self._log_fields(batch, batch_id, attempt, events)
             log.info("flush.started", status="started", **fields)
             try:
                 # Before every attempt, and as part of it: rows written before
@@ -370,7 +396,7 @@ class Flusher:
                     consumer=self.name,
                     stream_ids=stream_ids,
                     attempt=attempt,
-                    records=records,
+                    rows=rows,
                     dead_letters=dead_letters,
                 )
             except asyncio.CancelledError:
@@ -380,11 +406,11 @@ class Flusher:
                 ms = _ms_since(started_at)
                 log.error("flush.failed", status="failed", error=error, ms=ms, **fields)
                 metrics.FLUSH_BATCHES.labels("failed").inc()
-                await self._record_failure(
-                    batch, batch_id, attempt, len(records), error, started_at
-                )
+                await self._record_failure(batch, batch_id, attempt, events, error, started_at)
                 if is_data_error(exc):
-                    return await self._split(batch, records, dead_letters, error, stop)
+                    if isinstance(rows, CopyText):
+                        raise _ReadExactly(error) from exc
+                    return await self._split(batch, rows, dead_letters, error, stop)
                 delay = self._backoff(attempt)
                 log.warning(
                     "flush.retrying",

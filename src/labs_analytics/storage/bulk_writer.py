@@ -1,5 +1,9 @@
 """Writing a batch of events in one transaction: COPY → staging → idempotent INSERT.
 
+The rows reach the staging table as COPY text (``copy_text``: the flusher's
+common path) or as records in a binary COPY (the exact path, and callers
+that hold records).
+
 The batch's ``ingest_batches`` row (the transaction log) commits with its
 rows, so the log never claims rows that are not there, nor misses rows that are.
 """
@@ -17,6 +21,7 @@ import orjson
 
 from labs_analytics.events import EventRecord
 from labs_analytics.storage.connection_loss import cancelled_on_connection_loss
+from labs_analytics.storage.copy_text import CopyText
 from labs_analytics.storage.rollups import mark_dirty_sql
 
 STAGING_TABLE = "events_staging"
@@ -214,10 +219,12 @@ class BulkWriter:
         consumer: str,
         stream_ids: Sequence[str],
         attempt: int,
-        records: Sequence[EventRecord],
+        rows: Sequence[EventRecord] | CopyText,
         dead_letters: Sequence[DeadLetter] = (),
     ) -> BatchOutcome:
+        """``rows``: the events as records, or as the COPY text of stream entries."""
         started_at = datetime.now(UTC)
+        events = rows.rows if isinstance(rows, CopyText) else len(rows)
         started = time.perf_counter()
         async with (
             self._pool.acquire() as conn,
@@ -225,9 +232,18 @@ class BulkWriter:
             conn.transaction(),
         ):
             copy_started = time.perf_counter()
-            if records:
+            if isinstance(rows, CopyText):
+                if rows.rows:
+                    # A memoryview: asyncpg would take bytes for a file's path.
+                    await conn.copy_to_table(
+                        STAGING_TABLE,
+                        source=memoryview(rows.data),
+                        columns=STAGING_COLUMNS,
+                        format="text",
+                    )
+            elif rows:
                 await conn.copy_records_to_table(
-                    STAGING_TABLE, records=map(_to_copy_row, records), columns=STAGING_COLUMNS
+                    STAGING_TABLE, records=map(_to_copy_row, rows), columns=STAGING_COLUMNS
                 )
             copy_ms = _elapsed_ms(copy_started)
 
@@ -235,7 +251,7 @@ class BulkWriter:
             claimed = _row_count(await conn.execute(CLAIM_IDS_SQL))
             # Skipping the join when every row claimed its id saves a third of
             # the claim's cost (A/B, 5,000-row batches).
-            insert = INSERT_ALL_SQL if claimed == len(records) else INSERT_CLAIMED_SQL
+            insert = INSERT_ALL_SQL if claimed == events else INSERT_CLAIMED_SQL
             inserted = _row_count(await conn.execute(insert, batch_id))
             insert_ms = _elapsed_ms(insert_started)
 
@@ -253,9 +269,9 @@ class BulkWriter:
                 consumer,
                 list(stream_ids),
                 attempt,
-                len(records),
+                events,
                 inserted,
-                len(records) - inserted,
+                events - inserted,
                 len(dead_letters),
                 None,
                 started_at,
@@ -266,9 +282,9 @@ class BulkWriter:
             )
         return BatchOutcome(
             batch_id=batch_id,
-            events=len(records),
+            events=events,
             inserted=inserted,
-            duplicates=len(records) - inserted,
+            duplicates=events - inserted,
             dead_lettered=len(dead_letters),
             copy_ms=copy_ms,
             insert_ms=insert_ms,
