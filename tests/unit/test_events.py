@@ -686,6 +686,7 @@ def test_server_assigned_ids_are_valid_distinct_version_4_uuids() -> None:
     for value in made[:200]:
         assert value.version == 4
         assert value.variant == uuid.RFC_4122
+        assert value.is_safe is uuid.SafeUUID.unknown  # as uuid.uuid4() says
         assert uuid.UUID(str(value)) == value
         assert hash(uuid.UUID(str(value))) == hash(value)
 
