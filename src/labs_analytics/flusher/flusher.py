@@ -350,9 +350,9 @@ class Flusher:
 
         A passing failure (PostgreSQL down, restarted, connection lost) retries
         the same rows with backoff. A data error (rows PostgreSQL will never
-        take) in the COPY text has the batch read the exact way; there, it
-        splits the rows in halves until the event at fault is alone; it
-        becomes a dead letter and the good events around it land.
+        take) has a batch sent as COPY text read again the exact way; read
+        so, its rows are split in halves until the event at fault is alone,
+        which becomes a dead letter while the good events around it land.
         """
         if batch.text is not None:
             try:
