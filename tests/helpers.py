@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from labs_analytics.auth.cache import KeyCache
 from labs_analytics.auth.keys import Scope
 from labs_analytics.auth.repository import KeyRepository
 from labs_analytics.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from labs_analytics.events import EventRecord
 from labs_analytics.queue.entries import entry_events
 from labs_analytics.settings import Settings, to_asyncpg_dsn
 from labs_analytics.storage import migrations
@@ -142,6 +144,23 @@ def make_event(**overrides: Any) -> dict[str, Any]:
 
 def make_events(n: int, **overrides: Any) -> list[dict[str, Any]]:
     return [make_event(**overrides) for _ in range(n)]
+
+
+def make_record(**overrides: Any) -> EventRecord:
+    """A validated event as the queue carries it, received now: what a test
+    writes to the stream itself (an entry from elsewhere, by hand)."""
+    now = datetime.now(UTC)
+    fields: dict[str, Any] = {
+        "event_id": uuid.uuid4(),
+        "product": "clubs",
+        "name": "post.click",
+        "user": "u_1",
+        "timestamp": now,
+        "properties": {"ok": True},
+        "context": None,
+        "received_at": now,
+    }
+    return EventRecord(**{**fields, **overrides})
 
 
 def new_product() -> str:

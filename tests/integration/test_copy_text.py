@@ -11,7 +11,6 @@ take each path, through the real service.
 from __future__ import annotations
 
 import string
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +33,7 @@ from labs_analytics.storage.bulk_writer import (
 from labs_analytics.storage.copy_text import copy_text
 from labs_analytics.storage.database import to_asyncpg_dsn
 from tests.conftest import Servers
-from tests.helpers import ApiFactory, count_events, wait_for, wait_for_events
+from tests.helpers import ApiFactory, count_events, make_record, wait_for, wait_for_events
 
 # Any text an event may hold (no NUL, no lone surrogate: the API refuses
 # those), with the characters COPY's text format escapes made likely.
@@ -129,21 +128,6 @@ async def test_both_readings_stage_the_same_rows(
     assert len(by_text) == sum(len(batch) for batch in batches)
 
 
-def record(**overrides: Any) -> EventRecord:
-    now = datetime.now(UTC)
-    fields: dict[str, Any] = {
-        "event_id": uuid.uuid4(),
-        "product": "clubs",
-        "name": "post.click",
-        "user": "u_1",
-        "timestamp": now,
-        "properties": {"ok": True},
-        "context": None,
-        "received_at": now,
-    }
-    return EventRecord(**{**fields, **overrides})
-
-
 def with_item(entry: dict[bytes, bytes], index: int, **overrides: Any) -> dict[bytes, bytes]:
     items = orjson.loads(entry[b"events"])
     items[index].update(overrides)
@@ -155,7 +139,7 @@ async def test_an_entry_in_another_form_is_stored_the_exact_way(
 ) -> None:
     """A hand-written entry whose time has an offset: the batch is read the exact
     way, and the event lands at the instant it names."""
-    events = [record() for _ in range(3)]
+    events = [make_record() for _ in range(3)]
     local = "2026-12-02T11:30:15.250000-05:00"
     entry = with_item(encode_entry(events), 1, timestamp=local)
     async with api() as app:
@@ -173,8 +157,8 @@ async def test_text_postgresql_refuses_is_read_again_and_only_the_bad_entry_is_s
 ) -> None:
     """An id PostgreSQL cannot read fails the COPY text; read exactly, its entry
     is undecodable and goes to dead_letters, and the entries beside it land."""
-    good_before, good_after = [record() for _ in range(4)], [record() for _ in range(5)]
-    bad = with_item(encode_entry([record(), record()]), 0, event_id="not-a-uuid")
+    good_before, good_after = [make_record() for _ in range(4)], [make_record() for _ in range(5)]
+    bad = with_item(encode_entry([make_record(), make_record()]), 0, event_id="not-a-uuid")
     async with api() as app:
         stream = app.settings.stream_key
         await redis.xadd(stream, encode_entry(good_before))  # type: ignore[arg-type]
@@ -203,8 +187,8 @@ async def test_a_day_that_does_not_exist_is_refused_by_postgresql_and_set_aside(
 ) -> None:
     """February 30 has the shape of a time; PostgreSQL refuses it, and so does
     the exact reading: the entry is dead-lettered, nothing of it stored."""
-    good = [record() for _ in range(3)]
-    bad = with_item(encode_entry([record()]), 0, timestamp="2026-02-30T12:00:00+00:00")
+    good = [make_record() for _ in range(3)]
+    bad = with_item(encode_entry([make_record()]), 0, timestamp="2026-02-30T12:00:00+00:00")
     async with api() as app:
         await redis.xadd(app.settings.stream_key, bad)  # type: ignore[arg-type]
         await redis.xadd(app.settings.stream_key, encode_entry(good))  # type: ignore[arg-type]

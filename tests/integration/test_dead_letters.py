@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 import asyncpg
 from redis.asyncio import Redis
 
-from labs_analytics.events import EventRecord
 from labs_analytics.queue.entries import encode_entry
 from labs_analytics.settings import Settings
 from tests.helpers import (
@@ -16,26 +12,11 @@ from tests.helpers import (
     count_events,
     create_key,
     make_events,
+    make_record,
     run_cli_async,
     wait_for,
     wait_for_events,
 )
-
-
-def record(**overrides: object) -> EventRecord:
-    now = datetime.now(UTC)
-    fields: dict[str, object] = {
-        "event_id": uuid.uuid4(),
-        "product": "clubs",
-        "name": "post.click",
-        "user": "u_1",
-        "timestamp": now,
-        "properties": {"ok": True},
-        "context": None,
-        "received_at": now,
-    }
-    fields.update(overrides)
-    return EventRecord(**fields)  # type: ignore[arg-type]
 
 
 async def dead_letter_count(db: asyncpg.Connection) -> int:
@@ -73,8 +54,8 @@ async def test_event_postgresql_rejects_is_isolated_by_splitting_and_its_neighbo
 ) -> None:
     # A NUL character is valid JSON but not valid jsonb. The API refuses it at
     # the door; this entry comes from elsewhere, so only the flusher can catch it.
-    good = [record() for _ in range(9)]
-    bad = record(properties={"note": "nul \u0000 inside"})
+    good = [make_record() for _ in range(9)]
+    bad = make_record(properties={"note": "nul \u0000 inside"})
     entry = encode_entry([*good[:4], bad, *good[4:]])
     async with api() as app:
         await redis.xadd(app.settings.stream_key, entry)  # type: ignore[arg-type]
@@ -124,7 +105,7 @@ async def test_entry_delivered_too_often_is_set_aside_unwritten(
 async def test_deadletters_cli_lists_replays_and_purges(
     api: ApiFactory, settings: Settings, db: asyncpg.Connection, redis: Redis
 ) -> None:
-    fixable = encode_entry([record(), record()])
+    fixable = encode_entry([make_record(), make_record()])
     async with api(run_flusher=False, max_deliveries=1):
         await redis.xgroup_create(
             settings.stream_key, settings.consumer_group, id="0", mkstream=True
