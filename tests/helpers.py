@@ -70,9 +70,12 @@ def fast_settings(servers: Servers, *, prefix: str, spool_dir: Path, **overrides
         "retry_after_seconds": 2,
         "spool_dir": str(spool_dir),
         # A flusher's own retention run (a minute after it starts) would delete
-        # other tests' expired rows from the shared database: tests that want
-        # it ask for it.
+        # other tests' expired rows from the shared database, and its rollup
+        # refresh would roll up their hours with its own property keys (a
+        # session-long `serve`, the SDK tests', dropped the keys another test
+        # had just rolled up): tests that want either ask for it.
         "retention_interval_seconds": 0,
+        "rollup_interval_seconds": 0,
         **overrides,
     }
     return Settings(_env_file=None, **values)

@@ -26,6 +26,14 @@ from labs_analytics.settings import Settings
 
 log = get_logger("labs_analytics.cli")
 
+# How long uvicorn's supervisor waits for a worker to answer its health check
+# before it kills and replaces it (uvicorn's default: 5 s). A new worker
+# answers only once it has imported the app; on a loaded machine that took
+# longer than 5 s, and the supervisor killed every worker it started, again and
+# again, so `serve --workers 2` never came up. A worker hung for good is
+# replaced after this long instead.
+WORKER_HEALTHCHECK_SECONDS = 30
+
 
 def serve_api(*, host: str, port: int, workers: int, flushers: int, access_log: bool) -> None:
     # The API processes never flush (their own setting, handed down by the
@@ -78,6 +86,7 @@ def serve_api(*, host: str, port: int, workers: int, flushers: int, access_log: 
             access_log=access_log,
             server_header=False,
             timeout_graceful_shutdown=round(settings.shutdown_timeout_seconds),
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         )
     finally:
         # The API has drained: the flushers write what it accepted last.
