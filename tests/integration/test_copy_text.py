@@ -24,12 +24,7 @@ from redis.asyncio import Redis
 
 from labs_analytics.events import EventRecord
 from labs_analytics.queue.entries import decode_entry, encode_entry
-from labs_analytics.storage.bulk_writer import (
-    STAGING_COLUMNS,
-    STAGING_TABLE,
-    _to_copy_row,
-    prepare_connection,
-)
+from labs_analytics.storage.bulk_writer import STAGING_TABLE, prepare_connection, stage_rows
 from labs_analytics.storage.copy_text import copy_text
 from labs_analytics.storage.database import to_asyncpg_dsn
 from tests.conftest import Servers
@@ -92,18 +87,9 @@ async def staged(conn: asyncpg.Connection, entries: Sequence[dict[bytes, bytes]]
         await transaction.start()
         try:
             if by_text:
-                text = copy_text(entries)
-                await conn.copy_to_table(
-                    STAGING_TABLE,
-                    source=memoryview(text.data),
-                    columns=STAGING_COLUMNS,
-                    format="text",
-                )
+                await stage_rows(conn, copy_text(entries))
             else:
-                decoded = [record for entry in entries for record in decode_entry(entry)]
-                await conn.copy_records_to_table(
-                    STAGING_TABLE, records=map(_to_copy_row, decoded), columns=STAGING_COLUMNS
-                )
+                await stage_rows(conn, [r for entry in entries for r in decode_entry(entry)])
             rows = await conn.fetch(f"SELECT * FROM {STAGING_TABLE}")
             readings.append(sorted((tuple(row) for row in rows), key=repr))
         finally:

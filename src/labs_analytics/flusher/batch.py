@@ -38,7 +38,7 @@ class Batch:
 
     @property
     def events(self) -> int:
-        return self.text.rows if self.text is not None else len(self.records)
+        return len(self.text if self.text is not None else self.records)
 
     @classmethod
     def from_entries(cls, entries: list[StreamEntry], *, max_deliveries: int) -> Batch:

@@ -87,11 +87,8 @@ BEHIND_AFTER_SECONDS = 1.0
 
 
 class _ReadExactly(Exception):
-    """PostgreSQL refused a batch's COPY text as data: read it the exact way."""
-
-    def __init__(self, error: str) -> None:
-        super().__init__(error)
-        self.error = error
+    """PostgreSQL refused a batch's COPY text as data (the error, as logged):
+    read it the exact way."""
 
 
 def default_consumer_name() -> str:
@@ -360,7 +357,7 @@ class Flusher:
             except _ReadExactly as refused:
                 log.warning(
                     "flush.reading_exactly",
-                    error=refused.error,
+                    error=str(refused),
                     entries=len(batch.entries),
                     note="PostgreSQL refused the batch as COPY text; each event is read again",
                 )
@@ -380,7 +377,7 @@ class Flusher:
     ) -> BatchOutcome | None:
         attempt = 0
         stream_ids = batch.stream_ids
-        events = rows.rows if isinstance(rows, CopyText) else len(rows)
+        events = len(rows)
         while True:
             attempt += 1
             batch_id = uuid.uuid4()

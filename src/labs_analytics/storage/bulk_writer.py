@@ -199,6 +199,21 @@ def _to_copy_row(record: EventRecord) -> tuple[object, ...]:
     )
 
 
+async def stage_rows(conn: asyncpg.Connection, rows: Sequence[EventRecord] | CopyText) -> None:
+    """COPY the events into the connection's staging table, as text or as records."""
+    if not rows:
+        return
+    if isinstance(rows, CopyText):
+        # A memoryview: asyncpg would take bytes for a file's path.
+        await conn.copy_to_table(
+            STAGING_TABLE, source=memoryview(rows.data), columns=STAGING_COLUMNS, format="text"
+        )
+    else:
+        await conn.copy_records_to_table(
+            STAGING_TABLE, records=map(_to_copy_row, rows), columns=STAGING_COLUMNS
+        )
+
+
 def _row_count(status: str) -> int:
     """The count an INSERT's status carries (``INSERT 0 <n>``)."""
     return int(status.rsplit(" ", 1)[-1])
@@ -224,7 +239,7 @@ class BulkWriter:
     ) -> BatchOutcome:
         """``rows``: the events as records, or as the COPY text of stream entries."""
         started_at = datetime.now(UTC)
-        events = rows.rows if isinstance(rows, CopyText) else len(rows)
+        events = len(rows)
         started = time.perf_counter()
         async with (
             self._pool.acquire() as conn,
@@ -232,19 +247,7 @@ class BulkWriter:
             conn.transaction(),
         ):
             copy_started = time.perf_counter()
-            if isinstance(rows, CopyText):
-                if rows.rows:
-                    # A memoryview: asyncpg would take bytes for a file's path.
-                    await conn.copy_to_table(
-                        STAGING_TABLE,
-                        source=memoryview(rows.data),
-                        columns=STAGING_COLUMNS,
-                        format="text",
-                    )
-            elif rows:
-                await conn.copy_records_to_table(
-                    STAGING_TABLE, records=map(_to_copy_row, rows), columns=STAGING_COLUMNS
-                )
+            await stage_rows(conn, rows)
             copy_ms = _elapsed_ms(copy_started)
 
             insert_started = time.perf_counter()

@@ -46,6 +46,10 @@ class CopyText:
     data: bytes
     rows: int
 
+    def __len__(self) -> int:
+        """Its rows: counted as a sequence of records is."""
+        return self.rows
+
 
 def copy_text(entries: Iterable[Mapping[bytes, bytes]]) -> CopyText:
     """The events of these entries' fields as one COPY text, or ``NotCanonical``."""
